@@ -1,0 +1,32 @@
+"""Shared fixtures: tiny models built on the spot (no hub), W&B offline, loopback ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_policy_dir(tmp_path_factory):
+    from tiller.models import ensure_tiny_policy
+
+    return ensure_tiny_policy(tmp_path_factory.mktemp("models") / "policy", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_dir(tmp_path_factory):
+    from tiller.models import ensure_tiny_reward_model
+
+    return ensure_tiny_reward_model(tmp_path_factory.mktemp("models") / "reward", seed=1)
+
+
+@pytest.fixture
+def free_address() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"

@@ -1,0 +1,1 @@
+"""Workers: rollout actors (vLLM) and judge actors. Each connects only to the learner."""

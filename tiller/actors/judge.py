@@ -1,0 +1,64 @@
+"""The judge actor: take a scoring task from the learner, score it, return scores and pairs.
+
+    tiller judge --config configs/demo.yaml --learner tcp://127.0.0.1:5555
+
+Pull-based: the judge asks for work when it is free, so a fast judge simply takes more
+tasks than a slow one, and a judge that joins mid-run starts taking work at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from tiller.actors.judges import JudgeKind, build_judge, pick_pairs
+from tiller.actors.rollout import LearnerGone, default_worker_id
+from tiller.config import Config
+from tiller.protocol.messages import Scores, ScoreTask, Shutdown, WorkRequest
+from tiller.protocol.transport import LearnerClient
+
+log = logging.getLogger(__name__)
+
+
+def split(flat: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    return [flat[offsets[i]:offsets[i + 1]] for i in range(len(lengths))]
+
+
+def judge_task(judge: JudgeKind, task: ScoreTask, min_margin: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    prompts = split(task.prompt_tokens, task.prompt_lengths)
+    responses = split(task.response_tokens, task.response_lengths)
+    scores = judge.score(prompts, responses)
+    chosen, rejected = pick_pairs(scores, task.samples_per_prompt, min_margin)
+    return scores, chosen, rejected
+
+
+class JudgeActor:
+    def __init__(self, cfg: Config, address: str, judge_id: str | None = None):
+        self.cfg = cfg
+        self.judge_id = judge_id or default_worker_id("judge")
+        self.incarnation = time.time_ns()
+        self.judge = build_judge(cfg.judge, cfg.model.path)
+        self.client = LearnerClient(address)
+
+    def run(self) -> int:
+        """Judge tasks until the learner says stop; returns how many were judged."""
+        timeout = self.cfg.judge.learner_timeout_s
+        judged = 0
+        while True:
+            reply = self.client.request(WorkRequest(self.judge_id, self.incarnation, self.cfg.judge.kind), timeout)
+            if reply is None:
+                raise LearnerGone(f"the learner did not answer within {timeout:.0f} s")
+            if isinstance(reply, Shutdown):
+                log.info("%s stopping: %s", self.judge_id, reply.reason)
+                return judged
+            if not isinstance(reply, ScoreTask):
+                log.warning("ignoring unexpected %s from the learner", type(reply).KIND)
+                continue
+            start = time.monotonic()
+            scores, chosen, rejected = judge_task(self.judge, reply, self.cfg.judge.min_margin)
+            self.client.send(Scores(self.judge_id, self.incarnation, reply.lease_id, scores, chosen, rejected,
+                                    time.monotonic() - start))
+            judged += 1

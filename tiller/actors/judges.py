@@ -1,0 +1,108 @@
+"""Judge kinds: turn (prompt, k responses) into k scores, and scores into preference pairs.
+
+A judge kind is anything with `score(prompts, responses) -> np.ndarray [n*k]` where
+`prompts` are n token arrays and `responses` n*k token arrays, prompt-major. Kinds here:
+  - RuleJudge: a Python function `module:function(prompt: str, response: str) -> float`
+    named in the judge's own config (never in a message), for verifiable rewards;
+  - RewardModelJudge: a transformers sequence-classification model loaded from a path.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+
+from tiller.config import ConfigError, JudgeConfig
+from tiller.models import load_tokenizer
+
+
+class JudgeKind(Protocol):
+    def score(self, prompts: list[np.ndarray], responses: list[np.ndarray]) -> np.ndarray: ...
+
+
+def pick_pairs(scores: np.ndarray, k: int, min_margin: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Best and worst of each prompt's k samples as (chosen, rejected) indices.
+
+    scores [n*k], prompt-major. Returns two int32 [n] arrays; -1 in both where the best and
+    worst differ by `min_margin` or less (no preference to learn from). Ties go to the
+    lowest index, so the result is deterministic.
+    """
+    grid = scores.reshape(-1, k)
+    chosen = grid.argmax(axis=1).astype(np.int32)
+    rejected = grid.argmin(axis=1).astype(np.int32)
+    no_pair = (grid.max(axis=1) - grid.min(axis=1)) <= min_margin
+    chosen[no_pair] = -1
+    rejected[no_pair] = -1
+    return chosen, rejected
+
+
+def load_rule(spec: str) -> Callable[[str, str], float]:
+    """Resolve `package.module:function` from the judge's config file."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"judge.rule: {spec!r} must look like package.module:function")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"judge.rule: cannot load {spec!r}: {exc}") from None
+    if not callable(fn):
+        raise ConfigError(f"judge.rule: {spec!r} is not callable")
+    return fn
+
+
+class RuleJudge:
+    def __init__(self, rule: Callable[[str, str], float], tokenizer):
+        self.rule = rule
+        self.tokenizer = tokenizer
+
+    def score(self, prompts: list[np.ndarray], responses: list[np.ndarray]) -> np.ndarray:
+        k = len(responses) // len(prompts)
+        decode = lambda ids: self.tokenizer.decode([int(t) for t in ids], skip_special_tokens=True)  # noqa: E731
+        prompt_texts = [decode(p) for p in prompts]
+        return np.asarray(
+            [float(self.rule(prompt_texts[i // k], decode(r))) for i, r in enumerate(responses)], np.float32
+        )
+
+
+class RewardModelJudge:
+    """Scores `prompt + response` text with a sequence classifier's single logit.
+
+    Text is decoded with the policy tokenizer and re-encoded with the reward model's own, so
+    the two may differ.
+    """
+
+    def __init__(self, path: str | Path, policy_tokenizer, batch_size: int = 32):
+        from transformers import AutoModelForSequenceClassification
+
+        if not (Path(path) / "config.json").exists():
+            raise ConfigError(f"judge.reward_model_path: {path} has no config.json")
+        self.model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=torch.float32).eval()
+        if self.model.config.num_labels != 1:
+            raise ConfigError(f"judge.reward_model_path: {path} has {self.model.config.num_labels} labels, needs 1")
+        self.tokenizer = load_tokenizer(path)
+        self.policy_tokenizer = policy_tokenizer
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def score(self, prompts: list[np.ndarray], responses: list[np.ndarray]) -> np.ndarray:
+        k = len(responses) // len(prompts)
+        decode = lambda ids: self.policy_tokenizer.decode([int(t) for t in ids], skip_special_tokens=True)  # noqa: E731
+        texts = [decode(prompts[i // k]) + decode(r) for i, r in enumerate(responses)]
+        scores = []
+        for start in range(0, len(texts), self.batch_size):
+            enc = self.tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True)
+            scores.append(self.model(**enc).logits[:, 0].float())
+        return torch.cat(scores).numpy().astype(np.float32)
+
+
+def build_judge(cfg: JudgeConfig, policy_dir: str | Path) -> JudgeKind:
+    tokenizer = load_tokenizer(policy_dir)
+    if cfg.kind == "rule":
+        return RuleJudge(load_rule(cfg.rule), tokenizer)
+    if not cfg.reward_model_path:
+        raise ConfigError("judge.reward_model_path: required when judge.kind is reward_model")
+    return RewardModelJudge(cfg.reward_model_path, tokenizer, cfg.batch_size)

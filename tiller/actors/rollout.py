@@ -1,0 +1,109 @@
+"""The rollout actor: lease prompts, sample k responses each with vLLM, send them back.
+
+    tiller actor --config configs/demo.yaml --learner tcp://127.0.0.1:5555
+
+Stateless: on start (and whenever the learner announces a newer version in a reply) it
+fetches the learner's current weights bucket by bucket and loads them into the running
+engine between generation batches, never mid-sequence.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+
+import numpy as np
+import torch
+
+from tiller.actors.engine import VLLMEngine
+from tiller.config import Config
+from tiller.protocol.messages import (
+    Lease, LeaseRequest, Rollout, Shutdown, Wait, WeightsBucket, WeightsGone, WeightsRequest,
+)
+from tiller.protocol.transport import LearnerClient
+
+log = logging.getLogger(__name__)
+
+
+class LearnerGone(RuntimeError):
+    pass
+
+
+def default_worker_id(role: str) -> str:
+    return f"{role}-{socket.gethostname()}-{os.getpid()}"
+
+
+def _as_tensor(array) -> torch.Tensor:
+    if isinstance(array, torch.Tensor):
+        return array
+    return torch.from_numpy(np.array(array))  # frames are read-only; the engine copies anyway
+
+
+def fetch_weights(client: LearnerClient, version: int, timeout_s: float) -> tuple[int, list]:
+    """All buckets of `version` (or of a newer one, if it was superseded mid-fetch)."""
+    named: list = []
+    bucket, total = 0, 1
+    while bucket < total:
+        reply = client.request(WeightsRequest(version, bucket), timeout_s)
+        if reply is None:
+            raise LearnerGone(f"no weights from the learner within {timeout_s:.0f} s")
+        if isinstance(reply, WeightsGone):
+            if reply.latest_version < 0:
+                raise LearnerGone("the learner has no weights to serve")
+            version, named, bucket, total = reply.latest_version, [], 0, 1
+            continue
+        if not isinstance(reply, WeightsBucket):
+            raise LearnerGone(f"unexpected reply {type(reply).KIND} to a weights request")
+        total = reply.num_buckets
+        named += [(n, _as_tensor(t)) for n, t in zip(reply.names, reply.tensors)]
+        bucket += 1
+    return version, named
+
+
+class RolloutActor:
+    def __init__(self, cfg: Config, address: str, actor_id: str | None = None):
+        self.cfg = cfg
+        self.actor_id = actor_id or default_worker_id("actor")
+        self.incarnation = time.time_ns()  # tells this start's work from a previous one's
+        self.client = LearnerClient(address)
+        self.engine = VLLMEngine(cfg.model.path, cfg.rollout, seed=cfg.seed + os.getpid())
+        self.version = -1  # weights on disk are not a published version: fetch before generating
+        self.seq = 0
+
+    def sync(self, version: int) -> None:
+        start = time.monotonic()
+        version, named = fetch_weights(self.client, version, self.cfg.rollout.learner_timeout_s)
+        self.engine.load_weights(named)
+        self.version = version
+        log.info("%s loaded policy version %d in %.2f s", self.actor_id, version, time.monotonic() - start)
+
+    def run(self) -> int:
+        """Serve leases until the learner says stop; returns the number of rollouts sent."""
+        timeout = self.cfg.rollout.learner_timeout_s
+        sent = 0
+        while True:
+            reply = self.client.request(LeaseRequest(self.actor_id, self.incarnation, self.version), timeout)
+            if reply is None:
+                raise LearnerGone(f"the learner did not answer within {timeout:.0f} s")
+            if isinstance(reply, Shutdown):
+                log.info("%s stopping: %s", self.actor_id, reply.reason)
+                return sent
+            if isinstance(reply, (Lease, Wait)) and reply.latest_version > self.version:
+                self.sync(reply.latest_version)  # between generation batches, never mid-sequence
+            if isinstance(reply, Wait):
+                time.sleep(reply.retry_after_s)
+                continue
+            if isinstance(reply, Lease):
+                self.client.send(self.rollout_for(reply))
+                sent += 1
+
+    def rollout_for(self, lease: Lease) -> Rollout:
+        offsets = np.concatenate([[0], np.cumsum(lease.prompt_lengths)])
+        prompts = [lease.prompt_tokens[offsets[i]:offsets[i + 1]] for i in range(len(lease.prompt_lengths))]
+        gen = self.engine.generate(prompts, lease.samples_per_prompt, lease.max_new_tokens,
+                                   lease.temperature, lease.top_p)
+        self.seq += 1
+        return Rollout(self.actor_id, self.incarnation, lease.lease_id, self.seq, self.version,
+                       gen.tokens, gen.lengths, gen.logprobs, gen.truncated, gen.seconds)

@@ -1,0 +1,15 @@
+"""The `tiller` command line: one file per command, each ends in a `run(cfg)`."""
+
+import typer
+
+from tiller.cli.actor import actor
+from tiller.cli.judge import judge
+from tiller.cli.learner import learner
+from tiller.cli.run import run
+
+app = typer.Typer(help="Tiller: asynchronous online alignment (vLLM actors, judges, a DeepSpeed learner).",
+                  no_args_is_help=True, add_completion=False)
+app.command("run")(run)
+app.command("learner")(learner)
+app.command("actor")(actor)
+app.command("judge")(judge)

@@ -1,0 +1,27 @@
+"""`tiller actor`: start one rollout actor (vLLM) that joins a running learner."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from tiller.cli.common import ConfigOption, DryRun, LearnerAddress, Overrides, resolve, setup_process
+
+
+def actor(
+    config: ConfigOption = None,
+    overrides: Overrides = None,
+    learner: LearnerAddress = None,
+    actor_id: Annotated[Optional[str], typer.Option("--id", help="Actor name (default: actor-HOST-PID).")] = None,
+    dry_run: DryRun = False,
+) -> None:
+    """Generate rollouts with vLLM for the learner at --learner, until it says stop."""
+    cfg = resolve(config, overrides, dry_run)
+    setup_process(actor_id or "actor")
+    from tiller.actors.rollout import RolloutActor
+    from tiller.learner.main import prepare_model
+
+    prepare_model(cfg)  # a tiny demo model is built on the spot if it is not there yet
+    sent = RolloutActor(cfg, learner or cfg.learner.address, actor_id).run()
+    typer.echo(f"actor done: {sent} rollouts sent")

@@ -1,0 +1,48 @@
+"""What every command shares: config loading with overrides, --dry-run, logging, core pinning."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from tiller.config import Config, ConfigError, dump_config, load_config
+
+ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.")]
+Overrides = Annotated[Optional[list[str]], typer.Argument(help="Dotted overrides, e.g. learner.lr=1e-6")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")]
+LearnerAddress = Annotated[
+    Optional[str], typer.Option("--learner", help="Learner address, e.g. tcp://10.0.0.5:5555 (default: learner.address).")
+]
+
+CORES_ENV = "TILLER_CORES"  # set by `tiller run` for each child process
+
+
+def resolve(config: Path | None, overrides: list[str] | None, dry_run: bool) -> Config:
+    """Load the config or exit with its error; with --dry-run print it and exit."""
+    try:
+        cfg = load_config(config, overrides or [])
+    except ConfigError as exc:
+        typer.echo(f"config error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if dry_run:
+        typer.echo(dump_config(cfg), nl=False)
+        raise typer.Exit(0)
+    return cfg
+
+
+def setup_process(role: str) -> list[int] | None:
+    """Logging, plus the pinning `tiller run` planned (TILLER_CORES): OS affinity and torch threads."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s")
+    cores_text = os.environ.get(CORES_ENV)
+    if not cores_text:
+        return None
+    cores = [int(c) for c in cores_text.split(",")]
+    os.sched_setaffinity(0, cores)
+    import torch
+
+    torch.set_num_threads(len(cores))
+    return cores

@@ -1,0 +1,27 @@
+"""`tiller judge`: start one judge actor that joins a running learner."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from tiller.cli.common import ConfigOption, DryRun, LearnerAddress, Overrides, resolve, setup_process
+
+
+def judge(
+    config: ConfigOption = None,
+    overrides: Overrides = None,
+    learner: LearnerAddress = None,
+    judge_id: Annotated[Optional[str], typer.Option("--id", help="Judge name (default: judge-HOST-PID).")] = None,
+    dry_run: DryRun = False,
+) -> None:
+    """Score rollouts for the learner at --learner (judge.kind: rule or reward_model)."""
+    cfg = resolve(config, overrides, dry_run)
+    setup_process(judge_id or "judge")
+    from tiller.actors.judge import JudgeActor
+    from tiller.learner.main import prepare_model
+
+    prepare_model(cfg)  # the judge decodes with the policy's tokenizer
+    judged = JudgeActor(cfg, learner or cfg.learner.address, judge_id).run()
+    typer.echo(f"judge done: {judged} tasks judged")

@@ -1,0 +1,83 @@
+"""Where each process of `tiller run` goes: CPU cores on a CPU machine, devices on a GPU machine.
+
+On a CPU machine every busy process gets its own cores: OS affinity for the whole process,
+vLLM's OpenMP binding and torch's thread count on the same set. Unpinned vLLM engines
+sharing two cores were measured 7x slower in total than pinned ones (platform notes).
+When there are more busy processes than cores, the learner keeps a core of its own and
+the others share what is left, round-robin; a rule judge (no model) is light and shares.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Slot:
+    role: str  # "learner", "actor0", "judge0", ...
+    cores: tuple[int, ...]  # empty: not pinned
+    device: str | None = None  # CUDA_VISIBLE_DEVICES value on GPU machines
+
+    def env(self) -> dict[str, str]:
+        env: dict[str, str] = {}
+        if self.cores:
+            cpu_list = ",".join(map(str, self.cores))
+            env.update(TILLER_CORES=cpu_list, VLLM_CPU_OMP_THREADS_BIND=cpu_list,
+                       OMP_NUM_THREADS=str(len(self.cores)))
+        if self.device is not None:
+            env["CUDA_VISIBLE_DEVICES"] = self.device
+        return env
+
+
+def roles(actors: int, judges: int) -> list[str]:
+    return ["learner"] + [f"actor{i}" for i in range(actors)] + [f"judge{i}" for i in range(judges)]
+
+
+def plan(actors: int, judges: int, heavy_judges: bool, cores: list[int] | None = None,
+         gpus: int = 0, manual: dict[str, list[int]] | None = None) -> list[Slot]:
+    names = roles(actors, judges)
+    if manual is not None:
+        missing = [r for r in names if r not in manual]
+        if missing:
+            raise ValueError(f"run.cores: no cores given for {', '.join(missing)} (placement: manual)")
+        return [Slot(r, tuple(manual[r])) for r in names]
+    if gpus > 0:  # learner on device 0, workers round-robin over the rest (or share 0 if alone)
+        workers = [r for r in names if r != "learner"]
+        pool = list(range(1, gpus)) or [0]
+        return [Slot("learner", (), "0")] + [Slot(r, (), str(pool[i % len(pool)])) for i, r in enumerate(workers)]
+    cores = sorted(cores if cores is not None else os.sched_getaffinity(0))
+    heavy = [r for r in names if r.startswith(("learner", "actor")) or (heavy_judges and r.startswith("judge"))]
+    light = [r for r in names if r not in heavy]
+    assignment: dict[str, list[int]] = {r: [] for r in names}
+    if len(cores) >= len(heavy):
+        for i, core in enumerate(cores):  # spare cores go round-robin, the learner first
+            assignment[heavy[i % len(heavy)]].append(core)
+    else:
+        assignment["learner"] = [cores[0]]
+        shared = cores[1:] or cores
+        for i, r in enumerate(heavy[1:]):
+            assignment[r] = [shared[i % len(shared)]]
+    load = {c: sum(c in v for v in assignment.values()) for c in cores}
+    for r in light:  # light processes go to the least-loaded core
+        core = min(cores, key=lambda c: (load[c], -c))
+        assignment[r] = [core]
+        load[core] += 1
+    return [Slot(r, tuple(assignment[r])) for r in names]
+
+
+def describe(slots: list[Slot]) -> str:
+    lines = ["placement:"]
+    for s in slots:
+        where = f"cores {','.join(map(str, s.cores))}" if s.cores else "unpinned"
+        if s.device is not None:
+            where = f"cuda:{s.device}"
+        lines.append(f"  {s.role:<8} {where}")
+    counts: dict[int, int] = {}
+    for s in slots:
+        for c in s.cores:
+            counts[c] = counts.get(c, 0) + 1
+    shared = sorted(c for c, n in counts.items() if n > 1)
+    if shared:
+        lines.append(f"  (cores {','.join(map(str, shared))} are shared: more busy processes than cores)")
+    return "\n".join(lines)

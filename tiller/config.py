@@ -1,0 +1,242 @@
+"""One typed configuration tree for every Tiller process, loaded strictly from YAML.
+
+    cfg = load_config("configs/demo.yaml", overrides=["learner.lr=1e-6", "run.actors=1"])
+
+Unknown keys, wrong types and malformed overrides raise `ConfigError` naming the file, line
+and key. The tree is made of frozen dataclasses: nothing changes it after start-up.
+Imports nothing but the standard library and yaml.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = "runs/tiny-policy"  # a transformers model directory
+    build_tiny: bool = True  # build a random-init tiny model there if the directory is missing
+    seed: int = 0  # init seed of the tiny model
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: Literal["letters", "jsonl"] = "letters"  # letters: random lowercase prompts, made on the spot
+    path: str | None = None  # jsonl: one object per line with `prompt_field`
+    prompt_field: str = "prompt"
+    num_prompts: int = 100_000  # letters: size of the prompt stream
+    prompt_min_chars: int = 4
+    prompt_max_chars: int = 10
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    variant: Literal["sigmoid", "ipo", "simpo"] = "sigmoid"
+    beta: float = 0.1
+    label_smoothing: float = 0.0  # conservative DPO (sigmoid only)
+    simpo_gamma: float = 0.5  # SimPO target reward margin
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    address: str = "tcp://127.0.0.1:5555"  # where the learner binds; workers connect here
+    algorithm: Literal["online_dpo"] = "online_dpo"
+    steps: int = 100
+    batch_size: int = 16  # preference pairs per optimizer step
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    zero_stage: int = 0
+    sync_every: int = 1  # publish new weights every N steps
+    max_policy_lag: int = 2  # samples from a policy older than this many versions are dropped
+    lease_prompts: int = 8  # prompts per lease
+    lease_timeout_s: float = 300.0  # a lease not scored by then is re-leased
+    max_inflight_prompts: int = 64  # leased + buffered prompts: bounds memory and staleness
+    weight_bucket_mb: int = 256
+    torch_threads: int = 0  # 0: as placement decides (or torch's default when unpinned)
+    shutdown_grace_s: float = 15.0  # time given to workers to hear the shutdown
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    samples_per_prompt: int = 4
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    dtype: Literal["float32", "bfloat16"] = "float32"  # float32 keeps sampling on-policy on CPU
+    kv_cache_gib: float = 1.0
+    max_model_len: int = 256
+    learner_timeout_s: float = 600.0  # give up if the learner is silent this long
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    kind: Literal["rule", "reward_model"] = "rule"
+    rule: str = "tiller.tasks:vowel_reward"  # module:function(prompt, response) -> float
+    reward_model_path: str | None = None
+    batch_size: int = 32  # reward-model forward micro-batch
+    min_margin: float = 0.0  # no pair when best and worst score differ by this or less
+    learner_timeout_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What `tiller run` starts on this machine, and where."""
+
+    actors: int = 2
+    judges: int = 1
+    placement: Literal["auto", "manual", "off"] = "auto"
+    cores: dict[str, list[int]] = field(default_factory=dict)  # manual: {"learner": [0], "actor0": [1]}
+    timeout_s: float = 1800.0
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    wandb: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online if logged in
+    wandb_project: str = "tiller"
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "demo"
+    seed: int = 0
+    output_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _lines(node: yaml.Node, path: str, out: dict[str, int]) -> Any:
+    """Plain Python value of a composed YAML node, recording each key's line in `out`."""
+    if isinstance(node, yaml.MappingNode):
+        result = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            sub = f"{path}.{key}" if path else key
+            out[sub] = key_node.start_mark.line + 1
+            result[key] = _lines(value_node, sub, out)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_lines(v, path, out) for v in node.value]
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _build(hint, value, where)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(hint):
+            return None
+        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _coerce(value, inner, where)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise ConfigError(f"{where}: {value!r} is not one of {list(typing.get_args(hint))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, typing.get_args(hint)[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        _, value_hint = typing.get_args(hint)
+        return {str(k): _coerce(v, value_hint, f"{where}.{k}") for k, v in value.items()}
+    if hint is float and type(value) is int:
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # PyYAML reads `1e-6` (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if hint in (int, float, str, bool) and type(value) is hint:
+        return value
+    raise ConfigError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"{where + '.' if where else ''}{key}: unknown key (known: {', '.join(sorted(known))})")
+    kwargs = {k: _coerce(v, hints[k], f"{where + '.' if where else ''}{k}") for k, v in raw.items()}
+    return cls(**kwargs)
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {override!r}: expected key.sub=value")
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {part} is not a section")
+    try:
+        node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {override!r}: value is not valid YAML ({exc})") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Read `path` (or the defaults), apply `key.sub=value` overrides, and validate everything."""
+    raw: dict[str, Any] = {}
+    lines: dict[str, int] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            node = yaml.compose(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raw = _lines(node, "", lines) if node is not None else {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    origin = {key: f"{source}:{line}" for key, line in lines.items()}
+    for override in overrides:
+        _apply_override(raw, override)
+        origin[override.partition("=")[0].strip()] = f"override {override!r}"
+    try:
+        return _build(Config, raw, "")
+    except ConfigError as exc:
+        key = str(exc).split(":")[0].split("[")[0]
+        raise ConfigError(f"{origin.get(key, source)}: {exc}") from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,1 @@
+"""The learner: coordinator (leases, versions, staleness), DeepSpeed engine, pure losses, weight server."""

@@ -1,0 +1,193 @@
+"""The coordinator: prompt leases, routing to judges, staleness and exactly-once bookkeeping.
+
+Pure state, no sockets and no threads: the learner's socket thread calls it with decoded
+messages and sends whatever it returns, which keeps every rule here testable by hand.
+
+A lease moves  issued -> generated (rollout in, queued for a judge) -> judging -> done.
+Expired leases give their prompts back to the front of the queue; a rollout or score for a
+lease that is no longer live is a late duplicate and is dropped (and counted).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from tiller.config import LearnerConfig, RolloutConfig
+from tiller.learner.prompts import PromptStream
+from tiller.protocol.messages import Lease, LeaseRequest, Rollout, Scores, ScoreTask, Shutdown, Wait
+
+
+@dataclass(frozen=True)
+class ScoredPrompt:
+    """One judged prompt, ready for the learner's buffer."""
+
+    prompt_id: int
+    lease_id: int
+    policy_version: int
+    prompt: np.ndarray  # int32 [P]
+    responses: list[np.ndarray]  # k int32 arrays
+    logprobs: list[np.ndarray]  # k float32 arrays, behaviour policy
+    scores: np.ndarray  # float32 [k]
+    chosen: int  # index into responses, -1 when the judge saw no preference
+    rejected: int
+
+
+@dataclass
+class _LeaseState:
+    actor: str
+    prompt_ids: list[int]
+    deadline: float
+    rollout: Rollout | None = None
+
+
+@dataclass
+class Counters:
+    leases_issued: int = 0
+    leases_expired: int = 0
+    leases_completed: int = 0
+    prompts_released: int = 0  # prompts given back for re-leasing (expiry or staleness)
+    duplicates_dropped: int = 0
+    waits_credit: int = 0
+
+
+@dataclass
+class Coordinator:
+    prompts: PromptStream
+    learner: LearnerConfig
+    rollout: RolloutConfig
+    seed: int = 0
+    clock: Callable[[], float] = time.monotonic
+    version: int = 0
+    done: bool = False
+    counters: Counters = field(default_factory=Counters)
+
+    def __post_init__(self) -> None:
+        self._next_fresh = 0
+        self._released: deque[int] = deque()  # prompts to lease again, before fresh ones
+        self._leases: dict[int, _LeaseState] = {}
+        self._next_lease_id = 1
+        self._score_queue: deque[int] = deque()
+        self.buffered = 0  # prompts handed to the learner and not yet consumed
+        self.actor_versions: dict[str, int] = {}
+
+    # --------------------------------------------------------------- actors
+
+    @property
+    def inflight_prompts(self) -> int:
+        return self.buffered + sum(len(s.prompt_ids) for s in self._leases.values())
+
+    def on_lease_request(self, request: LeaseRequest) -> Lease | Wait | Shutdown:
+        actor = f"{request.actor_id}#{request.incarnation}"
+        self.actor_versions[actor] = request.policy_version
+        if self.done:
+            return Shutdown("training finished")
+        # The actor syncs to `version` before generating, so this bounds the lag at lease time.
+        free = self.learner.max_inflight_prompts - self.inflight_prompts
+        if free < self.learner.lease_prompts:
+            self.counters.waits_credit += 1
+            return Wait("no credits: the learner has enough work in flight", 0.05, self.version)
+        prompt_ids = [self._take_prompt() for _ in range(self.learner.lease_prompts)]
+        lease_id = self._next_lease_id
+        self._next_lease_id += 1
+        self._leases[lease_id] = _LeaseState(actor, prompt_ids, self.clock() + self.learner.lease_timeout_s)
+        self.counters.leases_issued += 1
+        tokens, lengths = self.prompts.pack(prompt_ids)
+        return Lease(
+            lease_id=lease_id,
+            latest_version=self.version,
+            prompt_ids=np.asarray(prompt_ids, dtype=np.int64),
+            prompt_tokens=tokens,
+            prompt_lengths=lengths,
+            samples_per_prompt=self.rollout.samples_per_prompt,
+            max_new_tokens=self.rollout.max_new_tokens,
+            temperature=self.rollout.temperature,
+            top_p=self.rollout.top_p,
+            seed=self.seed * 1_000_003 + lease_id,
+            deadline_s=self.learner.lease_timeout_s,
+        )
+
+    def _take_prompt(self) -> int:
+        if self._released:
+            return self._released.popleft()
+        self._next_fresh += 1
+        return self._next_fresh - 1
+
+    def on_rollout(self, rollout: Rollout) -> bool:
+        """Accept a rollout for judging; False if its lease is not live (late duplicate)."""
+        state = self._leases.get(rollout.lease_id)
+        expected = len(state.prompt_ids) * self.rollout.samples_per_prompt if state else -1
+        if state is None or state.rollout is not None or len(rollout.response_lengths) != expected:
+            self.counters.duplicates_dropped += 1
+            return False
+        state.rollout = rollout
+        self._score_queue.append(rollout.lease_id)
+        return True
+
+    # --------------------------------------------------------------- judges
+
+    def next_score_task(self) -> ScoreTask | None:
+        while self._score_queue:
+            lease_id = self._score_queue.popleft()
+            state = self._leases.get(lease_id)
+            if state is None or state.rollout is None:
+                continue  # expired while queued
+            tokens, lengths = self.prompts.pack(state.prompt_ids)
+            r = state.rollout
+            return ScoreTask(lease_id, self.rollout.samples_per_prompt, tokens, lengths,
+                             r.response_tokens, r.response_lengths, r.truncated)
+        return None
+
+    def on_scores(self, scores: Scores) -> list[ScoredPrompt] | None:
+        """Complete a lease; returns its judged prompts, or None for a late duplicate."""
+        state = self._leases.get(scores.lease_id)
+        k = self.rollout.samples_per_prompt
+        n = len(state.prompt_ids) if state else 0
+        if (state is None or state.rollout is None or len(scores.scores) != n * k
+                or len(scores.chosen) != n or len(scores.rejected) != n):
+            self.counters.duplicates_dropped += 1
+            return None
+        del self._leases[scores.lease_id]
+        self.counters.leases_completed += 1
+        r = state.rollout
+        offsets = np.concatenate([[0], np.cumsum(r.response_lengths)])
+        responses = [r.response_tokens[offsets[i]:offsets[i + 1]] for i in range(n * k)]
+        logprobs = [r.logprobs[offsets[i]:offsets[i + 1]] for i in range(n * k)]
+        out = []
+        for i, prompt_id in enumerate(state.prompt_ids):
+            chosen, rejected = int(scores.chosen[i]), int(scores.rejected[i])
+            if not (-1 <= chosen < k and -1 <= rejected < k and (chosen == -1) == (rejected == -1)):
+                chosen = rejected = -1  # a judge bug must not crash the learner: no pair
+            out.append(ScoredPrompt(
+                prompt_id, scores.lease_id, r.policy_version, self.prompts.get(prompt_id),
+                responses[i * k:(i + 1) * k], logprobs[i * k:(i + 1) * k],
+                np.asarray(scores.scores[i * k:(i + 1) * k], dtype=np.float32), chosen, rejected,
+            ))
+        self.buffered += n
+        return out
+
+    # --------------------------------------------------------------- learner side
+
+    def expire(self) -> list[int]:
+        """Release the prompts of every lease past its deadline; returns the expired lease ids."""
+        now = self.clock()
+        expired = [lease_id for lease_id, s in self._leases.items() if s.deadline <= now]
+        for lease_id in expired:
+            self.release(self._leases.pop(lease_id).prompt_ids)
+            self.counters.leases_expired += 1
+        return expired
+
+    def release(self, prompt_ids: list[int]) -> None:
+        """Give prompts back to be leased again, ahead of fresh ones (expiry, staleness)."""
+        self._released.extend(prompt_ids)
+        self.counters.prompts_released += len(prompt_ids)
+
+    def consumed(self, n: int) -> None:
+        self.buffered -= n
+
+    def publish(self, version: int) -> None:
+        self.version = version

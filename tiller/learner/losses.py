@@ -1,0 +1,95 @@
+"""Pure preference-optimisation losses: tensors in, `(loss, metrics)` out. No state, no config.
+
+Shapes: B = number of preference pairs. Every log-probability argument is the *sum* over
+the response tokens of one sequence, shape [B]; `*_lengths` are response token counts [B].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+Metrics = dict[str, float]
+
+
+def _reward_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> Metrics:
+    return {
+        "rewards/chosen": chosen_rewards.mean().item(),
+        "rewards/rejected": rejected_rewards.mean().item(),
+        "rewards/margin": (chosen_rewards - rejected_rewards).mean().item(),
+        "rewards/accuracy": (chosen_rewards > rejected_rewards).float().mean().item(),
+    }
+
+
+def dpo_sigmoid_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, Metrics]:
+    """DPO (Rafailov et al. 2023, https://arxiv.org/abs/2305.18290, eq. 7), all args [B].
+
+    With label_smoothing = eps > 0 this is conservative DPO (Mitchell 2023,
+    https://ericmitchell.ai/cdpo.pdf): the preference label is trusted with probability 1 - eps.
+    """
+    chosen_logratio = policy_chosen - ref_chosen
+    rejected_logratio = policy_rejected - ref_rejected
+    logits = beta * (chosen_logratio - rejected_logratio)
+    # -(1-eps) log sigma(beta*h) - eps log sigma(-beta*h)
+    losses = -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
+    metrics = _reward_metrics(beta * chosen_logratio.detach(), beta * rejected_logratio.detach())
+    return losses.mean(), metrics
+
+
+def ipo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    chosen_lengths: torch.Tensor,
+    rejected_lengths: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, Metrics]:
+    """IPO (Azar et al. 2023, https://arxiv.org/abs/2310.12036, eq. 17), all args [B].
+
+    `beta` is the paper's tau. Log-probabilities are averaged per token, as TRL and OpenRLHF
+    do, so the 1/(2 tau) target does not depend on response length.
+    """
+    chosen_logratio = (policy_chosen - ref_chosen) / chosen_lengths
+    rejected_logratio = (policy_rejected - ref_rejected) / rejected_lengths
+    h = chosen_logratio - rejected_logratio
+    losses = (h - 1 / (2 * beta)) ** 2  # (h - 1/(2 tau))^2
+    metrics = _reward_metrics(beta * chosen_logratio.detach(), beta * rejected_logratio.detach())
+    return losses.mean(), metrics
+
+
+def simpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    chosen_lengths: torch.Tensor,
+    rejected_lengths: torch.Tensor,
+    beta: float,
+    gamma: float,
+) -> tuple[torch.Tensor, Metrics]:
+    """SimPO (Meng et al. 2024, https://arxiv.org/abs/2405.14734, eq. 6), all args [B].
+
+    Reference-free: the implicit reward is the length-normalised policy log-probability,
+    and gamma is the target margin between chosen and rejected rewards.
+    """
+    chosen_rewards = beta * policy_chosen / chosen_lengths
+    rejected_rewards = beta * policy_rejected / rejected_lengths
+    losses = -F.logsigmoid(chosen_rewards - rejected_rewards - gamma)
+    return losses.mean(), _reward_metrics(chosen_rewards.detach(), rejected_rewards.detach())
+
+
+def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Sum of log p(token) over the response tokens of each sequence.
+
+    logits [N, T, V] from a causal LM over input_ids [N, T]; response_mask [N, T] is 1 on
+    response tokens. Position t's logits predict token t+1, hence the shift.
+    """
+    logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    token_logprobs = logprobs.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return (token_logprobs * response_mask[:, 1:]).sum(-1)

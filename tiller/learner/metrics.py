@@ -1,0 +1,130 @@
+"""Where the learner's numbers go: a progress line, `metrics.jsonl`, W&B, and a closing summary.
+
+W&B never blocks or breaks a run: `auto` logs online only when a login exists (else
+offline), and any W&B failure is logged once and the run goes on with the JSONL file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+
+from tiller.config import Config, to_dict
+
+log = logging.getLogger(__name__)
+
+
+def _wandb_mode(requested: str) -> str:
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if requested != "auto":
+        return requested
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        logged_in = netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        logged_in = False
+    return "online" if logged_in else "offline"
+
+
+class MetricsSink:
+    def __init__(self, cfg: Config, run_dir: Path):
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = run_dir / "metrics.jsonl"
+        self._file = self.path.open("w")
+        self.history: list[dict[str, Any]] = []
+        self._wandb = None
+        mode = _wandb_mode(cfg.metrics.wandb)
+        if mode != "disabled":
+            try:
+                import wandb
+
+                self._wandb = wandb.init(
+                    project=cfg.metrics.wandb_project, name=cfg.name, dir=str(run_dir), mode=mode,
+                    config=to_dict(cfg), settings=wandb.Settings(init_timeout=60, silent=True),
+                )
+            except Exception as exc:  # noqa: BLE001 - metrics must never stop training
+                log.warning("W&B unavailable (%s); metrics go to %s only", exc, self.path)
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        self.history.append(metrics)
+        self._file.write(json.dumps(metrics) + "\n")
+        self._file.flush()
+        print(progress_line(metrics), flush=True)
+        if self._wandb is not None:
+            try:
+                self._wandb.log(metrics, step=metrics["step"])
+            except Exception as exc:  # noqa: BLE001
+                log.warning("W&B log failed (%s); continuing without it", exc)
+                self._wandb = None
+
+    def close(self) -> None:
+        self._file.close()
+        if self._wandb is not None:
+            try:
+                self._wandb.finish()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("W&B finish failed: %s", exc)
+
+
+def progress_line(m: dict[str, Any]) -> str:
+    return (
+        f"step {m['step']:>4} | v{m['policy_version']:<4} | reward {m['reward/mean']:.3f} "
+        f"| loss {m['loss']:.4f} | margin {m.get('rewards/margin', float('nan')):+.3f} "
+        f"| {m['samples_per_s']:.1f} samples/s | staleness {m['staleness/mean']:.2f}"
+    )
+
+
+def reward_table(history: list[dict[str, Any]], rows: int = 10) -> str:
+    """Mean reward over `rows` equal spans of steps, as a small text table."""
+    if not history:
+        return "(no steps)"
+    span = max(1, math.ceil(len(history) / rows))
+    lines = ["steps        mean reward", "-----------  -----------"]
+    for start in range(0, len(history), span):
+        chunk = history[start:start + span]
+        mean = sum(m["reward/mean"] for m in chunk) / len(chunk)
+        lines.append(f"{chunk[0]['step']:>4}-{chunk[-1]['step']:<6}  {mean:11.3f}")
+    return "\n".join(lines)
+
+
+def first_last_tenth(history: list[dict[str, Any]]) -> tuple[float, float]:
+    n = max(1, len(history) // 10)
+    first = sum(m["reward/mean"] for m in history[:n]) / n
+    last = sum(m["reward/mean"] for m in history[-n:]) / n
+    return first, last
+
+
+def plot_reward(history: list[dict[str, Any]], path: Path, title: str) -> Path | None:
+    """Mean reward per step (and a moving average) as a PNG."""
+    if not history:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [m["step"] for m in history]
+    rewards = [m["reward/mean"] for m in history]
+    window = max(1, len(rewards) // 20)
+    smooth = [sum(rewards[max(0, i - window + 1):i + 1]) / len(rewards[max(0, i - window + 1):i + 1])
+              for i in range(len(rewards))]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, rewards, alpha=0.35, label="mean reward per step")
+    ax.plot(steps, smooth, label=f"moving average ({window} steps)")
+    ax.set_xlabel("learner step")
+    ax.set_ylabel("mean judge reward")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,174 @@
+"""The learner's socket thread: serves actors, judges and weight fetches beside the training loop.
+
+The training loop never touches a socket. It talks to this thread through two queues:
+`scored` (judged prompts out, bounded by the coordinator's credits) and `_commands`
+(publish a version, release stale prompts, mark consumption, shut down). Everything the
+coordinator owns is touched only from this thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from tiller.learner.coordinator import Coordinator
+from tiller.protocol.messages import (
+    LeaseRequest, Rollout, Scores, Shutdown, WeightsBucket, WeightsGone, WeightsRequest, WorkRequest,
+)
+from tiller.protocol.transport import RouterEndpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WeightSnapshot:
+    """An immutable published policy: buckets of (names, tensors), served zero-copy."""
+
+    version: int
+    buckets: list[tuple[list[str], list[Any]]]
+
+
+class LearnerServer:
+    def __init__(self, coordinator: Coordinator, address: str):
+        self.coordinator = coordinator
+        self.endpoint = RouterEndpoint(address)
+        self.address = self.endpoint.address
+        self.scored: queue.Queue = queue.Queue()
+        self._commands: queue.Queue = queue.Queue()
+        self._snapshot: WeightSnapshot | None = None
+        self._parked_judges: list[bytes] = []
+        self._peers: dict[bytes, str] = {}  # identity -> "actor"/"judge" name, for shutdown
+        self._told_to_stop: set[bytes] = set()
+        self._stop_deadline: float | None = None
+        self.judge_work: dict[str, int] = {}  # judge name -> leases scored
+        self.actor_work: dict[str, int] = {}
+        self._thread = threading.Thread(target=self._loop, name="tiller-learner-server", daemon=True)
+        self.failure: BaseException | None = None
+
+    # ------------------------------------------------------------- called by the training loop
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def publish(self, snapshot: WeightSnapshot) -> None:
+        self._commands.put(("publish", snapshot))
+
+    def release(self, prompt_ids: list[int]) -> None:
+        """Stale samples: their prompts are leased again (the learner never trains on them)."""
+        self._commands.put(("release", prompt_ids))
+
+    def consumed(self, n: int) -> None:
+        self._commands.put(("consumed", n))
+
+    def shutdown(self, grace_s: float) -> None:
+        """Tell every worker to stop as it next calls in; return once all heard it or after grace_s."""
+        self._commands.put(("shutdown", grace_s))
+        self._thread.join(grace_s + 5)
+        self.endpoint.close()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # ------------------------------------------------------------- the thread
+
+    def _loop(self) -> None:
+        try:
+            last_expiry = 0.0
+            while not self._finished():
+                if self.endpoint.poll(10):
+                    self._receive_all()
+                self._run_commands()
+                if time.monotonic() - last_expiry > 0.5:
+                    last_expiry = time.monotonic()
+                    for lease_id in self.coordinator.expire():
+                        log.warning("lease %d expired; its prompts will be leased again", lease_id)
+                self._dispatch_judges()
+        except BaseException as exc:  # surfaced to the training loop, which stops the run
+            self.failure = exc
+            log.exception("learner server thread failed")
+
+    def _finished(self) -> bool:
+        if self._stop_deadline is None:
+            return False
+        everyone_told = set(self._peers) <= self._told_to_stop
+        return everyone_told or time.monotonic() > self._stop_deadline
+
+    def _receive_all(self) -> None:
+        for _ in range(1000):  # bounded burst, then serve commands again
+            if not self.endpoint.poll(0):
+                return
+            received = self.endpoint.recv()
+            if received is not None:
+                self._handle(*received)
+
+    def _handle(self, identity: bytes, message: Any) -> None:
+        c = self.coordinator
+        if isinstance(message, LeaseRequest):
+            self._peers[identity] = message.actor_id
+            self._reply(identity, c.on_lease_request(message))
+        elif isinstance(message, Rollout):
+            if c.on_rollout(message):
+                self.actor_work[message.actor_id] = self.actor_work.get(message.actor_id, 0) + 1
+        elif isinstance(message, WorkRequest):
+            self._peers[identity] = message.judge_id
+            if c.done:
+                self._reply(identity, Shutdown("training finished"))
+            elif identity not in self._parked_judges:
+                self._parked_judges.append(identity)
+        elif isinstance(message, Scores):
+            scored = c.on_scores(message)
+            if scored is not None:
+                self.judge_work[message.judge_id] = self.judge_work.get(message.judge_id, 0) + 1
+                for item in scored:
+                    self.scored.put(item)
+        elif isinstance(message, WeightsRequest):
+            self._serve_weights(identity, message)
+        else:
+            self.endpoint.stats.reject(f"unexpected message kind {type(message).KIND}")
+            log.warning("peer %s sent %s, which only the learner sends", identity.hex(), type(message).KIND)
+
+    def _reply(self, identity: bytes, message: Any) -> None:
+        self.endpoint.send(identity, message)
+        if isinstance(message, Shutdown):
+            self._told_to_stop.add(identity)
+
+    def _serve_weights(self, identity: bytes, request: WeightsRequest) -> None:
+        snap = self._snapshot
+        if snap is None or request.version != snap.version or not 0 <= request.bucket < len(snap.buckets):
+            self._reply(identity, WeightsGone(snap.version if snap else -1))
+            return
+        names, tensors = snap.buckets[request.bucket]
+        self._reply(identity, WeightsBucket(snap.version, request.bucket, len(snap.buckets), names, tensors))
+
+    def _dispatch_judges(self) -> None:
+        while self._parked_judges:
+            task = self.coordinator.next_score_task()
+            if task is None:
+                return
+            self._reply(self._parked_judges.pop(0), task)
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                command, arg = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if command == "publish":
+                self._snapshot = arg
+                self.coordinator.publish(arg.version)
+            elif command == "release":
+                self.coordinator.release(arg)
+                self.coordinator.consumed(len(arg))
+            elif command == "consumed":
+                self.coordinator.consumed(arg)
+            elif command == "shutdown":
+                self.coordinator.done = True
+                self._stop_deadline = time.monotonic() + arg
+                for identity in self._parked_judges:
+                    self._reply(identity, Shutdown("training finished"))
+                self._parked_judges.clear()

@@ -1,0 +1,148 @@
+"""Tiny models and tokenizers built on the spot, so demos and tests need no model hub.
+
+`ensure_tiny_policy(dir)` writes a random-init Qwen2 causal LM plus a character-level
+tokenizer that vLLM and transformers both load from `dir`; `ensure_tiny_reward_model`
+does the same for a sequence-classification reward model. Both are idempotent: an
+existing model directory is reused as is.
+
+Run `python -m tiller.models /tmp/tiny` to build one by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+# Special tokens first so their ids are stable: pad=0, eos=1, unk=2.
+SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")
+ALPHABET = "abcdefghijklmnopqrstuvwxyz .,?!"
+
+
+@dataclass(frozen=True)
+class TinyShape:
+    """Shape of a tiny Qwen2 model. vLLM's CPU attention needs head_dim >= 32."""
+
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 256
+    max_positions: int = 256
+
+
+def build_char_tokenizer():
+    """A character-level fast tokenizer: one token per character, decoding joins them back."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + tuple(ALPHABET))}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    # Every character is its own piece, spaces included (a whitespace pre-tokenizer would drop them).
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
+    )
+
+
+def load_tokenizer(model_dir: str | Path):
+    """Load the tokenizer saved beside a model.
+
+    Uses `PreTrainedTokenizerFast` directly: transformers 5 maps a `qwen2` config to the
+    Qwen2 tokenizer class through AutoTokenizer, which would mangle the char tokenizer.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    config = Path(model_dir) / "tokenizer_config.json"
+    if config.exists() and json.loads(config.read_text()).get("tiller_char_tokenizer"):
+        return PreTrainedTokenizerFast.from_pretrained(str(model_dir))
+    return AutoTokenizer.from_pretrained(str(model_dir))
+
+
+def _save_tokenizer(tokenizer, model_dir: Path) -> None:
+    tokenizer.save_pretrained(str(model_dir))
+    config_path = model_dir / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["tiller_char_tokenizer"] = True
+    config_path.write_text(json.dumps(config, indent=2))
+
+
+def _qwen2_config(vocab_size: int, shape: TinyShape, eos_id: int, pad_id: int, **extra):
+    from transformers import Qwen2Config
+
+    return Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=shape.hidden_size,
+        num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.num_heads,
+        num_key_value_heads=shape.num_kv_heads,
+        intermediate_size=shape.intermediate_size,
+        max_position_embeddings=shape.max_positions,
+        tie_word_embeddings=True,
+        eos_token_id=eos_id,
+        bos_token_id=eos_id,
+        pad_token_id=pad_id,
+        **extra,
+    )
+
+
+def _publish_dir(model_dir: Path, write) -> None:
+    """Write into a temp sibling, then rename: processes racing to build the same model never
+    see a half-written directory (the loser of the race keeps the winner's copy)."""
+    model_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}-", dir=model_dir.parent))
+    write(tmp)
+    try:
+        os.rename(tmp, model_dir)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not _is_complete(model_dir):
+            raise
+
+
+def _is_complete(model_dir: Path) -> bool:
+    return (model_dir / "config.json").exists() and (model_dir / "tokenizer.json").exists()
+
+
+def ensure_tiny_policy(model_dir: str | Path, seed: int = 0, shape: TinyShape = TinyShape()) -> Path:
+    """Write a random-init tiny Qwen2 causal LM and its char tokenizer to `model_dir` (once)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model_dir = Path(model_dir)
+    if _is_complete(model_dir):
+        return model_dir
+    tokenizer = build_char_tokenizer()
+    config = _qwen2_config(len(tokenizer), shape, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    _publish_dir(model_dir, lambda tmp: (model.save_pretrained(str(tmp)), _save_tokenizer(tokenizer, tmp)))
+    return model_dir
+
+
+def ensure_tiny_reward_model(model_dir: str | Path, seed: int = 0, shape: TinyShape = TinyShape()) -> Path:
+    """Write a random-init tiny Qwen2 sequence classifier (one logit = the reward) to `model_dir`."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model_dir = Path(model_dir)
+    if _is_complete(model_dir):
+        return model_dir
+    tokenizer = build_char_tokenizer()
+    config = _qwen2_config(len(tokenizer), shape, tokenizer.eos_token_id, tokenizer.pad_token_id, num_labels=1)
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
+    _publish_dir(model_dir, lambda tmp: (model.save_pretrained(str(tmp)), _save_tokenizer(tokenizer, tmp)))
+    return model_dir
+
+
+if __name__ == "__main__":
+    out = ensure_tiny_policy(sys.argv[1] if len(sys.argv) > 1 else "runs/tiny-policy")
+    print(f"tiny policy written to {out}")

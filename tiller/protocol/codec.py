@@ -1,0 +1,236 @@
+"""msgpack codec for wire messages: the body is msgpack, large arrays travel as their own frames.
+
+A message encodes to a list of frames:
+
+    frame 0   msgpack([kind, schema_version, field_0, field_1, ...])   # dataclass field order
+    frame 1+  raw array buffers, sent with copy=False
+
+An array field is an msgpack ext value naming (dtype, shape, frame index); arrays under
+`INLINE_LIMIT` bytes travel inline as (dtype, shape, bytes) to spare a frame. bfloat16
+travels as its raw bytes with the dtype name "bfloat16" and comes back as a torch tensor
+(numpy has no bf16); every other dtype comes back as a read-only numpy view of the frame.
+
+Decoding trusts nothing: the kind must be registered, every field is type-checked against
+the dataclass annotation, dtypes come from a whitelist, and frame counts, sizes and shapes
+are bounded. Anything else raises `ProtocolError`. No pickle, eval or import happens here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import msgpack
+import numpy as np
+
+ARRAY_FRAME_EXT = 1  # ext payload: msgpack([dtype, shape, frame_index])
+ARRAY_INLINE_EXT = 2  # ext payload: msgpack([dtype, shape, raw_bytes])
+INLINE_LIMIT = 512  # bytes; smaller arrays ride inside the body
+
+DTYPES = ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64", "bfloat16")
+
+
+class ProtocolError(ValueError):
+    """A message that does not decode: unknown kind, wrong field type, bad array, over a limit."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds checked before and while decoding, so a hostile peer cannot exhaust memory."""
+
+    max_frames: int = 4096
+    max_body_bytes: int = 16 << 20
+    max_frame_bytes: int = 2 << 30
+    max_total_bytes: int = 4 << 30
+    max_ndim: int = 8
+    max_list_len: int = 1 << 20
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def _dtype_name(array: Any) -> str:
+    name = str(array.dtype).removeprefix("torch.")
+    if name not in DTYPES:
+        raise ProtocolError(f"dtype {name} is not allowed on the wire (allowed: {', '.join(DTYPES)})")
+    return name
+
+
+def _array_bytes(array: Any) -> memoryview:
+    """A contiguous byte view of a numpy array or torch tensor (bf16 as a uint8 view)."""
+    if isinstance(array, np.ndarray):
+        return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+    import torch  # only reached for torch tensors, so torch is already loaded
+
+    tensor = array.detach().cpu().contiguous().reshape(-1)
+    return memoryview(tensor.view(torch.uint8).numpy()).cast("B")
+
+
+def _is_array(value: Any) -> bool:
+    return isinstance(value, np.ndarray) or type(value).__name__ == "Tensor"
+
+
+class Encoder:
+    """Encodes registered message dataclasses to frames; one instance per message."""
+
+    def __init__(self) -> None:
+        self.frames: list[Any] = [b""]
+
+    def _default(self, value: Any) -> msgpack.ExtType:
+        if not _is_array(value):
+            raise ProtocolError(f"cannot encode value of type {type(value).__name__}")
+        dtype, shape, data = _dtype_name(value), list(value.shape), _array_bytes(value)
+        if data.nbytes < INLINE_LIMIT:
+            return msgpack.ExtType(ARRAY_INLINE_EXT, msgpack.packb([dtype, shape, bytes(data)]))
+        self.frames.append(data)
+        return msgpack.ExtType(ARRAY_FRAME_EXT, msgpack.packb([dtype, shape, len(self.frames) - 1]))
+
+    def encode(self, message: Any) -> list[Any]:
+        kind = getattr(type(message), "KIND", None)
+        if kind is None or not dataclasses.is_dataclass(message):
+            raise ProtocolError(f"{type(message).__name__} is not a wire message")
+        values = [getattr(message, f.name) for f in dataclasses.fields(message)]
+        self.frames[0] = msgpack.packb([kind, type(message).SCHEMA, *values], default=self._default)
+        return self.frames
+
+
+def encode(message: Any) -> list[Any]:
+    """Frames for `message`: the msgpack body, then one buffer per large array (zero-copy)."""
+    return Encoder().encode(message)
+
+
+class _ArrayRef:
+    """An array ext value seen in the body, resolved against the frames after unpacking."""
+
+    __slots__ = ("dtype", "shape", "source")
+
+    def __init__(self, dtype: str, shape: tuple[int, ...], source: int | bytes) -> None:
+        self.dtype, self.shape, self.source = dtype, shape, source
+
+
+def _ext_hook(limits: Limits):
+    def hook(code: int, payload: bytes) -> _ArrayRef:
+        if code not in (ARRAY_FRAME_EXT, ARRAY_INLINE_EXT):
+            raise ProtocolError(f"unknown ext type {code}")
+        try:
+            dtype, shape, source = msgpack.unpackb(payload, raw=False)
+        except Exception as exc:
+            raise ProtocolError(f"bad array descriptor: {exc}") from None
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            raise ProtocolError(f"dtype {dtype!r} is not allowed on the wire")
+        if not isinstance(shape, list) or len(shape) > limits.max_ndim:
+            raise ProtocolError(f"array shape must be a list of at most {limits.max_ndim} dims")
+        if not all(type(d) is int and 0 <= d < (1 << 40) for d in shape):
+            raise ProtocolError(f"bad array shape {shape!r}")
+        valid_source = isinstance(source, bytes) if code == ARRAY_INLINE_EXT else type(source) is int
+        if not valid_source:
+            raise ProtocolError("bad array source in descriptor")
+        return _ArrayRef(dtype, tuple(shape), source)
+
+    return hook
+
+
+def _materialise(ref: _ArrayRef, frames: Sequence[Any], used: set[int]) -> Any:
+    if isinstance(ref.source, bytes):
+        buffer: Any = ref.source
+    else:
+        if not 1 <= ref.source < len(frames) or ref.source in used:
+            raise ProtocolError(f"array names frame {ref.source}, which is missing or already used")
+        used.add(ref.source)
+        frame = frames[ref.source]
+        buffer = frame.buffer if hasattr(frame, "buffer") else frame
+    itemsize = 2 if ref.dtype == "bfloat16" else np.dtype(ref.dtype).itemsize
+    expected = int(np.prod(ref.shape, dtype=np.int64)) * itemsize
+    if memoryview(buffer).nbytes != expected:
+        raise ProtocolError(
+            f"array {ref.dtype}{list(ref.shape)} needs {expected} bytes, frame has {memoryview(buffer).nbytes}"
+        )
+    if ref.dtype == "bfloat16":
+        import torch
+
+        raw = np.frombuffer(buffer, dtype=np.uint8).copy()
+        return torch.from_numpy(raw).view(torch.bfloat16).reshape(ref.shape)
+    return np.frombuffer(buffer, dtype=ref.dtype).reshape(ref.shape)
+
+
+def _check(value: Any, hint: Any, where: str, frames: Sequence[Any], used: set[int], limits: Limits) -> Any:
+    """Type-check one decoded value against its annotation, resolving array refs."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _check(value, option, where, frames, used, limits)
+            except ProtocolError as exc:
+                errors.append(str(exc))
+        raise ProtocolError(errors[0] if errors else f"{where}: unexpected None")
+    if origin is list:
+        if not isinstance(value, list) or len(value) > limits.max_list_len:
+            raise ProtocolError(f"{where}: expected a list of at most {limits.max_list_len} items")
+        (item_hint,) = typing.get_args(hint)
+        return [_check(v, item_hint, f"{where}[{i}]", frames, used, limits) for i, v in enumerate(value)]
+    if hint is np.ndarray:
+        if not isinstance(value, _ArrayRef):
+            raise ProtocolError(f"{where}: expected an array, got {type(value).__name__}")
+        return _materialise(value, frames, used)
+    if hint is float and type(value) is int:
+        return float(value)
+    if hint in (int, float, str, bool, bytes) and type(value) is hint:
+        return value
+    raise ProtocolError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {type(value).__name__}")
+
+
+class Decoder:
+    """Decodes frames into registered message dataclasses, validating everything."""
+
+    def __init__(self, registry: dict[str, type], limits: Limits = DEFAULT_LIMITS) -> None:
+        self.registry = registry
+        self.limits = limits
+        self._hints = {kind: typing.get_type_hints(cls) for kind, cls in registry.items()}
+
+    def decode(self, frames: Sequence[Any]) -> Any:
+        limits = self.limits
+        if not frames or len(frames) > limits.max_frames:
+            raise ProtocolError(f"message has {len(frames)} frames (allowed 1..{limits.max_frames})")
+        sizes = [memoryview(f.buffer if hasattr(f, "buffer") else f).nbytes for f in frames]
+        if sizes[0] > limits.max_body_bytes or max(sizes) > limits.max_frame_bytes:
+            raise ProtocolError("message body or frame is over the size limit")
+        if sum(sizes) > limits.max_total_bytes:
+            raise ProtocolError("message is over the total size limit")
+        body = frames[0].bytes if hasattr(frames[0], "bytes") else bytes(frames[0])
+        try:
+            items = msgpack.unpackb(
+                body, raw=False, strict_map_key=True, ext_hook=_ext_hook(limits),
+                max_array_len=limits.max_list_len,
+                max_map_len=1024, max_str_len=limits.max_body_bytes, max_bin_len=limits.max_body_bytes,
+            )
+        except ProtocolError:
+            raise
+        except Exception as exc:  # msgpack raises several types for garbage input
+            raise ProtocolError(f"body is not valid msgpack: {type(exc).__name__}: {exc}") from None
+        if not isinstance(items, list) or len(items) < 2:
+            raise ProtocolError("body must be a list [kind, schema, fields...]")
+        kind, schema, values = items[0], items[1], items[2:]
+        cls = self.registry.get(kind) if isinstance(kind, str) else None
+        if cls is None:
+            raise ProtocolError(f"unknown message kind {kind!r}")
+        if schema != cls.SCHEMA:
+            raise ProtocolError(f"{kind}: schema {schema!r}, this process speaks {cls.SCHEMA}")
+        fields = dataclasses.fields(cls)
+        if len(values) != len(fields):
+            raise ProtocolError(f"{kind}: {len(values)} fields, expected {len(fields)}")
+        used: set[int] = set()
+        hints = self._hints[kind]
+        kwargs = {
+            f.name: _check(v, hints[f.name], f"{kind}.{f.name}", frames, used, limits)
+            for f, v in zip(fields, values)
+        }
+        if len(used) != len(frames) - 1:
+            raise ProtocolError(f"{kind}: {len(frames) - 1 - len(used)} frames not referenced by any field")
+        return cls(**kwargs)

@@ -1,0 +1,136 @@
+"""ZeroMQ sockets that speak the codec: a ROUTER endpoint for the learner, a DEALER client for workers.
+
+The learner binds one ROUTER socket; every actor and judge connects a DEALER to it. Replies
+are strictly one per request, so no queue grows past the number of workers (credit-based
+flow control: a worker holds at most one outstanding request). Malformed input is logged,
+counted in `stats.rejected`, and dropped; the socket keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from tiller.protocol.codec import DEFAULT_LIMITS, Decoder, Limits, ProtocolError, encode
+from tiller.protocol.messages import REGISTRY
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stats:
+    received: int = 0
+    sent: int = 0
+    rejected: int = 0
+    unroutable: int = 0
+    rejected_reasons: dict[str, int] = field(default_factory=dict)
+
+    def reject(self, reason: str) -> None:
+        self.rejected += 1
+        key = reason.split(":")[0][:60]
+        self.rejected_reasons[key] = self.rejected_reasons.get(key, 0) + 1
+
+
+class RouterEndpoint:
+    """The learner's side: receives (peer identity, message), replies to a peer by identity."""
+
+    def __init__(self, address: str, limits: Limits = DEFAULT_LIMITS, context: zmq.Context | None = None):
+        self.context = context or zmq.Context.instance()
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        # Raise on unknown peers instead of dropping silently; a dead peer is counted, not fatal.
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, limits.max_total_bytes)
+        self.socket.bind(address)
+        self.address = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.decoder = Decoder(REGISTRY, limits)
+        self.stats = Stats()
+
+    def poll(self, timeout_ms: int) -> bool:
+        return bool(self.socket.poll(timeout_ms, zmq.POLLIN))
+
+    def recv(self) -> tuple[bytes, Any] | None:
+        """One message if it decodes; None (logged and counted) if it does not."""
+        frames = self.socket.recv_multipart(copy=False)
+        if len(frames) < 2:
+            self.stats.reject("no body frame")
+            log.warning("rejected a message without a body frame")
+            return None
+        identity = frames[0].bytes
+        try:
+            message = self.decoder.decode(frames[1:])
+        except ProtocolError as exc:
+            self.stats.reject(str(exc))
+            log.warning("rejected message from peer %s: %s", identity.hex(), exc)
+            return None
+        self.stats.received += 1
+        return identity, message
+
+    def send(self, identity: bytes, message: Any) -> bool:
+        try:
+            self.socket.send_multipart([identity, *encode(message)], copy=False)
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer is gone; its lease will expire
+            self.stats.unroutable += 1
+            log.info("could not send %s to peer %s: %s", type(message).KIND, identity.hex(), exc)
+            return False
+        self.stats.sent += 1
+        return True
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+
+class LearnerClient:
+    """A worker's connection to the learner: send one request, wait for its reply.
+
+    After a timeout the socket is replaced, so a reply that arrives late can never be
+    mistaken for the answer to the next request.
+    """
+
+    def __init__(self, address: str, limits: Limits = DEFAULT_LIMITS, context: zmq.Context | None = None):
+        self.address = address
+        self.context = context or zmq.Context.instance()
+        self.decoder = Decoder(REGISTRY, limits)
+        self.limits = limits
+        self.stats = Stats()
+        self.socket = self._connect()
+
+    def _connect(self) -> zmq.Socket:
+        socket = self.context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.MAXMSGSIZE, self.limits.max_total_bytes)
+        socket.connect(self.address)
+        return socket
+
+    def request(self, message: Any, timeout_s: float) -> Any | None:
+        """Send `message` and return the decoded reply, or None if none came within `timeout_s`."""
+        self.socket.send_multipart(encode(message), copy=False)
+        self.stats.sent += 1
+        deadline = time.monotonic() + timeout_s
+        while (remaining := deadline - time.monotonic()) > 0:
+            if not self.socket.poll(int(remaining * 1000) + 1, zmq.POLLIN):
+                break
+            frames = self.socket.recv_multipart(copy=False)
+            try:
+                reply = self.decoder.decode(frames)
+            except ProtocolError as exc:
+                self.stats.reject(str(exc))
+                log.warning("rejected reply from the learner: %s", exc)
+                continue
+            self.stats.received += 1
+            return reply
+        self.socket.close(linger=0)
+        self.socket = self._connect()
+        return None
+
+    def send(self, message: Any) -> None:
+        """Fire-and-forget (results): the learner's lease table makes lost ones visible."""
+        self.socket.send_multipart(encode(message), copy=False)
+        self.stats.sent += 1
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
