@@ -8,6 +8,7 @@ import socket
 import pytest
 
 os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded in tests
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 

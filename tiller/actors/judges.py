@@ -100,9 +100,8 @@ class RewardModelJudge:
 
 
 def build_judge(cfg: JudgeConfig, policy_dir: str | Path) -> JudgeKind:
-    tokenizer = load_tokenizer(policy_dir)
     if cfg.kind == "rule":
-        return RuleJudge(load_rule(cfg.rule), tokenizer)
+        return RuleJudge(load_rule(cfg.rule), load_tokenizer(policy_dir))
     if not cfg.reward_model_path:
         raise ConfigError("judge.reward_model_path: required when judge.kind is reward_model")
-    return RewardModelJudge(cfg.reward_model_path, tokenizer, cfg.batch_size)
+    return RewardModelJudge(cfg.reward_model_path, load_tokenizer(policy_dir), cfg.batch_size)

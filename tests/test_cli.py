@@ -1,0 +1,84 @@
+"""The Typer CLI, strict config loading and the placement plan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tiller.cli import app
+from tiller.cli.placement import describe, plan
+from tiller.config import ConfigError, load_config
+
+runner = CliRunner()
+ROOT = Path(__file__).parents[1]
+
+
+def test_help_lists_every_part():
+    out = runner.invoke(app, ["--help"]).output
+    for command in ("run", "learner", "actor", "judge"):
+        assert command in out
+
+
+def test_dry_run_prints_the_resolved_config_with_overrides():
+    result = runner.invoke(app, ["run", str(ROOT / "configs/demo.yaml"), "learner.lr=1e-6", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "lr: 1.0e-06" in result.output and "name: demo" in result.output
+
+
+def test_unknown_key_names_file_line_and_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nlearner:\n  lr: 0.1\n  lr_typo: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:4: learner.lr_typo: unknown key"):
+        load_config(path)
+    result = runner.invoke(app, ["learner", "--config", str(path), "--dry-run"])
+    assert result.exit_code == 2 and "lr_typo" in result.output
+
+
+@pytest.mark.parametrize("override,message", [
+    ("learner.steps=many", "learner.steps: expected int"),
+    ("learner.dpo.variant=kto", "not one of"),
+    ("nonsense", "expected key.sub=value"),
+    ("learner.nope=1", "learner.nope: unknown key"),
+])
+def test_bad_overrides_are_clear_errors(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(ROOT / "configs/demo.yaml", [override])
+
+
+def test_config_is_frozen():
+    cfg = load_config(ROOT / "configs/demo.yaml")
+    with pytest.raises(Exception):
+        cfg.learner.lr = 1.0  # type: ignore[misc]
+
+
+def test_every_shipped_config_loads():
+    for path in (ROOT / "configs").glob("*.yaml"):
+        load_config(path)
+
+
+def test_placement_gives_each_busy_process_its_own_cores_when_it_can():
+    slots = {s.role: s.cores for s in plan(actors=2, judges=1, heavy_judges=True, cores=[0, 1, 2, 3, 4, 5])}
+    assert slots["learner"] == (0, 4) and slots["actor0"] == (1, 5) and slots["actor1"] == (2,)
+    assert slots["judge0"] == (3,)
+    used = [c for cores in slots.values() for c in cores]
+    assert len(used) == len(set(used))  # nothing shared
+
+
+def test_placement_on_two_cores_keeps_the_learner_alone_and_says_what_is_shared():
+    slots = plan(actors=2, judges=1, heavy_judges=False, cores=[0, 1])
+    by_role = {s.role: s.cores for s in slots}
+    assert by_role == {"learner": (0,), "actor0": (1,), "actor1": (1,), "judge0": (0,)}
+    assert "shared" in describe(slots)
+    env = slots[1].env()
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "1" and env["TILLER_CORES"] == "1" and env["OMP_NUM_THREADS"] == "1"
+
+
+def test_placement_manual_and_gpu():
+    manual = plan(1, 1, False, cores=[0, 1], manual={"learner": [0], "actor0": [1], "judge0": [1]})
+    assert [s.cores for s in manual] == [(0,), (1,), (1,)]
+    with pytest.raises(ValueError, match="judge0"):
+        plan(1, 1, False, manual={"learner": [0], "actor0": [1]})
+    gpu = plan(2, 1, True, gpus=4)
+    assert [s.device for s in gpu] == ["0", "1", "2", "3"]

@@ -1,0 +1,120 @@
+"""Lease bookkeeping: credits, expiry and re-leasing, duplicate drops, judged prompts out."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tiller.config import LearnerConfig, RolloutConfig
+from tiller.learner.coordinator import Coordinator
+from tiller.learner.prompts import PromptStream
+from tiller.protocol.messages import Lease, LeaseRequest, Rollout, Scores, Shutdown, Wait
+
+K = 2
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def make(lease_prompts=2, inflight=4, timeout=10.0):
+    prompts = PromptStream([np.array([i + 3, i + 4], np.int32) for i in range(10)], [""] * 10)
+    clock = Clock()
+    coordinator = Coordinator(
+        prompts, LearnerConfig(lease_prompts=lease_prompts, max_inflight_prompts=inflight, lease_timeout_s=timeout),
+        RolloutConfig(samples_per_prompt=K), clock=clock,
+    )
+    return coordinator, clock
+
+
+def rollout_for(lease: Lease, version=0) -> Rollout:
+    n = len(lease.prompt_ids) * K
+    return Rollout("a", 1, lease.lease_id, 1, version, np.arange(n * 3, dtype=np.int32),
+                   np.full(n, 3, np.int32), np.zeros(n * 3, np.float32), np.zeros(n, bool), 0.1)
+
+
+def scores_for(lease: Lease, chosen=(0, -1), rejected=(1, -1)) -> Scores:
+    n = len(lease.prompt_ids)
+    return Scores("j", 1, lease.lease_id, np.arange(n * K, dtype=np.float32),
+                  np.array(chosen[:n], np.int32), np.array(rejected[:n], np.int32), 0.01)
+
+
+def test_a_lease_flows_to_a_judge_and_back_as_scored_prompts():
+    c, _ = make()
+    lease = c.on_lease_request(LeaseRequest("a", 1, 0))
+    assert isinstance(lease, Lease) and lease.prompt_ids.tolist() == [0, 1]
+    assert lease.prompt_tokens.tolist() == [3, 4, 4, 5] and lease.prompt_lengths.tolist() == [2, 2]
+    assert c.next_score_task() is None
+    assert c.on_rollout(rollout_for(lease, version=0))
+    task = c.next_score_task()
+    assert task.lease_id == lease.lease_id and task.response_lengths.tolist() == [3, 3, 3, 3]
+    scored = c.on_scores(scores_for(lease))
+    assert [s.prompt_id for s in scored] == [0, 1]
+    assert scored[0].chosen == 0 and scored[0].rejected == 1 and scored[1].chosen == -1
+    np.testing.assert_array_equal(scored[0].responses[1], [3, 4, 5])
+    assert scored[1].scores.tolist() == [2.0, 3.0]
+    assert c.counters.leases_completed == 1
+
+
+def test_credits_bound_the_prompts_in_flight():
+    c, _ = make(lease_prompts=2, inflight=4)
+    assert isinstance(c.on_lease_request(LeaseRequest("a", 1, 0)), Lease)
+    second = c.on_lease_request(LeaseRequest("b", 1, 0))
+    assert isinstance(second, Lease)
+    assert isinstance(c.on_lease_request(LeaseRequest("c", 1, 0)), Wait)
+    c.on_rollout(rollout_for(second))
+    c.next_score_task()
+    c.on_scores(scores_for(second))  # 2 prompts now buffered in the learner, still in flight
+    assert isinstance(c.on_lease_request(LeaseRequest("c", 1, 0)), Wait)
+    c.consumed(2)
+    assert isinstance(c.on_lease_request(LeaseRequest("c", 1, 0)), Lease)
+
+
+def test_expired_lease_prompts_are_leased_again_and_late_results_dropped():
+    c, clock = make(timeout=10.0)
+    first = c.on_lease_request(LeaseRequest("a", 1, 0))
+    clock.now = 11.0
+    assert c.expire() == [first.lease_id]
+    again = c.on_lease_request(LeaseRequest("b", 1, 0))
+    assert again.prompt_ids.tolist() == first.prompt_ids.tolist() and again.lease_id != first.lease_id
+    assert not c.on_rollout(rollout_for(first))  # the dead actor's late work
+    assert c.on_rollout(rollout_for(again))
+    assert not c.on_rollout(rollout_for(again))  # redelivered
+    c.next_score_task()
+    assert c.on_scores(scores_for(again)) is not None
+    assert c.on_scores(scores_for(again)) is None  # a second judge's duplicate
+    assert c.counters.duplicates_dropped == 3 and c.counters.leases_expired == 1
+
+
+def test_released_prompts_go_first_and_fresh_ones_follow():
+    c, _ = make()
+    c.release([7, 8])
+    assert c.on_lease_request(LeaseRequest("a", 1, 0)).prompt_ids.tolist() == [7, 8]
+    assert c.on_lease_request(LeaseRequest("a", 1, 0)).prompt_ids.tolist() == [0, 1]
+
+
+def test_wrong_sized_results_are_dropped_not_trusted():
+    c, _ = make()
+    lease = c.on_lease_request(LeaseRequest("a", 1, 0))
+    bad = rollout_for(lease)
+    short = Rollout(bad.actor_id, 1, bad.lease_id, 1, 0, bad.response_tokens[:3], bad.response_lengths[:1],
+                    bad.logprobs[:3], bad.truncated[:1], 0.1)
+    assert not c.on_rollout(short)
+    assert c.on_rollout(bad)
+    c.next_score_task()
+    assert c.on_scores(Scores("j", 1, lease.lease_id, np.zeros(1, np.float32), np.zeros(2, np.int32),
+                              np.zeros(2, np.int32), 0.0)) is None
+    out = c.on_scores(scores_for(lease, chosen=(5, 0), rejected=(1, -1)))  # out-of-range index -> no pair
+    assert [s.chosen for s in out] == [-1, -1]
+
+
+def test_done_coordinator_tells_actors_to_stop_and_reports_versions():
+    c, _ = make()
+    c.publish(3)
+    lease = c.on_lease_request(LeaseRequest("a", 9, 2))
+    assert lease.latest_version == 3 and c.actor_versions == {"a#9": 2}
+    c.done = True
+    assert isinstance(c.on_lease_request(LeaseRequest("a", 9, 3)), Shutdown)

@@ -1,0 +1,98 @@
+"""End to end: a learner, two vLLM rollout actors and a judge as real OS processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[cpu]')")
+pytestmark = pytest.mark.slow
+
+STEPS, BATCH = 8, 8
+
+
+def overrides(tmp_path: Path, model_dir: Path, address: str, name: str) -> list[str]:
+    return [
+        f"name={name}", f"output_dir={tmp_path}", f"model.path={model_dir}", f"learner.address={address}",
+        f"learner.steps={STEPS}", f"learner.batch_size={BATCH}", "learner.lease_prompts=4",
+        "learner.max_inflight_prompts=16", "learner.lr=3e-4", "learner.shutdown_grace_s=10",
+        "rollout.max_model_len=64", "rollout.learner_timeout_s=120", "judge.learner_timeout_s=120",
+    ]
+
+
+def check_run(run_dir: Path, actors_with_work: int = 2) -> dict:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    # the policy version advanced with every step, and the actors picked the new versions up
+    assert [m["policy_version"] for m in metrics] == list(range(1, STEPS + 1))
+    assert len(summary["actor_versions"]) == 2 and min(summary["actor_versions"].values()) >= 1
+    assert len(summary["actor_work"]) >= actors_with_work
+    # exactly once: no prompt is trained (or judged without preference) twice
+    used = [r["prompt_id"] for r in records if r["outcome"] in ("trained", "no_preference")]
+    assert not [p for p, n in Counter(used).items() if n > 1]
+    assert sum(r["outcome"] == "trained" for r in records) == STEPS * BATCH
+    assert all(r["learner_version"] - r["policy_version"] <= 2 for r in records if r["outcome"] == "trained")
+    for key in ("step", "policy_version", "reward/mean", "loss", "samples_per_s", "staleness/mean"):
+        assert key in metrics[-1]
+    assert (run_dir / "final" / "model.safetensors").exists() and (run_dir / "reward.png").exists()
+    assert any((run_dir / "wandb").glob("offline-run-*"))
+    return summary
+
+
+def test_tiller_run_trains_with_two_actors_and_a_judge(tiny_policy_dir, tmp_path, free_address):
+    args = overrides(tmp_path, tiny_policy_dir, free_address, "e2e-run")
+    done = subprocess.run([sys.executable, "-m", "tiller", "run", "configs/demo.yaml", *args],
+                          capture_output=True, text=True, timeout=420, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "placement:" in done.stdout and f"step {STEPS:>4}" in done.stdout
+    check_run(tmp_path / "e2e-run")
+    for log in (tmp_path / "e2e-run" / "logs").glob("*.log"):  # every worker heard the shutdown
+        assert "stopping: training finished" in log.read_text(), log
+
+
+def wait_for(path: Path, text: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if text in path.read_text(errors="replace"):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{text!r} not in {path} after {timeout_s} s:\n{path.read_text()[-2000:]}")
+
+
+def test_parts_started_by_hand_in_any_order_join_the_run(tiny_policy_dir, tmp_path, free_address):
+    """An actor before the learner, a second actor after it, and the judge last: all join the run.
+
+    Nothing can be trained until the judge arrives, so both actors are surely part of the run.
+    """
+    base = [sys.executable, "-m", "tiller"]
+    args = overrides(tmp_path, tiny_policy_dir, free_address, "e2e-hand")
+    cwd = Path(__file__).parents[1]
+    logs = {name: tmp_path / f"{name}.log" for name in ("actor0", "learner", "actor1", "judge0")}
+
+    def start(name, *cmd):
+        return subprocess.Popen([*base, *cmd, "--config", "configs/demo.yaml", *args], cwd=cwd,
+                                stdout=logs[name].open("w"), stderr=subprocess.STDOUT)
+
+    procs = {"actor0": start("actor0", "actor", "--id", "actor0", "--learner", free_address)}
+    try:
+        time.sleep(2)
+        procs["learner"] = start("learner", "learner")
+        procs["actor1"] = start("actor1", "actor", "--id", "actor1", "--learner", free_address)
+        for actor in ("actor0", "actor1"):
+            wait_for(logs[actor], "loaded policy version 0", 180)
+        procs["judge0"] = start("judge0", "judge", "--id", "judge0", "--learner", free_address)
+        for name, proc in procs.items():
+            assert proc.wait(timeout=300) == 0, logs[name].read_text()[-3000:]
+    finally:
+        for proc in procs.values():
+            proc.kill()
+    summary = check_run(tmp_path / "e2e-hand", actors_with_work=1)
+    assert set(summary["judge_work"]) == {"judge0"}
+    assert {a.split("#")[0] for a in summary["actor_versions"]} == {"actor0", "actor1"}
