@@ -64,3 +64,13 @@ def test_generate_returns_k_samples_with_behaviour_logprobs(engine):
     for i in np.flatnonzero(~gen.truncated):
         assert gen.tokens[offsets[i + 1] - 1] in engine.eos_ids
     assert np.all(gen.lengths[gen.truncated] == 8)
+
+
+def test_seeded_generation_is_reproducible_and_samples_differ(engine):
+    a = engine.generate(PROMPTS, k=4, max_new_tokens=8, seed=11)
+    b = engine.generate(PROMPTS, k=4, max_new_tokens=8, seed=11)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    np.testing.assert_array_equal(a.lengths, b.lengths)
+    offsets = np.concatenate([[0], np.cumsum(a.lengths)])
+    samples = {tuple(a.tokens[offsets[i]:offsets[i + 1]]) for i in range(4)}  # the k samples of prompt 0
+    assert len(samples) > 1

@@ -64,18 +64,22 @@ class VLLMEngine:
             seed=seed,
         )
 
-    def _params(self, n: int, max_tokens: int, temperature: float, top_p: float, logprobs: bool):
+    def _params(self, n: int, max_tokens: int, temperature: float, top_p: float, logprobs: bool,
+                seed: int | None = None):
         from vllm import SamplingParams
 
         return SamplingParams(
-            n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+            n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
             logprobs=0 if logprobs else None, detokenize=False, stop_token_ids=self.eos_ids,
         )
 
     def generate(self, prompts: list[np.ndarray], k: int, max_new_tokens: int,
-                 temperature: float = 1.0, top_p: float = 1.0) -> Generation:
+                 temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None) -> Generation:
+        """k samples per prompt. With a seed the draw is reproducible: vLLM gives the k
+        samples of a request seeds seed, seed+1, ..., so prompt i uses seed + i*k."""
         start = time.monotonic()
-        params = self._params(k, max_new_tokens, temperature, top_p, logprobs=True)
+        params = [self._params(k, max_new_tokens, temperature, top_p, True, None if seed is None else seed + i * k)
+                  for i in range(len(prompts))]
         requests = [{"prompt_token_ids": [int(t) for t in p]} for p in prompts]
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         tokens, lengths, logprobs, truncated = [], [], [], []

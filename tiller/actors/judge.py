@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from tiller.actors.judges import JudgeKind, build_judge, pick_pairs
-from tiller.actors.rollout import LearnerGone, default_worker_id
+from tiller.actors.worker import LearnerGone, default_worker_id
 from tiller.config import Config
 from tiller.protocol.messages import Scores, ScoreTask, Shutdown, WorkRequest
 from tiller.protocol.transport import LearnerClient

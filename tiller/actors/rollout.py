@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
 
 import numpy as np
 import torch
 
 from tiller.actors.engine import VLLMEngine
+from tiller.actors.worker import LearnerGone, default_worker_id
 from tiller.config import Config
 from tiller.protocol.messages import (
     Lease, LeaseRequest, Rollout, Shutdown, Wait, WeightsBucket, WeightsGone, WeightsRequest,
@@ -25,14 +25,6 @@ from tiller.protocol.messages import (
 from tiller.protocol.transport import LearnerClient
 
 log = logging.getLogger(__name__)
-
-
-class LearnerGone(RuntimeError):
-    pass
-
-
-def default_worker_id(role: str) -> str:
-    return f"{role}-{socket.gethostname()}-{os.getpid()}"
 
 
 def _as_tensor(array) -> torch.Tensor:
@@ -103,7 +95,7 @@ class RolloutActor:
         offsets = np.concatenate([[0], np.cumsum(lease.prompt_lengths)])
         prompts = [lease.prompt_tokens[offsets[i]:offsets[i + 1]] for i in range(len(lease.prompt_lengths))]
         gen = self.engine.generate(prompts, lease.samples_per_prompt, lease.max_new_tokens,
-                                   lease.temperature, lease.top_p)
+                                   lease.temperature, lease.top_p, seed=lease.seed)
         self.seq += 1
         return Rollout(self.actor_id, self.incarnation, lease.lease_id, self.seq, self.version,
                        gen.tokens, gen.lengths, gen.logprobs, gen.truncated, gen.seconds)

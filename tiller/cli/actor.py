@@ -20,8 +20,13 @@ def actor(
     cfg = resolve(config, overrides, dry_run)
     setup_process(actor_id or "actor")
     from tiller.actors.rollout import RolloutActor
+    from tiller.actors.worker import LearnerGone
     from tiller.learner.main import prepare_model
 
     prepare_model(cfg)  # a tiny demo model is built on the spot if it is not there yet
-    sent = RolloutActor(cfg, learner or cfg.learner.address, actor_id).run()
+    try:
+        sent = RolloutActor(cfg, learner or cfg.learner.address, actor_id).run()
+    except LearnerGone as exc:
+        typer.echo(f"actor stopped: {exc}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"actor done: {sent} rollouts sent")

@@ -20,8 +20,13 @@ def judge(
     cfg = resolve(config, overrides, dry_run)
     setup_process(judge_id or "judge")
     from tiller.actors.judge import JudgeActor
+    from tiller.actors.worker import LearnerGone
     from tiller.learner.main import prepare_model
 
     prepare_model(cfg)  # the judge decodes with the policy's tokenizer
-    judged = JudgeActor(cfg, learner or cfg.learner.address, judge_id).run()
+    try:
+        judged = JudgeActor(cfg, learner or cfg.learner.address, judge_id).run()
+    except LearnerGone as exc:
+        typer.echo(f"judge stopped: {exc}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"judge done: {judged} tasks judged")

@@ -62,9 +62,11 @@ def launch(cfg: Config) -> int:
     launch_config.write_text(dump_config(cfg))
     prepare_model(cfg)  # once, here, so the children never race to build it
     rc = cfg.run
+    import torch
+
     slots = placement.plan(
         rc.actors, rc.judges, heavy_judges=cfg.judge.kind != "rule",
-        manual=rc.cores if rc.placement == "manual" else None,
+        gpus=torch.cuda.device_count(), manual=rc.cores if rc.placement == "manual" else None,
     ) if rc.placement != "off" else [placement.Slot(r, ()) for r in placement.roles(rc.actors, rc.judges)]
     typer.echo(placement.describe(slots))
     processes: dict[str, subprocess.Popen] = {}
