@@ -9,14 +9,23 @@ import pytest
 import torch
 
 from tiller.config import Config, DPOConfig, LearnerConfig, ModelConfig
-from tiller.learner.engine import PolicyTrainer, build_pair_batch
+from tiller.learner.dpo import build_pair_batch, dpo_step
+from tiller.learner.engine import PolicyTrainer
+from tiller.learner.coordinator import ScoredPrompt
 
 pytestmark = pytest.mark.slow
 
 
-def pairs(n=4, seed=0):
+def judged(n=4, k=2, seed=0) -> list[ScoredPrompt]:
+    """n judged prompts with k random responses each; sample 0 chosen over sample 1."""
     rng = np.random.default_rng(seed)
-    return [(rng.integers(3, 34, 5), rng.integers(3, 34, 7), rng.integers(3, 34, 4)) for _ in range(n)]
+    items = []
+    for i in range(n):
+        responses = [rng.integers(3, 34, int(rng.integers(3, 8))).astype(np.int32) for _ in range(k)]
+        logprobs = [-rng.random(len(r)).astype(np.float32) for r in responses]
+        items.append(ScoredPrompt(i, 1, 0, rng.integers(3, 34, 5).astype(np.int32), responses, logprobs,
+                                  rng.random(k).astype(np.float32), np.zeros(k, bool), 0, 1))
+    return items
 
 
 def test_pair_batch_layout():
@@ -34,7 +43,7 @@ def test_one_step_changes_every_parameter_and_not_the_reference(tiny_policy_dir,
     trainer = PolicyTrainer(cfg, tiny_policy_dir)
     before = {n: t.clone() for b in trainer.weight_buckets(1 << 16) for n, t in b}
     reference = {n: p.detach().clone() for n, p in trainer.reference.named_parameters()}
-    metrics = trainer.step(build_pair_batch(pairs(), pad_id=0))
+    metrics = dpo_step(trainer, judged(), cfg, pad_id=0)
     if variant == "sigmoid":
         assert metrics["loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference at step 0
     after = {n: t for b in trainer.weight_buckets(1 << 16) for n, t in b}
@@ -52,7 +61,7 @@ def test_saved_checkpoint_loads_with_transformers(tiny_policy_dir, tmp_path):
 
     cfg = Config(model=ModelConfig(path=str(tiny_policy_dir)), learner=LearnerConfig(lr=1e-3, batch_size=4))
     trainer = PolicyTrainer(cfg, tiny_policy_dir)
-    trainer.step(build_pair_batch(pairs(), pad_id=0))
+    dpo_step(trainer, judged(), cfg, pad_id=0)
     trainer.save(tmp_path / "final", tokenizer_dir=tiny_policy_dir)
     loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "final"))
     for name, param in trainer.module.named_parameters():

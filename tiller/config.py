@@ -50,11 +50,34 @@ class DPOConfig:
 
 
 @dataclass(frozen=True)
+class PGConfig:
+    """PPO and the critic-free variants (GRPO, RLOO) that reuse its clipped surrogate."""
+
+    clip_eps: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    ent_coef: float = 0.01
+    target_kl: float = 0.01  # stop an update's epochs once approx-KL passes 1.5x this (0: never)
+    ppo_epochs: int = 4
+    minibatches: int = 1  # per epoch
+    gamma: float = 1.0
+    lam: float = 0.95
+    kl_coef: float = 0.05  # weight of KL(policy || reference)
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    kl_in_reward: bool = True  # True: per-token penalty folded into the reward; False: a loss term
+    whiten_advantages: bool = True
+    group_std: bool = True  # GRPO: divide by the group's std (False: Dr. GRPO style)
+    is_cap: float | None = 2.0  # truncated importance weight cap for behaviour-vs-learner mismatch
+    truncation_penalty: float = 0.0  # subtracted from the score of responses cut at max_new_tokens
+    critic_lr: float = 1e-5
+
+
+@dataclass(frozen=True)
 class LearnerConfig:
     address: str = "tcp://127.0.0.1:5555"  # where the learner binds; workers connect here
-    algorithm: Literal["online_dpo"] = "online_dpo"
+    algorithm: Literal["online_dpo", "ppo", "grpo", "rloo"] = "online_dpo"
     steps: int = 100
-    batch_size: int = 16  # preference pairs per optimizer step
+    batch_size: int = 16  # per step: preference pairs (online_dpo) or prompts with k samples (ppo/grpo/rloo)
     lr: float = 1e-5
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -68,6 +91,7 @@ class LearnerConfig:
     torch_threads: int = 0  # 0: as placement decides (or torch's default when unpinned)
     shutdown_grace_s: float = 15.0  # time given to workers to hear the shutdown
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    pg: PGConfig = field(default_factory=PGConfig)
 
 
 @dataclass(frozen=True)

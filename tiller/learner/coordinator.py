@@ -33,6 +33,7 @@ class ScoredPrompt:
     responses: list[np.ndarray]  # k int32 arrays
     logprobs: list[np.ndarray]  # k float32 arrays, behaviour policy
     scores: np.ndarray  # float32 [k]
+    truncated: np.ndarray  # bool [k]: cut at max_new_tokens
     chosen: int  # index into responses, -1 when the judge saw no preference
     rejected: int
 
@@ -165,7 +166,8 @@ class Coordinator:
             out.append(ScoredPrompt(
                 prompt_id, scores.lease_id, r.policy_version, self.prompts.get(prompt_id),
                 responses[i * k:(i + 1) * k], logprobs[i * k:(i + 1) * k],
-                np.asarray(scores.scores[i * k:(i + 1) * k], dtype=np.float32), chosen, rejected,
+                np.asarray(scores.scores[i * k:(i + 1) * k], dtype=np.float32), r.truncated[i * k:(i + 1) * k],
+                chosen, rejected,
             ))
         self.buffered += n
         return out

@@ -3,8 +3,9 @@
     tiller learner --config configs/demo.yaml
 
 The recipe, top to bottom: build the prompt stream and the DeepSpeed policy, publish
-version 0, start the socket thread, then for each step take `batch_size` judged pairs
-(dropping and re-leasing any older than `max_policy_lag`), take one optimizer step, publish
+version 0, start the socket thread, then for each step take `batch_size` judged prompts
+(pairs for online DPO; dropping and re-leasing any older than `max_policy_lag`), run the
+algorithm's step (`algorithms.py`), publish
 new weights every `sync_every` steps, and log. At the end: tell workers to stop, save
 `runs/<name>/final/`, print a reward table and plot it.
 """
@@ -21,8 +22,9 @@ import numpy as np
 import torch
 
 from tiller.config import Config, dump_config
+from tiller.learner.algorithms import ALGORITHMS, Algorithm
 from tiller.learner.coordinator import Coordinator, ScoredPrompt
-from tiller.learner.engine import PolicyTrainer, build_pair_batch
+from tiller.learner.engine import PolicyTrainer
 from tiller.learner.metrics import MetricsSink, first_last_tenth, plot_reward, reward_table
 from tiller.learner.prompts import load_prompts
 from tiller.learner.server import LearnerServer, WeightSnapshot
@@ -60,13 +62,14 @@ class SampleRecord:
         self._file.close()
 
 
-def take_batch(cfg: Config, server: LearnerServer, version: int, step: int, record: SampleRecord):
-    """Block until `batch_size` trainable pairs are in hand; returns (pairs, judged prompts)."""
-    pairs: list[ScoredPrompt] = []
+def take_batch(cfg: Config, algorithm: Algorithm, server: LearnerServer, version: int, step: int,
+               record: SampleRecord):
+    """Block until `batch_size` trainable prompts are in hand; returns (trainable, all judged)."""
+    trainable: list[ScoredPrompt] = []
     judged: list[ScoredPrompt] = []
     no_preference = 0
     waited_since = time.monotonic()
-    while len(pairs) < cfg.learner.batch_size:
+    while len(trainable) < cfg.learner.batch_size:
         if server.failure is not None or not server.alive:
             raise RuntimeError("the learner's socket thread stopped") from server.failure
         try:
@@ -74,8 +77,8 @@ def take_batch(cfg: Config, server: LearnerServer, version: int, step: int, reco
         except queue.Empty:
             if time.monotonic() - waited_since > 30:
                 waited_since = time.monotonic()
-                print(f"step {step}: waiting for scored rollouts ({len(pairs)}/{cfg.learner.batch_size} pairs "
-                      f"in hand; {no_preference} prompts had all k samples scored alike)", flush=True)
+                print(f"step {step}: waiting for scored rollouts ({len(trainable)}/{cfg.learner.batch_size} in hand; "
+                      f"{no_preference} prompts had all k samples scored alike)", flush=True)
             continue
         if version - item.policy_version > cfg.learner.max_policy_lag:
             server.release([item.prompt_id])  # never train on it; lease the prompt again
@@ -83,13 +86,13 @@ def take_batch(cfg: Config, server: LearnerServer, version: int, step: int, reco
             continue
         server.consumed(1)
         judged.append(item)
-        if item.chosen < 0:
+        if algorithm.needs == "pairs" and item.chosen < 0:
             no_preference += 1
             record.write(item, step, version, "no_preference")
             continue
         record.write(item, step, version, "trained")
-        pairs.append(item)
-    return pairs, judged
+        trainable.append(item)
+    return trainable, judged
 
 
 def run(cfg: Config) -> dict:
@@ -101,7 +104,8 @@ def run(cfg: Config) -> dict:
     prompts = load_prompts(cfg.data, tokenizer, cfg.rollout.max_model_len - cfg.rollout.max_new_tokens)
     if cfg.learner.torch_threads > 0:
         torch.set_num_threads(cfg.learner.torch_threads)
-    trainer = PolicyTrainer(cfg, model_dir)
+    algorithm = ALGORITHMS[cfg.learner.algorithm]
+    trainer = PolicyTrainer(cfg, model_dir, with_critic=algorithm.critic)
     coordinator = Coordinator(prompts, cfg.learner, cfg.rollout, seed=cfg.seed)
     server = LearnerServer(coordinator, cfg.learner.address)
     version = 0
@@ -115,10 +119,9 @@ def run(cfg: Config) -> dict:
     last = time.monotonic()
     try:
         for step in range(1, cfg.learner.steps + 1):
-            pairs, judged = take_batch(cfg, server, version, step, record)
-            staleness = [version - p.policy_version for p in pairs]  # versions behind the learner
-            batch = build_pair_batch([(p.prompt, p.responses[p.chosen], p.responses[p.rejected]) for p in pairs], pad_id)
-            metrics = trainer.step(batch)
+            trainable, judged = take_batch(cfg, algorithm, server, version, step, record)
+            staleness = [version - p.policy_version for p in trainable]  # versions behind the learner
+            metrics = algorithm.step(trainer, trainable, cfg, pad_id)
             if step % cfg.learner.sync_every == 0:
                 version += 1
                 server.publish(snapshot(trainer, version, cfg.learner.weight_bucket_mb))
@@ -130,8 +133,6 @@ def run(cfg: Config) -> dict:
                 "policy_version": version,
                 "reward/mean": float(rewards.mean()),
                 "reward/std": float(rewards.std()),
-                "reward/chosen": float(np.mean([p.scores[p.chosen] for p in pairs])),
-                "reward/rejected": float(np.mean([p.scores[p.rejected] for p in pairs])),
                 "samples_per_s": len(rewards) / max(now - last, 1e-6),
                 "staleness/mean": float(np.mean(staleness)),
                 "staleness/max": int(max(staleness)),
@@ -156,8 +157,9 @@ def run(cfg: Config) -> dict:
 
 def summarise(cfg: Config, history: list[dict], server: LearnerServer) -> dict:
     first, last = first_last_tenth(history)
-    plot = plot_reward(history, cfg.run_dir / "reward.png", f"{cfg.name}: online DPO, mean judge reward")
+    plot = plot_reward(history, cfg.run_dir / "reward.png", f"{cfg.name}: {cfg.learner.algorithm}, mean judge reward")
     summary = {
+        "algorithm": cfg.learner.algorithm,
         "steps": len(history),
         "reward_first_10pct": first,
         "reward_last_10pct": last,

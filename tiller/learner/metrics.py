@@ -75,9 +75,11 @@ class MetricsSink:
 
 
 def progress_line(m: dict[str, Any]) -> str:
+    detail = (f"margin {m['rewards/margin']:+.3f}" if "rewards/margin" in m  # online DPO
+              else f"kl {m.get('kl/mean', float('nan')):.4f} | clipfrac {m.get('policy/clipfrac', float('nan')):.3f}")
     return (
         f"step {m['step']:>4} | v{m['policy_version']:<4} | reward {m['reward/mean']:.3f} "
-        f"| loss {m['loss']:.4f} | margin {m.get('rewards/margin', float('nan')):+.3f} "
+        f"| loss {m['loss']:.4f} | {detail} "
         f"| {m['samples_per_s']:.1f} samples/s | staleness {m['staleness/mean']:.2f}"
     )
 

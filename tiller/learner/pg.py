@@ -1,0 +1,164 @@
+"""PPO, GRPO and RLOO updates on judged samples: all k samples of each prompt, with their scores.
+
+One call of `pg_step` is one learner step: `ppo_epochs` passes over the batch in
+`minibatches`, each an optimizer step, stopped early once approx-KL passes 1.5 x target_kl.
+The recipe, following cleanrl's ppo.py:
+
+  1. no grad: per-token log-probs of the learner's policy at the start of the update
+     (pi_prox), the reference's, and (PPO) the critic's values;
+  2. advantages: PPO folds the score into the last response token (minus a per-token k1
+     penalty when kl_in_reward) and runs GAE over the critic's values; GRPO and RLOO compare
+     each sample's score with the other samples of its prompt;
+  3. clipped surrogate with a truncated importance weight for the behaviour-vs-learner gap,
+     KL as a loss term when not in the reward, an entropy bonus, and (PPO) a clipped value loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import torch
+
+from tiller.config import Config
+from tiller.learner import pg_losses as pg
+from tiller.learner.coordinator import ScoredPrompt
+
+
+@dataclass
+class SampleBatch:
+    """N = n*k sequences, right-padded to T tokens. Token-level tensors are [N, T-1]: entry j is
+    about token j+1, predicted from position j."""
+
+    input_ids: torch.Tensor  # [N, T]
+    attention_mask: torch.Tensor  # [N, T]
+    mask: torch.Tensor  # [N, T-1], 1 where token j+1 is a response token
+    behaviour_logp: torch.Tensor  # [N, T-1], the actors' log-prob of each response token
+    scores: torch.Tensor  # [N]
+    truncated: torch.Tensor  # [N] bool
+    k: int
+
+
+def build_sample_batch(items: list[ScoredPrompt], pad_id: int) -> SampleBatch:
+    rows = [(p.prompt, r, lp) for p in items for r, lp in zip(p.responses, p.logprobs)]
+    width = max(len(prompt) + len(resp) for prompt, resp, _ in rows)
+    n = len(rows)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((n, width), dtype=torch.long)
+    mask = torch.zeros((n, width - 1))
+    behaviour = torch.zeros((n, width - 1))
+    for i, (prompt, resp, logp) in enumerate(rows):
+        p, r = len(prompt), len(resp)
+        input_ids[i, :p] = torch.as_tensor(prompt, dtype=torch.long)
+        input_ids[i, p:p + r] = torch.as_tensor(resp, dtype=torch.long)
+        attention[i, :p + r] = 1
+        mask[i, p - 1:p + r - 1] = 1  # position p-1 predicts the first response token
+        behaviour[i, p - 1:p + r - 1] = torch.as_tensor(logp, dtype=torch.float32)
+    scores = torch.as_tensor([float(s) for p in items for s in p.scores])
+    flags = torch.as_tensor([bool(t) for p in items for t in p.truncated], dtype=torch.bool)
+    return SampleBatch(input_ids, attention, mask, behaviour, scores, flags, k=len(items[0].responses))
+
+
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """[N, T, V] logits over [N, T] ids -> [N, T-1] log-prob of each next token."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    return logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+
+def _last_token_index(mask: torch.Tensor) -> torch.Tensor:
+    positions = torch.arange(mask.shape[1]).expand_as(mask)
+    return (positions * mask).argmax(dim=1)
+
+
+def advantages_and_returns(algorithm: str, batch: SampleBatch, scores: torch.Tensor, kl: torch.Tensor | None,
+                           values: torch.Tensor | None, cfg: Config) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token advantages [N, T-1] (and PPO's returns) before whitening; `kl` given: fold it into
+    the per-token reward."""
+    pc = cfg.learner.pg
+    if algorithm == "ppo":
+        rewards = torch.zeros_like(batch.mask)
+        if kl is not None:
+            rewards = rewards - pc.kl_coef * kl * batch.mask
+        rows = torch.arange(len(scores))
+        rewards[rows, _last_token_index(batch.mask)] += scores  # the judge's score lands on the last token
+        return pg.gae(rewards, values, batch.mask, pc.gamma, pc.lam)
+    grouped = scores.view(-1, batch.k)
+    if algorithm == "grpo":
+        sequence = pg.group_advantages(grouped, normalise_std=pc.group_std)
+    else:
+        sequence = pg.leave_one_out_advantages(grouped)
+    return sequence.reshape(-1, 1) * batch.mask, None
+
+
+def pg_step(trainer, items: list[ScoredPrompt], cfg: Config, pad_id: int) -> dict[str, float]:
+    """One learner step of cfg.learner.algorithm (ppo, grpo or rloo) on all samples of `items`."""
+    pc = cfg.learner.pg
+    algorithm = cfg.learner.algorithm
+    kl_in_reward = algorithm == "ppo" and pc.kl_in_reward
+    batch = build_sample_batch(items, pad_id)
+    ids, attn, mask = batch.input_ids, batch.attention_mask, batch.mask
+    with torch.no_grad():
+        prox_logp = token_logprobs(trainer.engine(input_ids=ids, attention_mask=attn).logits, ids)
+        ref_logp = token_logprobs(trainer.reference(input_ids=ids, attention_mask=attn).logits, ids)
+        values = None
+        if trainer.critic is not None:
+            values = trainer.critic(input_ids=ids, attention_mask=attn).logits[:, :-1, 0] * mask
+        kl = pg.kl_estimate(prox_logp, ref_logp, pc.kl_estimator)
+        scores = batch.scores - pc.truncation_penalty * batch.truncated.float()
+        advantages, returns = advantages_and_returns(algorithm, batch, scores, kl if kl_in_reward else None,
+                                                     values, cfg)
+        if pc.whiten_advantages:
+            advantages = pg.masked_whiten(advantages, mask) * mask
+    metrics = {
+        "kl/mean": pg.masked_mean(kl, mask).item(),
+        "advantage/mean": pg.masked_mean(advantages, mask).item(),
+        "advantage/std": pg.masked_mean((advantages - pg.masked_mean(advantages, mask)) ** 2, mask).sqrt().item(),
+    }
+    history = _epochs(trainer, batch, prox_logp, None if kl_in_reward else ref_logp, advantages, values, returns, cfg)
+    metrics.update({key: sum(h[key] for h in history) / len(history) for key in history[0]})
+    metrics["ppo/updates"] = len(history)
+    return metrics
+
+
+def _epochs(trainer, batch: SampleBatch, prox_logp, ref_logp, advantages, values, returns, cfg: Config):
+    """The clipped-surrogate epochs; returns each minibatch's metrics."""
+    pc = cfg.learner.pg
+    n = batch.input_ids.shape[0]
+    size = max(1, n // pc.minibatches)
+    history: list[dict[str, float]] = []
+    for _ in range(pc.ppo_epochs):
+        order = torch.randperm(n)
+        epoch = []
+        for start in range(0, size * pc.minibatches, size):
+            mb = order[start:start + size]
+            epoch.append(_minibatch(trainer, batch, mb, prox_logp, ref_logp, advantages, values, returns, cfg))
+        history += epoch
+        # early stop, as in OpenAI baselines / cleanrl (https://github.com/vwxyzjn/cleanrl)
+        if pc.target_kl > 0 and sum(m["policy/approx_kl"] for m in epoch) / len(epoch) > 1.5 * pc.target_kl:
+            break
+    return history
+
+
+def _minibatch(trainer, batch: SampleBatch, mb, prox_logp, ref_logp, advantages, values, returns, cfg: Config):
+    pc = cfg.learner.pg
+    ids, attn, mask = batch.input_ids[mb], batch.attention_mask[mb], batch.mask[mb]
+    logits = trainer.engine(input_ids=ids, attention_mask=attn).logits
+    logp = token_logprobs(logits, ids)
+    loss, m = pg.clipped_policy_loss(logp, prox_logp[mb], batch.behaviour_logp[mb], advantages[mb], mask,
+                                     pc.clip_eps, pc.is_cap)
+    m["loss/policy"] = loss.item()
+    if ref_logp is not None:  # KL as a loss term (GRPO, RLOO, or PPO with kl_in_reward: false)
+        kl_term = pg.masked_mean(pg.kl_estimate(logp, ref_logp[mb], pc.kl_estimator), mask)
+        loss = loss + pc.kl_coef * kl_term
+    entropy = pg.masked_mean(pg.token_entropy(logits[:, :-1]), mask)
+    loss = loss - pc.ent_coef * entropy
+    trainer.engine.backward(loss)
+    trainer.engine.step()
+    m.update({"loss": loss.item(), "entropy": entropy.item()})
+    if trainer.critic is not None:
+        new_values = trainer.critic(input_ids=ids, attention_mask=attn).logits[:, :-1, 0]
+        value_loss, vm = pg.clipped_value_loss(new_values, values[mb], returns[mb], mask, pc.cliprange_value)
+        trainer.critic.backward(pc.vf_coef * value_loss)
+        trainer.critic.step()
+        m.update(vm)
+        m["loss/value"] = value_loss.item()
+    return m
+
