@@ -30,9 +30,9 @@ def make(lease_prompts=2, inflight=4, timeout=10.0):
     return coordinator, clock
 
 
-def rollout_for(lease: Lease, version=0) -> Rollout:
+def rollout_for(lease: Lease, version=0, actor="a") -> Rollout:
     n = len(lease.prompt_ids) * K
-    return Rollout("a", 1, lease.lease_id, 1, version, np.arange(n * 3, dtype=np.int32),
+    return Rollout(actor, 1, lease.lease_id, 1, version, np.arange(n * 3, dtype=np.int32),
                    np.full(n, 3, np.int32), np.zeros(n * 3, np.float32), np.zeros(n, bool), 0.1)
 
 
@@ -47,9 +47,9 @@ def test_a_lease_flows_to_a_judge_and_back_as_scored_prompts():
     lease = c.on_lease_request(LeaseRequest("a", 1, 0))
     assert isinstance(lease, Lease) and lease.prompt_ids.tolist() == [0, 1]
     assert lease.prompt_tokens.tolist() == [3, 4, 4, 5] and lease.prompt_lengths.tolist() == [2, 2]
-    assert c.next_score_task() is None
+    assert c.next_score_task("j#1") is None
     assert c.on_rollout(rollout_for(lease, version=0))
-    task = c.next_score_task()
+    task = c.next_score_task("j#1")
     assert task.lease_id == lease.lease_id and task.response_lengths.tolist() == [3, 3, 3, 3]
     scored = c.on_scores(scores_for(lease))
     assert [s.prompt_id for s in scored] == [0, 1]
@@ -66,7 +66,7 @@ def test_credits_bound_the_prompts_in_flight():
     assert isinstance(second, Lease)
     assert isinstance(c.on_lease_request(LeaseRequest("c", 1, 0)), Wait)
     c.on_rollout(rollout_for(second))
-    c.next_score_task()
+    c.next_score_task("j#1")
     c.on_scores(scores_for(second))  # 2 prompts now buffered in the learner, still in flight
     assert isinstance(c.on_lease_request(LeaseRequest("c", 1, 0)), Wait)
     c.consumed(2)
@@ -81,12 +81,27 @@ def test_expired_lease_prompts_are_leased_again_and_late_results_dropped():
     again = c.on_lease_request(LeaseRequest("b", 1, 0))
     assert again.prompt_ids.tolist() == first.prompt_ids.tolist() and again.lease_id != first.lease_id
     assert not c.on_rollout(rollout_for(first))  # the dead actor's late work
-    assert c.on_rollout(rollout_for(again))
-    assert not c.on_rollout(rollout_for(again))  # redelivered
-    c.next_score_task()
+    assert not c.on_rollout(rollout_for(again, actor="a"))  # not the actor it was leased to
+    assert c.on_rollout(rollout_for(again, actor="b"))
+    assert not c.on_rollout(rollout_for(again, actor="b"))  # redelivered
+    c.next_score_task("j#1")
     assert c.on_scores(scores_for(again)) is not None
     assert c.on_scores(scores_for(again)) is None  # a second judge's duplicate
-    assert c.counters.duplicates_dropped == 3 and c.counters.leases_expired == 1
+    assert c.counters.duplicates_dropped == 4 and c.counters.leases_expired == 1
+
+
+def test_scores_only_from_the_judge_the_task_went_to():
+    c, _ = make()
+    lease = c.on_lease_request(LeaseRequest("a", 1, 0))
+    c.on_rollout(rollout_for(lease))
+    c.next_score_task("j#1")
+    stranger = scores_for(lease)
+    forged = Scores("intruder", 9, lease.lease_id, stranger.scores, stranger.chosen, stranger.rejected, 0.0)
+    assert c.on_scores(forged) is None
+    same_index = Scores("j", 1, lease.lease_id, stranger.scores, np.array([1, 0], np.int32),
+                        np.array([1, 1], np.int32), 0.0)
+    out = c.on_scores(same_index)  # prompt 0: chosen == rejected is no pair; prompt 1 is a real pair
+    assert [s.chosen for s in out] == [-1, 0]
 
 
 def test_released_prompts_go_first_and_fresh_ones_follow():
@@ -104,7 +119,7 @@ def test_wrong_sized_results_are_dropped_not_trusted():
                     bad.logprobs[:3], bad.truncated[:1], 0.1)
     assert not c.on_rollout(short)
     assert c.on_rollout(bad)
-    c.next_score_task()
+    c.next_score_task("j#1")
     assert c.on_scores(Scores("j", 1, lease.lease_id, np.zeros(1, np.float32), np.zeros(2, np.int32),
                               np.zeros(2, np.int32), 0.0)) is None
     out = c.on_scores(scores_for(lease, chosen=(5, 0), rejected=(1, -1)))  # out-of-range index -> no pair

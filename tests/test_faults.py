@@ -19,7 +19,7 @@ import pytest
 import zmq
 
 from tiller.protocol import encode
-from tiller.protocol.messages import LeaseRequest, Rollout, Scores, WeightsRequest, WorkRequest
+from tiller.protocol.messages import Lease, LeaseRequest, Rollout, Scores, WeightsRequest, WorkRequest
 
 pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[cpu]')")
 pytestmark = pytest.mark.slow
@@ -82,10 +82,24 @@ def assert_exactly_once(run: Run, steps: int) -> None:
     assert all(r["learner_version"] - r["policy_version"] <= 2 for r in records if r["outcome"] == "trained")
 
 
+def take_a_lease_and_vanish(address: str) -> Lease:
+    """An actor that leases prompts and dies before returning them: its lease must expire."""
+    from tiller.protocol.transport import LearnerClient
+
+    client = LearnerClient(address)
+    try:
+        reply = client.request(LeaseRequest("doomed", 1, -1), timeout_s=120)
+    finally:
+        client.close()
+    assert isinstance(reply, Lease), reply
+    return reply
+
+
 def test_kill_an_actor_and_the_judge_mid_run(tiny_policy_dir, tmp_path, free_address):
     steps = 14
     run = Run(tmp_path, tiny_policy_dir, free_address, steps)
     run.start("learner", "learner")
+    doomed = take_a_lease_and_vanish(free_address)
     for name in ("actor0", "actor1"):
         run.start(name, "actor")
     run.start("judge0", "judge")
@@ -97,6 +111,10 @@ def test_kill_an_actor_and_the_judge_mid_run(tiny_policy_dir, tmp_path, free_add
     assert summary["steps"] == steps
     assert "judge1" in summary["judge_work"] and "actor1" in summary["actor_work"]
     assert_exactly_once(run, steps)
+    last = json.loads((tmp_path / "faults" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["leases/expired"] >= 1
+    trained = {r["prompt_id"] for r in run.records() if r["outcome"] in ("trained", "no_preference")}
+    assert set(doomed.prompt_ids.tolist()) <= trained  # the vanished lease's prompts were leased again
 
 
 def garbage_frames(rng: random.Random) -> list[bytes]:

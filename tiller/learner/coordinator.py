@@ -40,10 +40,11 @@ class ScoredPrompt:
 
 @dataclass
 class _LeaseState:
-    actor: str
+    actor: str  # "actor_id#incarnation" the lease was issued to; only its rollout is accepted
     prompt_ids: list[int]
     deadline: float
     rollout: Rollout | None = None
+    judge: str | None = None  # "judge_id#incarnation" the score task went to
 
 
 @dataclass
@@ -122,7 +123,9 @@ class Coordinator:
         """Accept a rollout for judging; False if its lease is not live (late duplicate)."""
         state = self._leases.get(rollout.lease_id)
         expected = len(state.prompt_ids) * self.rollout.samples_per_prompt if state else -1
-        if state is None or state.rollout is not None or len(rollout.response_lengths) != expected:
+        sender = f"{rollout.actor_id}#{rollout.incarnation}"
+        if (state is None or state.rollout is not None or sender != state.actor
+                or len(rollout.response_lengths) != expected):
             self.counters.duplicates_dropped += 1
             return False
         state.rollout = rollout
@@ -131,25 +134,31 @@ class Coordinator:
 
     # --------------------------------------------------------------- judges
 
-    def next_score_task(self) -> ScoreTask | None:
+    def next_score_task(self, judge: str) -> ScoreTask | None:
+        """The next rollout to judge, assigned to `judge` ("judge_id#incarnation")."""
         while self._score_queue:
             lease_id = self._score_queue.popleft()
             state = self._leases.get(lease_id)
             if state is None or state.rollout is None:
                 continue  # expired while queued
+            state.judge = judge
             tokens, lengths = self.prompts.pack(state.prompt_ids)
             r = state.rollout
             return ScoreTask(lease_id, self.rollout.samples_per_prompt, tokens, lengths,
                              r.response_tokens, r.response_lengths, r.truncated)
         return None
 
+    def requeue_score(self, lease_id: int) -> None:
+        """A score task could not be delivered; put it first in line for the next judge."""
+        self._score_queue.appendleft(lease_id)
+
     def on_scores(self, scores: Scores) -> list[ScoredPrompt] | None:
         """Complete a lease; returns its judged prompts, or None for a late duplicate."""
         state = self._leases.get(scores.lease_id)
         k = self.rollout.samples_per_prompt
         n = len(state.prompt_ids) if state else 0
-        if (state is None or state.rollout is None or len(scores.scores) != n * k
-                or len(scores.chosen) != n or len(scores.rejected) != n):
+        if (state is None or state.rollout is None or state.judge != f"{scores.judge_id}#{scores.incarnation}"
+                or len(scores.scores) != n * k or len(scores.chosen) != n or len(scores.rejected) != n):
             self.counters.duplicates_dropped += 1
             return None
         del self._leases[scores.lease_id]
@@ -161,7 +170,8 @@ class Coordinator:
         out = []
         for i, prompt_id in enumerate(state.prompt_ids):
             chosen, rejected = int(scores.chosen[i]), int(scores.rejected[i])
-            if not (-1 <= chosen < k and -1 <= rejected < k and (chosen == -1) == (rejected == -1)):
+            valid = -1 <= chosen < k and -1 <= rejected < k and (chosen == -1) == (rejected == -1)
+            if not valid or (chosen == rejected != -1):
                 chosen = rejected = -1  # a judge bug must not crash the learner: no pair
             out.append(ScoredPrompt(
                 prompt_id, scores.lease_id, r.policy_version, self.prompts.get(prompt_id),

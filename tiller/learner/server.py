@@ -41,7 +41,7 @@ class LearnerServer:
         self._commands: queue.Queue = queue.Queue()
         self._snapshot: WeightSnapshot | None = None
         self._parked_judges: list[bytes] = []
-        self._peers: dict[bytes, str] = {}  # identity -> "actor"/"judge" name, for shutdown
+        self._peers: dict[bytes, str] = {}  # socket identity -> "name#incarnation"
         self._told_to_stop: set[bytes] = set()
         self._stop_deadline: float | None = None
         self.judge_work: dict[str, int] = {}  # judge name -> leases scored
@@ -115,7 +115,7 @@ class LearnerServer:
             if c.on_rollout(message):
                 self.actor_work[message.actor_id] = self.actor_work.get(message.actor_id, 0) + 1
         elif isinstance(message, WorkRequest):
-            self._peers[identity] = message.judge_id
+            self._peers[identity] = f"{message.judge_id}#{message.incarnation}"
             if c.done:
                 self._reply(identity, Shutdown("training finished"))
             elif identity not in self._parked_judges:
@@ -132,10 +132,11 @@ class LearnerServer:
             self.endpoint.stats.reject(f"unexpected message kind {type(message).KIND}")
             log.warning("peer %s sent %s, which only the learner sends", identity.hex(), type(message).KIND)
 
-    def _reply(self, identity: bytes, message: Any) -> None:
-        self.endpoint.send(identity, message)
+    def _reply(self, identity: bytes, message: Any) -> bool:
+        sent = self.endpoint.send(identity, message)
         if isinstance(message, Shutdown):
             self._told_to_stop.add(identity)
+        return sent
 
     def _serve_weights(self, identity: bytes, request: WeightsRequest) -> None:
         snap = self._snapshot
@@ -147,10 +148,13 @@ class LearnerServer:
 
     def _dispatch_judges(self) -> None:
         while self._parked_judges:
-            task = self.coordinator.next_score_task()
+            identity = self._parked_judges[0]
+            task = self.coordinator.next_score_task(self._peers[identity])
             if task is None:
                 return
-            self._reply(self._parked_judges.pop(0), task)
+            self._parked_judges.pop(0)
+            if not self._reply(identity, task):
+                self.coordinator.requeue_score(task.lease_id)  # that judge is gone: the next one gets it
 
     def _run_commands(self) -> None:
         while True:

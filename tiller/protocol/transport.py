@@ -29,10 +29,13 @@ class Stats:
     unroutable: int = 0
     rejected_reasons: dict[str, int] = field(default_factory=dict)
 
-    def reject(self, reason: str) -> None:
+    def reject(self, reason: str) -> bool:
+        """Count a rejected message; True when it should be logged (the first 20, then every
+        1000th), so a flood of garbage cannot flood the log too."""
         self.rejected += 1
         key = reason.split(":")[0][:60]
         self.rejected_reasons[key] = self.rejected_reasons.get(key, 0) + 1
+        return self.rejected <= 20 or self.rejected % 1000 == 0
 
 
 class RouterEndpoint:
@@ -57,15 +60,16 @@ class RouterEndpoint:
         """One message if it decodes; None (logged and counted) if it does not."""
         frames = self.socket.recv_multipart(copy=False)
         if len(frames) < 2:
-            self.stats.reject("no body frame")
-            log.warning("rejected a message without a body frame")
+            if self.stats.reject("no body frame"):
+                log.warning("rejected a message without a body frame (%d rejected so far)", self.stats.rejected)
             return None
         identity = frames[0].bytes
         try:
             message = self.decoder.decode(frames[1:])
         except ProtocolError as exc:
-            self.stats.reject(str(exc))
-            log.warning("rejected message from peer %s: %s", identity.hex(), exc)
+            if self.stats.reject(str(exc)):
+                log.warning("rejected message from peer %s: %s (%d rejected so far)", identity.hex(), exc,
+                            self.stats.rejected)
             return None
         self.stats.received += 1
         return identity, message
@@ -118,8 +122,8 @@ class LearnerClient:
             try:
                 reply = self.decoder.decode(frames)
             except ProtocolError as exc:
-                self.stats.reject(str(exc))
-                log.warning("rejected reply from the learner: %s", exc)
+                if self.stats.reject(str(exc)):
+                    log.warning("rejected reply from the learner: %s", exc)
                 continue
             self.stats.received += 1
             return reply
