@@ -133,3 +133,17 @@ def test_done_coordinator_tells_actors_to_stop_and_reports_versions():
     assert lease.latest_version == 3 and c.actor_versions == {"a#9": 2}
     c.done = True
     assert isinstance(c.on_lease_request(LeaseRequest("a", 9, 3)), Shutdown)
+
+
+def test_a_dead_actor_loses_its_leases_and_a_dead_judge_its_tasks():
+    c, _ = make()
+    generating = c.on_lease_request(LeaseRequest("a", 1, 0))
+    judged = c.on_lease_request(LeaseRequest("b", 1, 0))
+    c.on_rollout(rollout_for(judged, actor="b"))
+    assert c.next_score_task("j#1").lease_id == judged.lease_id
+    assert c.peer_died("a#1") == 1  # its lease expires now, not at the deadline
+    assert c.on_lease_request(LeaseRequest("b", 1, 0)).prompt_ids.tolist() == generating.prompt_ids.tolist()
+    assert c.peer_died("j#1") == 1  # the rollout stays; the next judge gets it
+    assert c.next_score_task("j#2").lease_id == judged.lease_id
+    assert c.on_scores(scores_for(judged)) is None  # "j#1" is no longer the assignee
+    assert c.on_scores(Scores("j", 2, judged.lease_id, *list(vars(scores_for(judged)).values())[3:])) is not None

@@ -95,6 +95,10 @@ def take_a_lease_and_vanish(address: str) -> Lease:
     return reply
 
 
+def _death_line(log: str, name: str) -> str:
+    return next((line for line in log.splitlines() if f"{name}#" in line and "declared dead" in line), "")
+
+
 def test_kill_an_actor_and_the_judge_mid_run(tiny_policy_dir, tmp_path, free_address):
     steps = 14
     run = Run(tmp_path, tiny_policy_dir, free_address, steps)
@@ -106,10 +110,17 @@ def test_kill_an_actor_and_the_judge_mid_run(tiny_policy_dir, tmp_path, free_add
     run.wait_for_step(3)
     os.kill(run.procs["actor0"].pid, signal.SIGKILL)
     os.kill(run.procs["judge0"].pid, signal.SIGKILL)
-    run.start("judge1", "judge")  # a fresh judge takes over; the dead ones' leases expire
+    # No judge is left, so training waits; the learner must notice both deaths by their heartbeats.
+    deadline = time.monotonic() + 60
+    dead = lambda: all(_death_line(run.log("learner"), name) for name in ("actor0", "judge0"))  # noqa: E731
+    while time.monotonic() < deadline and not dead():
+        time.sleep(0.5)
+    assert dead(), run.log("learner")[-3000:]
+    run.start("judge1", "judge")  # a fresh judge takes over the dead one's tasks
     summary = run.finish()
     assert summary["steps"] == steps
     assert "judge1" in summary["judge_work"] and "actor1" in summary["actor_work"]
+    assert {p.split("#")[0] for p in summary["dead_peers"]} >= {"actor0", "judge0"}
     assert_exactly_once(run, steps)
     last = json.loads((tmp_path / "faults" / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["leases/expired"] >= 1

@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from tiller.actors.judges import JudgeKind, build_judge, pick_pairs
-from tiller.actors.worker import LearnerGone, default_worker_id
+from tiller.actors.worker import HeartbeatThread, default_worker_id, request_patiently
 from tiller.config import Config
 from tiller.protocol.messages import Scores, ScoreTask, Shutdown, WorkRequest
 from tiller.protocol.transport import LearnerClient
@@ -42,15 +42,23 @@ class JudgeActor:
         self.incarnation = time.time_ns()
         self.judge = build_judge(cfg.judge, cfg.model.path)
         self.client = LearnerClient(address)
+        self.heartbeat = HeartbeatThread(address, self.judge_id, self.incarnation, "judge",
+                                         cfg.learner.heartbeat_s, cfg.learner.missed_beats)
 
     def run(self) -> int:
         """Judge tasks until the learner says stop; returns how many were judged."""
+        self.heartbeat.start()
+        try:
+            return self._serve()
+        finally:
+            self.heartbeat.stop()
+
+    def _serve(self) -> int:
         timeout = self.cfg.judge.learner_timeout_s
         judged = 0
+        request = WorkRequest(self.judge_id, self.incarnation, self.cfg.judge.kind)
         while True:
-            reply = self.client.request(WorkRequest(self.judge_id, self.incarnation, self.cfg.judge.kind), timeout)
-            if reply is None:
-                raise LearnerGone(f"the learner did not answer within {timeout:.0f} s")
+            reply = self._wait_for_work(request, timeout)
             if isinstance(reply, Shutdown):
                 log.info("%s stopping: %s", self.judge_id, reply.reason)
                 return judged
@@ -62,3 +70,15 @@ class JudgeActor:
             self.client.send(Scores(self.judge_id, self.incarnation, reply.lease_id, scores, chosen, rejected,
                                     time.monotonic() - start))
             judged += 1
+
+    def _wait_for_work(self, request: WorkRequest, timeout_s: float):
+        """Park at the learner until it has work. Waiting is fine while heartbeats are answered;
+        once they stop, ask again patiently (the learner may be restarting)."""
+        self.client.send(request)
+        while True:
+            reply = self.client.receive(self.cfg.learner.heartbeat_s)
+            if reply is not None:
+                return reply
+            if not self.heartbeat.learner_alive:
+                self.client.reset()
+                return request_patiently(self.client, request, timeout_s)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from tiller.actors.engine import VLLMEngine
-from tiller.actors.worker import LearnerGone, default_worker_id
+from tiller.actors.worker import HeartbeatThread, LearnerGone, default_worker_id, request_patiently
 from tiller.config import Config
 from tiller.protocol.messages import (
     Lease, LeaseRequest, Rollout, Shutdown, Wait, WeightsBucket, WeightsGone, WeightsRequest,
@@ -38,9 +38,8 @@ def fetch_weights(client: LearnerClient, version: int, timeout_s: float) -> tupl
     named: list = []
     bucket, total = 0, 1
     while bucket < total:
-        reply = client.request(WeightsRequest(version, bucket), timeout_s)
-        if reply is None:
-            raise LearnerGone(f"no weights from the learner within {timeout_s:.0f} s")
+        # 30 s before asking again: a 256 MiB bucket can take a while on a slow network
+        reply = request_patiently(client, WeightsRequest(version, bucket), timeout_s, first_wait_s=30.0)
         if isinstance(reply, WeightsGone):
             if reply.latest_version < 0:
                 raise LearnerGone("the learner has no weights to serve")
@@ -63,6 +62,8 @@ class RolloutActor:
         self.engine = VLLMEngine(cfg.model.path, cfg.rollout, seed=cfg.seed + os.getpid())
         self.version = -1  # weights on disk are not a published version: fetch before generating
         self.seq = 0
+        self.heartbeat = HeartbeatThread(address, self.actor_id, self.incarnation, "actor",
+                                         cfg.learner.heartbeat_s, cfg.learner.missed_beats)
 
     def sync(self, version: int) -> None:
         start = time.monotonic()
@@ -73,12 +74,17 @@ class RolloutActor:
 
     def run(self) -> int:
         """Serve leases until the learner says stop; returns the number of rollouts sent."""
+        self.heartbeat.start()
+        try:
+            return self._serve()
+        finally:
+            self.heartbeat.stop()
+
+    def _serve(self) -> int:
         timeout = self.cfg.rollout.learner_timeout_s
         sent = 0
         while True:
-            reply = self.client.request(LeaseRequest(self.actor_id, self.incarnation, self.version), timeout)
-            if reply is None:
-                raise LearnerGone(f"the learner did not answer within {timeout:.0f} s")
+            reply = request_patiently(self.client, LeaseRequest(self.actor_id, self.incarnation, self.version), timeout)
             if isinstance(reply, Shutdown):
                 log.info("%s stopping: %s", self.actor_id, reply.reason)
                 return sent

@@ -193,6 +193,21 @@ class Coordinator:
             self.counters.leases_expired += 1
         return expired
 
+    def peer_died(self, peer: str) -> int:
+        """A dead actor's leases expire now; a dead judge's tasks go back in line (the rollouts are
+        kept, so nothing is generated twice). Returns how many leases were handed on."""
+        handed_on = 0
+        for lease_id, state in list(self._leases.items()):
+            if state.actor == peer and state.rollout is None:
+                self.release(self._leases.pop(lease_id).prompt_ids)
+                self.counters.leases_expired += 1
+                handed_on += 1
+            elif state.judge == peer:
+                state.judge = None
+                self._score_queue.appendleft(lease_id)
+                handed_on += 1
+        return handed_on
+
     def release(self, prompt_ids: list[int]) -> None:
         """Give prompts back to be leased again, ahead of fresh ones (expiry, staleness)."""
         self._released.extend(prompt_ids)

@@ -107,7 +107,7 @@ def run(cfg: Config) -> dict:
     algorithm = ALGORITHMS[cfg.learner.algorithm]
     trainer = PolicyTrainer(cfg, model_dir, with_critic=algorithm.critic)
     coordinator = Coordinator(prompts, cfg.learner, cfg.rollout, seed=cfg.seed)
-    server = LearnerServer(coordinator, cfg.learner.address)
+    server = LearnerServer(coordinator, cfg.learner.address, cfg.learner.heartbeat_s, cfg.learner.missed_beats)
     version = 0
     server.publish(snapshot(trainer, version, cfg.learner.weight_bucket_mb))
     server.start()
@@ -168,6 +168,7 @@ def summarise(cfg: Config, history: list[dict], server: LearnerServer) -> dict:
         "judge_work": server.judge_work,
         "actor_versions": dict(server.coordinator.actor_versions),
         "protocol_rejected": server.endpoint.stats.rejected,
+        "dead_peers": server.dead_peers,
         "final_checkpoint": str(cfg.run_dir / "final"),
         "plot": str(plot) if plot else None,
     }

@@ -17,7 +17,8 @@ from typing import Any
 
 from tiller.learner.coordinator import Coordinator
 from tiller.protocol.messages import (
-    LeaseRequest, Rollout, Scores, Shutdown, WeightsBucket, WeightsGone, WeightsRequest, WorkRequest,
+    Heartbeat, HeartbeatAck, LeaseRequest, Rollout, Scores, Shutdown, WeightsBucket, WeightsGone, WeightsRequest,
+    WorkRequest,
 )
 from tiller.protocol.transport import RouterEndpoint
 
@@ -33,8 +34,11 @@ class WeightSnapshot:
 
 
 class LearnerServer:
-    def __init__(self, coordinator: Coordinator, address: str):
+    def __init__(self, coordinator: Coordinator, address: str, heartbeat_s: float = 2.0, missed_beats: int = 5):
         self.coordinator = coordinator
+        self.dead_after_s = heartbeat_s * missed_beats
+        self._last_seen: dict[str, float] = {}  # "name#incarnation" -> monotonic time of its last message
+        self.dead_peers: list[str] = []
         self.endpoint = RouterEndpoint(address)
         self.address = self.endpoint.address
         self.scored: queue.Queue = queue.Queue()
@@ -85,6 +89,7 @@ class LearnerServer:
                 self._run_commands()
                 if time.monotonic() - last_expiry > 0.5:
                     last_expiry = time.monotonic()
+                    self._bury_silent_peers()
                     for lease_id in self.coordinator.expire():
                         log.warning("lease %d expired; its prompts will be leased again", lease_id)
                 self._dispatch_judges()
@@ -95,6 +100,7 @@ class LearnerServer:
     def _finished(self) -> bool:
         if self._stop_deadline is None:
             return False
+        # heartbeat sockets never hear Shutdown (their threads stop with their worker)
         everyone_told = set(self._peers) <= self._told_to_stop
         return everyone_told or time.monotonic() > self._stop_deadline
 
@@ -106,10 +112,35 @@ class LearnerServer:
             if received is not None:
                 self._handle(*received)
 
+    def _bury_silent_peers(self) -> None:
+        """Peers silent for `missed_beats` heartbeats are dead: their work goes to others at once."""
+        now = time.monotonic()
+        for peer in [p for p, seen in self._last_seen.items() if now - seen > self.dead_after_s]:
+            del self._last_seen[peer]
+            self.dead_peers.append(peer)
+            released = self.coordinator.peer_died(peer)
+            log.warning("%s missed its heartbeats: declared dead (%d leases handed on)", peer, released)
+            for identity in [i for i, name in self._peers.items() if name == peer]:
+                del self._peers[identity]  # shutdown no longer waits for it
+                if identity in self._parked_judges:
+                    self._parked_judges.remove(identity)
+
+    def _seen(self, name: str) -> None:
+        if name not in self._last_seen and name in self.dead_peers:
+            log.info("%s is back after being declared dead", name)
+        self._last_seen[name] = time.monotonic()
+
     def _handle(self, identity: bytes, message: Any) -> None:
         c = self.coordinator
+        if isinstance(message, Heartbeat):
+            self._seen(f"{message.worker_id}#{message.incarnation}")
+            self.endpoint.send(identity, HeartbeatAck(c.version))
+            return
+        sender = getattr(message, "actor_id", None) or getattr(message, "judge_id", None)
+        if sender is not None:
+            self._seen(f"{sender}#{message.incarnation}")
         if isinstance(message, LeaseRequest):
-            self._peers[identity] = message.actor_id
+            self._peers[identity] = f"{message.actor_id}#{message.incarnation}"
             self._reply(identity, c.on_lease_request(message))
         elif isinstance(message, Rollout):
             if c.on_rollout(message):

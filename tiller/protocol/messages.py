@@ -11,7 +11,8 @@ Conversation (every worker talks only to the learner, over one DEALER socket):
     actor   Rollout      ->                       (then the next LeaseRequest)
     judge   WorkRequest  ->   <- ScoreTask | Shutdown   (parked until work exists)
     judge   Scores       ->                       (then the next WorkRequest)
-    actor   WeightsRequest -> <- WeightsBucket | WeightsGone   (weight server socket)
+    actor   WeightsRequest -> <- WeightsBucket | WeightsGone
+    any     Heartbeat    ->   <- HeartbeatAck       (own socket, own thread, every heartbeat_s)
 """
 
 from __future__ import annotations
@@ -144,4 +145,18 @@ class WeightsBucket:
 class WeightsGone:
     """The requested version was superseded; fetch `latest_version` instead."""
 
+    latest_version: int
+
+
+@_message("heartbeat")
+class Heartbeat:
+    """A worker is alive (sent from its own thread, so a long generation does not look like death)."""
+
+    worker_id: str
+    incarnation: int
+    role: str  # "actor" or "judge"
+
+
+@_message("heartbeat_ack")
+class HeartbeatAck:
     latest_version: int

@@ -111,9 +111,16 @@ class LearnerClient:
         return socket
 
     def request(self, message: Any, timeout_s: float) -> Any | None:
-        """Send `message` and return the decoded reply, or None if none came within `timeout_s`."""
-        self.socket.send_multipart(encode(message), copy=False)
-        self.stats.sent += 1
+        """Send `message` and return the decoded reply, or None (and a fresh socket) if none came
+        within `timeout_s`."""
+        self.send(message)
+        reply = self.receive(timeout_s)
+        if reply is None:
+            self.reset()
+        return reply
+
+    def receive(self, timeout_s: float) -> Any | None:
+        """The next decodable message within `timeout_s`, or None; the socket is kept."""
         deadline = time.monotonic() + timeout_s
         while (remaining := deadline - time.monotonic()) > 0:
             if not self.socket.poll(int(remaining * 1000) + 1, zmq.POLLIN):
@@ -127,9 +134,12 @@ class LearnerClient:
                 continue
             self.stats.received += 1
             return reply
+        return None
+
+    def reset(self) -> None:
+        """A new socket (and identity): replies meant for the old one can never arrive here."""
         self.socket.close(linger=0)
         self.socket = self._connect()
-        return None
 
     def send(self, message: Any) -> None:
         """Fire-and-forget (results): the learner's lease table makes lost ones visible."""
