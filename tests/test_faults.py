@@ -189,3 +189,36 @@ def test_fuzzing_the_learner_socket_during_a_run(tiny_policy_dir, tmp_path, free
     assert summary["protocol_rejected"] > 3000  # the codec's share; the learner logged each one
     assert "Traceback" not in run.log("learner")
     assert_exactly_once(run, steps)
+
+
+def test_an_authenticated_run_completes_while_a_stranger_is_refused(tiny_policy_dir, tmp_path, free_address):
+    from tiller.config import SecurityConfig
+    from tiller.protocol.security import create_keys
+    from tiller.protocol.transport import LearnerClient
+
+    _, learner_secret = create_keys(tmp_path / "keys", "learner")
+    worker_public, worker_secret = create_keys(tmp_path / "keys", "worker")
+    _, stranger_secret = create_keys(tmp_path / "stranger", "stranger")
+    (tmp_path / "authorized").mkdir()
+    (tmp_path / "authorized" / "worker.key").write_bytes(worker_public.read_bytes())
+    learner_public = tmp_path / "keys" / "learner.key"
+    security = [f"security.server_secret_key={learner_secret}", f"security.authorized_keys_dir={tmp_path / 'authorized'}",
+                f"security.client_secret_key={worker_secret}", f"security.server_public_key={learner_public}"]
+    steps = 4
+    run = Run(tmp_path, tiny_policy_dir, free_address, steps, extra=security)
+    run.start("learner", "learner")
+    run.start("actor0", "actor")
+    run.start("judge0", "judge")
+    deadline = time.monotonic() + 120
+    while "learner listening" not in run.log("learner") and time.monotonic() < deadline:
+        time.sleep(0.3)
+    stranger = LearnerClient(free_address, security=SecurityConfig(client_secret_key=str(stranger_secret),
+                                                                   server_public_key=str(learner_public)))
+    try:
+        assert stranger.request(LeaseRequest("stranger", 1, 0), timeout_s=3.0) is None
+    finally:
+        stranger.close()
+    summary = run.finish()
+    assert summary["steps"] == steps and summary["curve_refused"] >= 1
+    assert "unknown key" in run.log("learner")
+    assert_exactly_once(run, steps)

@@ -136,6 +136,25 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class SecurityConfig:
+    """CURVE encryption and authentication. Key files are made by `tiller keys`."""
+
+    server_secret_key: str | None = None  # learner: its own secret key file (NAME.key_secret)
+    authorized_keys_dir: str | None = None  # learner: public key files (*.key) of workers allowed in
+    client_secret_key: str | None = None  # worker: its own secret key file
+    server_public_key: str | None = None  # worker: the learner's public key file (NAME.key)
+    allow_insecure_network: bool = False  # bind beyond loopback without CURVE: anyone who can reach it is in
+
+    @property
+    def server_enabled(self) -> bool:
+        return self.server_secret_key is not None
+
+    @property
+    def client_enabled(self) -> bool:
+        return self.client_secret_key is not None
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = "demo"
     seed: int = 0
@@ -147,6 +166,7 @@ class Config:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     run: RunConfig = field(default_factory=RunConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -41,9 +41,9 @@ class JudgeActor:
         self.judge_id = judge_id or default_worker_id("judge")
         self.incarnation = time.time_ns()
         self.judge = build_judge(cfg.judge, cfg.model.path)
-        self.client = LearnerClient(address)
+        self.client = LearnerClient(address, security=cfg.security)
         self.heartbeat = HeartbeatThread(address, self.judge_id, self.incarnation, "judge",
-                                         cfg.learner.heartbeat_s, cfg.learner.missed_beats)
+                                         cfg.learner.heartbeat_s, cfg.learner.missed_beats, cfg.security)
 
     def run(self) -> int:
         """Judge tasks until the learner says stop; returns how many were judged."""

@@ -58,12 +58,12 @@ class RolloutActor:
         self.cfg = cfg
         self.actor_id = actor_id or default_worker_id("actor")
         self.incarnation = time.time_ns()  # tells this start's work from a previous one's
-        self.client = LearnerClient(address)
+        self.client = LearnerClient(address, security=cfg.security)
         self.engine = VLLMEngine(cfg.model.path, cfg.rollout, seed=cfg.seed + os.getpid())
         self.version = -1  # weights on disk are not a published version: fetch before generating
         self.seq = 0
         self.heartbeat = HeartbeatThread(address, self.actor_id, self.incarnation, "actor",
-                                         cfg.learner.heartbeat_s, cfg.learner.missed_beats)
+                                         cfg.learner.heartbeat_s, cfg.learner.missed_beats, cfg.security)
 
     def sync(self, version: int) -> None:
         start = time.monotonic()

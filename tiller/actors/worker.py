@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any
 
+from tiller.config import SecurityConfig
 from tiller.protocol.messages import Heartbeat, HeartbeatAck
 from tiller.protocol.transport import LearnerClient
 
@@ -44,16 +45,16 @@ class HeartbeatThread(threading.Thread):
     """Beats every `interval_s` on a socket of its own; notices when the learner stops answering."""
 
     def __init__(self, address: str, worker_id: str, incarnation: int, role: str, interval_s: float,
-                 missed_beats: int):
+                 missed_beats: int, security: SecurityConfig = SecurityConfig()):
         super().__init__(name=f"tiller-heartbeat-{worker_id}", daemon=True)
-        self.address, self.beat = address, Heartbeat(worker_id, incarnation, role)
+        self.address, self.beat, self.security = address, Heartbeat(worker_id, incarnation, role), security
         self.interval_s, self.missed_beats = interval_s, missed_beats
         self.learner_alive = True
         self.latest_version = -1
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        client = LearnerClient(self.address)  # zmq sockets are not thread-safe: this one is ours alone
+        client = LearnerClient(self.address, security=self.security)  # zmq sockets are not thread-safe: this one is ours alone
         missed = 0
         try:
             while not self._stop_event.wait(self.interval_s):

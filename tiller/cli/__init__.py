@@ -4,6 +4,7 @@ import typer
 
 from tiller.cli.actor import actor
 from tiller.cli.judge import judge
+from tiller.cli.keys import keys
 from tiller.cli.learner import learner
 from tiller.cli.run import run
 
@@ -13,3 +14,4 @@ app.command("run")(run)
 app.command("learner")(learner)
 app.command("actor")(actor)
 app.command("judge")(judge)
+app.command("keys")(keys)

@@ -29,6 +29,7 @@ from tiller.learner.metrics import MetricsSink, first_last_tenth, plot_reward, r
 from tiller.learner.prompts import load_prompts
 from tiller.learner.server import LearnerServer, WeightSnapshot
 from tiller.models import ensure_tiny_policy, load_tokenizer
+from tiller.protocol.security import check_bind
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ def take_batch(cfg: Config, algorithm: Algorithm, server: LearnerServer, version
 
 
 def run(cfg: Config) -> dict:
+    check_bind(cfg.learner.address, cfg.security)  # before any expensive work
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
@@ -107,7 +109,8 @@ def run(cfg: Config) -> dict:
     algorithm = ALGORITHMS[cfg.learner.algorithm]
     trainer = PolicyTrainer(cfg, model_dir, with_critic=algorithm.critic)
     coordinator = Coordinator(prompts, cfg.learner, cfg.rollout, seed=cfg.seed)
-    server = LearnerServer(coordinator, cfg.learner.address, cfg.learner.heartbeat_s, cfg.learner.missed_beats)
+    server = LearnerServer(coordinator, cfg.learner.address, cfg.learner.heartbeat_s, cfg.learner.missed_beats,
+                           cfg.security)
     version = 0
     server.publish(snapshot(trainer, version, cfg.learner.weight_bucket_mb))
     server.start()
@@ -169,6 +172,7 @@ def summarise(cfg: Config, history: list[dict], server: LearnerServer) -> dict:
         "actor_versions": dict(server.coordinator.actor_versions),
         "protocol_rejected": server.endpoint.stats.rejected,
         "dead_peers": server.dead_peers,
+        "curve_refused": server.endpoint.authorized.denied if server.endpoint.authorized else 0,
         "final_checkpoint": str(cfg.run_dir / "final"),
         "plot": str(plot) if plot else None,
     }

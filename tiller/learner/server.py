@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from tiller.config import SecurityConfig
 from tiller.learner.coordinator import Coordinator
 from tiller.protocol.messages import (
     Heartbeat, HeartbeatAck, LeaseRequest, Rollout, Scores, Shutdown, WeightsBucket, WeightsGone, WeightsRequest,
@@ -34,12 +35,13 @@ class WeightSnapshot:
 
 
 class LearnerServer:
-    def __init__(self, coordinator: Coordinator, address: str, heartbeat_s: float = 2.0, missed_beats: int = 5):
+    def __init__(self, coordinator: Coordinator, address: str, heartbeat_s: float = 2.0, missed_beats: int = 5,
+                 security: SecurityConfig = SecurityConfig()):
         self.coordinator = coordinator
         self.dead_after_s = heartbeat_s * missed_beats
         self._last_seen: dict[str, float] = {}  # "name#incarnation" -> monotonic time of its last message
         self.dead_peers: list[str] = []
-        self.endpoint = RouterEndpoint(address)
+        self.endpoint = RouterEndpoint(address, security=security)
         self.address = self.endpoint.address
         self.scored: queue.Queue = queue.Queue()
         self._commands: queue.Queue = queue.Queue()

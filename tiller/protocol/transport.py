@@ -15,8 +15,10 @@ from typing import Any
 
 import zmq
 
+from tiller.config import SecurityConfig
 from tiller.protocol.codec import DEFAULT_LIMITS, Decoder, Limits, ProtocolError, encode
 from tiller.protocol.messages import REGISTRY
+from tiller.protocol.security import check_bind, secure_client, secure_server
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +43,12 @@ class Stats:
 class RouterEndpoint:
     """The learner's side: receives (peer identity, message), replies to a peer by identity."""
 
-    def __init__(self, address: str, limits: Limits = DEFAULT_LIMITS, context: zmq.Context | None = None):
+    def __init__(self, address: str, limits: Limits = DEFAULT_LIMITS, context: zmq.Context | None = None,
+                 security: SecurityConfig = SecurityConfig()):
+        check_bind(address, security)
         self.context = context or zmq.Context.instance()
         self.socket = self.context.socket(zmq.ROUTER)
+        self.authorized = secure_server(self.socket, self.context, security) if security.server_enabled else None
         self.socket.setsockopt(zmq.LINGER, 0)
         # Raise on unknown peers instead of dropping silently; a dead peer is counted, not fatal.
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -86,6 +91,8 @@ class RouterEndpoint:
 
     def close(self) -> None:
         self.socket.close(linger=0)
+        if self.authorized is not None:
+            self.authorized.authenticator.stop()
 
 
 class LearnerClient:
@@ -95,8 +102,10 @@ class LearnerClient:
     mistaken for the answer to the next request.
     """
 
-    def __init__(self, address: str, limits: Limits = DEFAULT_LIMITS, context: zmq.Context | None = None):
+    def __init__(self, address: str, limits: Limits = DEFAULT_LIMITS, context: zmq.Context | None = None,
+                 security: SecurityConfig = SecurityConfig()):
         self.address = address
+        self.security = security
         self.context = context or zmq.Context.instance()
         self.decoder = Decoder(REGISTRY, limits)
         self.limits = limits
@@ -107,6 +116,8 @@ class LearnerClient:
         socket = self.context.socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.MAXMSGSIZE, self.limits.max_total_bytes)
+        if self.security.client_enabled:
+            secure_client(socket, self.security)
         socket.connect(self.address)
         return socket
 

@@ -1,0 +1,77 @@
+"""CURVE: authorised workers get in, unknown keys get nothing (and are logged); binding rules."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from tiller.config import SecurityConfig
+from tiller.protocol import LearnerClient, RouterEndpoint
+from tiller.protocol.messages import LeaseRequest, Shutdown
+from tiller.protocol.security import SecurityError, check_bind, create_keys, is_loopback
+
+
+@pytest.mark.parametrize("address,loopback", [
+    ("tcp://127.0.0.1:5555", True), ("tcp://localhost:1", True), ("tcp://[::1]:5555", True),
+    ("ipc:///tmp/tiller.sock", True), ("tcp://0.0.0.0:5555", False), ("tcp://*:5555", False),
+    ("tcp://10.1.2.3:5555", False), ("tcp://eth0:5555", False),
+])
+def test_is_loopback(address, loopback):
+    assert is_loopback(address) is loopback
+
+
+def test_binding_beyond_loopback_needs_keys_or_the_loud_flag(tmp_path):
+    with pytest.raises(SecurityError, match="tiller keys"):
+        check_bind("tcp://0.0.0.0:5555", SecurityConfig())
+    check_bind("tcp://0.0.0.0:5555", SecurityConfig(allow_insecure_network=True))
+    check_bind("tcp://0.0.0.0:5555", SecurityConfig(server_secret_key="x"))
+    check_bind("tcp://127.0.0.1:5555", SecurityConfig())
+
+
+@pytest.fixture
+def keyring(tmp_path):
+    _, server_secret = create_keys(tmp_path / "learner", "learner")
+    worker_public, worker_secret = create_keys(tmp_path / "worker", "worker")
+    _, stranger_secret = create_keys(tmp_path / "stranger", "stranger")
+    authorized = tmp_path / "authorized"
+    authorized.mkdir()
+    (authorized / "worker.key").write_bytes(worker_public.read_bytes())
+    server = SecurityConfig(server_secret_key=str(server_secret), authorized_keys_dir=str(authorized))
+    learner_public = str(tmp_path / "learner" / "learner.key")
+    return {
+        "server": server,
+        "worker": SecurityConfig(client_secret_key=str(worker_secret), server_public_key=learner_public),
+        "stranger": SecurityConfig(client_secret_key=str(stranger_secret), server_public_key=learner_public),
+    }
+
+
+def test_curve_admits_authorised_keys_only(keyring, free_address, caplog):
+    server = RouterEndpoint(free_address, security=keyring["server"])
+    stranger = LearnerClient(free_address, security=keyring["stranger"])
+    plain = LearnerClient(free_address)  # no CURVE at all
+    worker = LearnerClient(free_address, security=keyring["worker"])
+    try:
+        with caplog.at_level(logging.WARNING, logger="tiller.protocol.security"):
+            stranger.send(LeaseRequest("stranger", 1, 0))
+            plain.send(LeaseRequest("plain", 1, 0))
+            assert not server.poll(2000), "an unauthorised client got a message through"
+            assert server.authorized.denied >= 1
+            assert "unknown key" in caplog.text
+        worker.send(LeaseRequest("worker", 1, 0))
+        assert server.poll(5000)
+        identity, message = server.recv()
+        assert message == LeaseRequest("worker", 1, 0)
+        server.send(identity, Shutdown("bye"))
+        assert worker.receive(5.0) == Shutdown("bye")
+        assert stranger.receive(0.5) is None and plain.receive(0.5) is None
+    finally:
+        for client in (stranger, plain, worker):
+            client.close()
+        server.close()
+
+
+def test_missing_key_files_are_clear_errors(tmp_path, free_address):
+    bad = SecurityConfig(server_secret_key=str(tmp_path / "nope.key_secret"), authorized_keys_dir=str(tmp_path))
+    with pytest.raises(SecurityError, match="does not exist"):
+        RouterEndpoint(free_address, security=bad)
