@@ -36,14 +36,14 @@ def test_round_trip_keeps_every_field_and_sends_large_arrays_as_frames():
 @pytest.mark.parametrize("dtype", [np.int32, np.int64, np.float32, np.uint8, np.bool_])
 def test_dtypes_round_trip(dtype):
     array = (np.arange(300) % 2).astype(dtype)
-    out = decoder.decode(encode(WeightsBucket(1, 0, 1, ["x"], [array])))
+    out = decoder.decode(encode(WeightsBucket(1, 0, 1, ["x"], [array], 1)))
     assert out.tensors[0].dtype == dtype
     np.testing.assert_array_equal(out.tensors[0], array)
 
 
 def test_bfloat16_travels_as_raw_bytes_and_returns_as_torch():
     weight = torch.randn(64, 32).to(torch.bfloat16)
-    frames = encode(WeightsBucket(3, 0, 1, ["w"], [weight]))
+    frames = encode(WeightsBucket(3, 0, 1, ["w"], [weight], 1))
     assert len(frames) == 2 and memoryview(frames[1]).nbytes == 64 * 32 * 2
     out = decoder.decode(frames).tensors[0]
     assert out.dtype == torch.bfloat16 and torch.equal(out, weight)
@@ -53,19 +53,19 @@ def test_empty_and_non_contiguous_arrays():
     strided = np.arange(4000, dtype=np.int64).reshape(40, 100)[:, ::3]  # not contiguous
     assert not strided.flags["C_CONTIGUOUS"]
     empty = np.zeros((0, 5), dtype=np.float32)
-    out = decoder.decode(encode(WeightsBucket(1, 0, 1, ["a", "b"], [strided, empty])))
+    out = decoder.decode(encode(WeightsBucket(1, 0, 1, ["a", "b"], [strided, empty], 1)))
     np.testing.assert_array_equal(out.tensors[0], strided)
     assert out.tensors[1].shape == (0, 5)
 
 
 def test_small_arrays_ride_inline_in_the_body():
     small = np.arange(INLINE_LIMIT // 8 - 1, dtype=np.int64)
-    assert len(encode(WeightsBucket(1, 0, 1, ["s"], [small]))) == 1
+    assert len(encode(WeightsBucket(1, 0, 1, ["s"], [small], 1))) == 1
 
 
 def test_torch_float_tensor_round_trip():
     t = torch.randn(10, 20)
-    out = decoder.decode(encode(WeightsBucket(1, 0, 1, ["t"], [t]))).tensors[0]
+    out = decoder.decode(encode(WeightsBucket(1, 0, 1, ["t"], [t], 1))).tensors[0]
     np.testing.assert_array_equal(out, t.numpy())
 
 
@@ -85,20 +85,30 @@ MALFORMED = {
     "too few fields": [body(["lease_request", 1, "a", 1])],
     "wrong field type": [body(["lease_request", 1, "a", "one", 0])],
     "array where str expected": [body(["shutdown", 1, frame_ref("int32", [1], 1)]), b"\0" * 4],
-    "dtype not allowed": [body(["weights_bucket", 1, 1, 0, 1, ["x"], [frame_ref("object", [1], 1)]]), b"\0" * 8],
-    "shape does not match frame": [body(["weights_bucket", 1, 1, 0, 1, ["x"], [frame_ref("int32", [5], 1)]]), b"\0" * 8],
-    "frame index missing": [body(["weights_bucket", 1, 1, 0, 1, ["x"], [frame_ref("int32", [1], 4)]])],
+    "dtype not allowed": [body(["weights_bucket", 1, 1, 0, 1, ["x"], [frame_ref("object", [1], 1)], 1]), b"\0" * 8],
+    "shape does not match frame": [body(["weights_bucket", 1, 1, 0, 1, ["x"], [frame_ref("int32", [5], 1)], 1]), b"\0" * 8],
+    "frame index missing": [body(["weights_bucket", 1, 1, 0, 1, ["x"], [frame_ref("int32", [1], 4)], 1])],
     "frame used twice": [body(["weights_bucket", 1, 1, 0, 1, ["x", "y"],
-                               [frame_ref("int32", [1], 1), frame_ref("int32", [1], 1)]]), b"\0" * 4],
+                               [frame_ref("int32", [1], 1), frame_ref("int32", [1], 1)], 1]), b"\0" * 4],
     "unreferenced extra frame": [body(["shutdown", 1, "bye"]), b"\0" * 1000],
     "unknown ext type": [body(["shutdown", 1, msgpack.ExtType(42, b"x")])],
-    "negative dimension": [body(["weights_bucket", 1, 1, 0, 1, ["x"], [frame_ref("int32", [-1], 1)]]), b""],
+    "negative dimension": [body(["weights_bucket", 1, 1, 0, 1, ["x"], [frame_ref("int32", [-1], 1)], 1]), b""],
+}
+
+
+REASONS = {
+    "garbage": "msgpack", "not a list": "must be a list", "unknown kind": "unknown message kind",
+    "wrong schema": "schema", "too few fields": "fields, expected", "wrong field type": "expected int",
+    "array where str expected": "expected str", "dtype not allowed": "not allowed",
+    "shape does not match frame": "needs 20 bytes", "frame index missing": "missing or already used",
+    "frame used twice": "missing or already used", "unreferenced extra frame": "not referenced",
+    "unknown ext type": "unknown ext type", "negative dimension": "bad array shape",
 }
 
 
 @pytest.mark.parametrize("name", sorted(MALFORMED))
 def test_malformed_messages_are_rejected_with_protocol_error(name):
-    with pytest.raises(ProtocolError):
+    with pytest.raises(ProtocolError, match=REASONS[name]):
         decoder.decode(MALFORMED[name])
 
 
@@ -106,7 +116,7 @@ def test_size_limits_are_enforced():
     tight = Decoder(REGISTRY, Limits(max_frames=2, max_frame_bytes=1000))
     with pytest.raises(ProtocolError, match="frames"):
         tight.decode([b"x"] * 3)
-    big = encode(WeightsBucket(1, 0, 1, ["x"], [np.zeros(1000, dtype=np.float32)]))
+    big = encode(WeightsBucket(1, 0, 1, ["x"], [np.zeros(1000, dtype=np.float32)], 1))
     with pytest.raises(ProtocolError, match="size limit"):
         tight.decode(big)
 
@@ -140,7 +150,7 @@ def test_router_keeps_serving_after_malformed_frames(free_address):
 def test_every_message_kind_round_trips():
     arr = np.arange(600, dtype=np.int32)
     samples = [
-        Lease(1, 2, np.arange(3, dtype=np.int64), arr, np.array([200, 200, 200], np.int32), 4, 16, 1.0, 0.9, 5, 60.0),
+        Lease(1, 2, np.arange(3, dtype=np.int64), arr, np.array([200, 200, 200], np.int32), 4, 16, 1.0, 0.9, 5, 60.0, 7),
         Scores("j", 1, 2, np.ones(12, np.float32), np.zeros(3, np.int32), np.ones(3, np.int32), 0.1),
         rollout(arr, np.array([600], np.int32)),
     ]

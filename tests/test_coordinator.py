@@ -65,11 +65,11 @@ def test_credits_bound_the_prompts_in_flight():
     second = c.on_lease_request(LeaseRequest("b", 1, 0))
     assert isinstance(second, Lease)
     assert isinstance(c.on_lease_request(LeaseRequest("c", 1, 0)), Wait)
-    c.on_rollout(rollout_for(second))
+    assert c.on_rollout(rollout_for(second, actor="b"))
     c.next_score_task("j#1")
-    c.on_scores(scores_for(second))  # 2 prompts now buffered in the learner, still in flight
+    assert c.on_scores(scores_for(second))  # 2 prompts now buffered in the learner, still in flight
     assert isinstance(c.on_lease_request(LeaseRequest("c", 1, 0)), Wait)
-    c.consumed(2)
+    c.consumed(second.prompt_ids.tolist())
     assert isinstance(c.on_lease_request(LeaseRequest("c", 1, 0)), Lease)
 
 

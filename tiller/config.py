@@ -90,6 +90,7 @@ class LearnerConfig:
     weight_bucket_mb: int = 256
     torch_threads: int = 0  # 0: as placement decides (or torch's default when unpinned)
     shutdown_grace_s: float = 15.0  # time given to workers to hear the shutdown
+    checkpoint_every: int = 0  # steps between checkpoints (0: none); one is always written on SIGTERM
     heartbeat_s: float = 2.0  # workers beat this often; the learner acknowledges each beat
     missed_beats: int = 5  # a peer silent this many beats is dead: its leases expire at once
     dpo: DPOConfig = field(default_factory=DPOConfig)

@@ -72,13 +72,22 @@ class JudgeActor:
             judged += 1
 
     def _wait_for_work(self, request: WorkRequest, timeout_s: float):
-        """Park at the learner until it has work. Waiting is fine while heartbeats are answered;
-        once they stop, ask again patiently (the learner may be restarting)."""
+        """Park at the learner until it has work. Waiting is fine while heartbeats are answered by
+        the same learner; if they stop, or a restarted learner answers them (it never saw this
+        request), ask again."""
         self.client.send(request)
+        asked = self.heartbeat.learner_incarnation
         while True:
             reply = self.client.receive(self.cfg.learner.heartbeat_s)
             if reply is not None:
                 return reply
+            restarted = asked != -1 and self.heartbeat.learner_incarnation not in (-1, asked)
+            if restarted:
+                self.client.reset()
+                self.client.send(request)
+                asked = self.heartbeat.learner_incarnation
+            elif asked == -1:
+                asked = self.heartbeat.learner_incarnation
             if not self.heartbeat.learner_alive:
                 self.client.reset()
                 return request_patiently(self.client, request, timeout_s)

@@ -33,24 +33,25 @@ def _as_tensor(array) -> torch.Tensor:
     return torch.from_numpy(np.array(array))  # frames are read-only; the engine copies anyway
 
 
-def fetch_weights(client: LearnerClient, version: int, timeout_s: float) -> tuple[int, list]:
-    """All buckets of `version` (or of a newer one, if it was superseded mid-fetch)."""
+def fetch_weights(client: LearnerClient, learner: int, version: int, timeout_s: float) -> tuple[int, int, list]:
+    """All buckets of `version` of learner incarnation `learner` (or of whatever superseded it
+    mid-fetch); returns (learner incarnation, version, named tensors)."""
     named: list = []
     bucket, total = 0, 1
     while bucket < total:
         # 30 s before asking again: a 256 MiB bucket can take a while on a slow network
-        reply = request_patiently(client, WeightsRequest(version, bucket), timeout_s, first_wait_s=30.0)
+        reply = request_patiently(client, WeightsRequest(version, bucket, learner), timeout_s, first_wait_s=30.0)
         if isinstance(reply, WeightsGone):
             if reply.latest_version < 0:
                 raise LearnerGone("the learner has no weights to serve")
-            version, named, bucket, total = reply.latest_version, [], 0, 1
+            learner, version, named, bucket, total = reply.learner_incarnation, reply.latest_version, [], 0, 1
             continue
         if not isinstance(reply, WeightsBucket):
             raise LearnerGone(f"unexpected reply {type(reply).KIND} to a weights request")
         total = reply.num_buckets
         named += [(n, _as_tensor(t)) for n, t in zip(reply.names, reply.tensors)]
         bucket += 1
-    return version, named
+    return learner, version, named
 
 
 class RolloutActor:
@@ -61,15 +62,16 @@ class RolloutActor:
         self.client = LearnerClient(address, security=cfg.security)
         self.engine = VLLMEngine(cfg.model.path, cfg.rollout, seed=cfg.seed + os.getpid())
         self.version = -1  # weights on disk are not a published version: fetch before generating
+        self.learner_incarnation = -1
         self.seq = 0
         self.heartbeat = HeartbeatThread(address, self.actor_id, self.incarnation, "actor",
                                          cfg.learner.heartbeat_s, cfg.learner.missed_beats, cfg.security)
 
-    def sync(self, version: int) -> None:
+    def sync(self, learner: int, version: int) -> None:
         start = time.monotonic()
-        version, named = fetch_weights(self.client, version, self.cfg.rollout.learner_timeout_s)
+        learner, version, named = fetch_weights(self.client, learner, version, self.cfg.rollout.learner_timeout_s)
         self.engine.load_weights(named)
-        self.version = version
+        self.learner_incarnation, self.version = learner, version
         log.info("%s loaded policy version %d in %.2f s", self.actor_id, version, time.monotonic() - start)
 
     def run(self) -> int:
@@ -88,8 +90,9 @@ class RolloutActor:
             if isinstance(reply, Shutdown):
                 log.info("%s stopping: %s", self.actor_id, reply.reason)
                 return sent
-            if isinstance(reply, (Lease, Wait)) and reply.latest_version > self.version:
-                self.sync(reply.latest_version)  # between generation batches, never mid-sequence
+            if isinstance(reply, (Lease, Wait)) and (
+                    (reply.learner_incarnation, reply.latest_version) != (self.learner_incarnation, self.version)):
+                self.sync(reply.learner_incarnation, reply.latest_version)  # between batches, never mid-sequence
             if isinstance(reply, Wait):
                 time.sleep(reply.retry_after_s)
                 continue

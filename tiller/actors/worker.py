@@ -51,6 +51,7 @@ class HeartbeatThread(threading.Thread):
         self.interval_s, self.missed_beats = interval_s, missed_beats
         self.learner_alive = True
         self.latest_version = -1
+        self.learner_incarnation = -1  # of the learner that answered the last beat
         self._stop_event = threading.Event()
 
     def run(self) -> None:
@@ -63,6 +64,7 @@ class HeartbeatThread(threading.Thread):
                     if not self.learner_alive:
                         log.info("the learner at %s answers again", self.address)
                     missed, self.learner_alive, self.latest_version = 0, True, reply.latest_version
+                    self.learner_incarnation = reply.learner_incarnation
                     continue
                 missed += 1
                 if missed == self.missed_beats:

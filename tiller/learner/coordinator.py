@@ -10,6 +10,7 @@ lease that is no longer live is a late duplicate and is dropped (and counted).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -69,19 +70,22 @@ class Coordinator:
     counters: Counters = field(default_factory=Counters)
 
     def __post_init__(self) -> None:
+        # A new number for every learner start; lease ids start from it too, so a rollout for a
+        # lease of a previous start can never match a lease of this one.
+        self.incarnation = time.time_ns() // 1000
         self._next_fresh = 0
         self._released: deque[int] = deque()  # prompts to lease again, before fresh ones
         self._leases: dict[int, _LeaseState] = {}
-        self._next_lease_id = 1
+        self._next_lease_id = self.incarnation
         self._score_queue: deque[int] = deque()
-        self.buffered = 0  # prompts handed to the learner and not yet consumed
+        self._buffered: set[int] = set()  # prompts handed to the learner and not yet consumed
         self.actor_versions: dict[str, int] = {}
 
     # --------------------------------------------------------------- actors
 
     @property
     def inflight_prompts(self) -> int:
-        return self.buffered + sum(len(s.prompt_ids) for s in self._leases.values())
+        return len(self._buffered) + sum(len(s.prompt_ids) for s in self._leases.values())
 
     def on_lease_request(self, request: LeaseRequest) -> Lease | Wait | Shutdown:
         actor = f"{request.actor_id}#{request.incarnation}"
@@ -92,7 +96,7 @@ class Coordinator:
         free = self.learner.max_inflight_prompts - self.inflight_prompts
         if free < self.learner.lease_prompts:
             self.counters.waits_credit += 1
-            return Wait("no credits: the learner has enough work in flight", 0.05, self.version)
+            return Wait("no credits: the learner has enough work in flight", 0.05, self.version, self.incarnation)
         prompt_ids = [self._take_prompt() for _ in range(self.learner.lease_prompts)]
         lease_id = self._next_lease_id
         self._next_lease_id += 1
@@ -111,6 +115,7 @@ class Coordinator:
             top_p=self.rollout.top_p,
             seed=self.seed * 1_000_003 + lease_id,
             deadline_s=self.learner.lease_timeout_s,
+            learner_incarnation=self.incarnation,
         )
 
     def _take_prompt(self) -> int:
@@ -148,6 +153,12 @@ class Coordinator:
                              r.response_tokens, r.response_lengths, r.truncated)
         return None
 
+    def cancel_lease(self, lease_id: int) -> None:
+        """A lease that never reached its actor: release its prompts at once."""
+        state = self._leases.pop(lease_id, None)
+        if state is not None:
+            self.release(state.prompt_ids)
+
     def requeue_score(self, lease_id: int) -> None:
         """A score task could not be delivered; put it first in line for the next judge."""
         self._score_queue.appendleft(lease_id)
@@ -179,7 +190,7 @@ class Coordinator:
                 np.asarray(scores.scores[i * k:(i + 1) * k], dtype=np.float32), r.truncated[i * k:(i + 1) * k],
                 chosen, rejected,
             ))
-        self.buffered += n
+        self._buffered.update(state.prompt_ids)
         return out
 
     # --------------------------------------------------------------- learner side
@@ -213,8 +224,20 @@ class Coordinator:
         self._released.extend(prompt_ids)
         self.counters.prompts_released += len(prompt_ids)
 
-    def consumed(self, n: int) -> None:
-        self.buffered -= n
+    def consumed(self, prompt_ids: list[int]) -> None:
+        self._buffered.difference_update(prompt_ids)
+
+    def state_dict(self) -> dict:
+        """The data position, for a checkpoint: every prompt not yet consumed by the learner (leased,
+        being judged, or buffered) is listed as released, so a resumed learner leases it again."""
+        in_flight = [p for s in self._leases.values() for p in s.prompt_ids] + sorted(self._buffered)
+        return {"next_fresh": self._next_fresh, "released": list(self._released) + in_flight,
+                "counters": dataclasses.asdict(self.counters)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._next_fresh = int(state["next_fresh"])
+        self._released = deque(int(p) for p in state["released"])
+        self.counters = Counters(**state["counters"])
 
     def publish(self, version: int) -> None:
         self.version = version

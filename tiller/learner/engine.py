@@ -58,7 +58,8 @@ class PolicyTrainer:
     policy's backbone) in its own DeepSpeed engine with its own optimizer.
     """
 
-    def __init__(self, cfg: Config, model_dir: str | Path, with_critic: bool = False):
+    def __init__(self, cfg: Config, model_dir: str | Path, with_critic: bool = False,
+                 reference_dir: str | Path | None = None):
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification
         import deepspeed
 
@@ -66,7 +67,7 @@ class PolicyTrainer:
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         policy = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-        self.reference = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+        self.reference = AutoModelForCausalLM.from_pretrained(str(reference_dir or model_dir), dtype=torch.float32)
         self.reference.eval().requires_grad_(False)
         self.engine, *_ = deepspeed.initialize(
             model=policy, model_parameters=policy.parameters(), config=_ds_config(cfg, cfg.learner.lr))

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -25,7 +27,8 @@ from tiller.config import Config, dump_config
 from tiller.learner.algorithms import ALGORITHMS, Algorithm
 from tiller.learner.coordinator import Coordinator, ScoredPrompt
 from tiller.learner.engine import PolicyTrainer
-from tiller.learner.metrics import MetricsSink, first_last_tenth, plot_reward, reward_table
+from tiller.learner import checkpoint
+from tiller.learner.metrics import MetricsSink, first_last_tenth, keep_steps_up_to, plot_reward, reward_table
 from tiller.learner.prompts import load_prompts
 from tiller.learner.server import LearnerServer, WeightSnapshot
 from tiller.models import ensure_tiny_policy, load_tokenizer
@@ -51,20 +54,29 @@ def snapshot(trainer: PolicyTrainer, version: int, bucket_mb: int) -> WeightSnap
 class SampleRecord:
     """runs/<name>/samples.jsonl: what happened to every judged prompt (the exactly-once audit)."""
 
-    def __init__(self, path: Path):
-        self._file = path.open("w")
+    def __init__(self, path: Path, resume_step: int = 0):
+        if resume_step:
+            keep_steps_up_to(path, resume_step)
+        self._file = path.open("a" if resume_step else "w")
 
     def write(self, item: ScoredPrompt, step: int, version: int, outcome: str) -> None:
         row = {"prompt_id": item.prompt_id, "lease_id": item.lease_id, "policy_version": item.policy_version,
                "learner_version": version, "step": step, "outcome": outcome}
         self._file.write(json.dumps(row) + "\n")
 
+    def flush(self) -> None:
+        self._file.flush()
+
     def close(self) -> None:
         self._file.close()
 
 
+class Preempted(Exception):
+    """SIGTERM arrived: checkpoint and stop, leaving the workers waiting for a resumed learner."""
+
+
 def take_batch(cfg: Config, algorithm: Algorithm, server: LearnerServer, version: int, step: int,
-               record: SampleRecord):
+               record: SampleRecord, preempted: threading.Event):
     """Block until `batch_size` trainable prompts are in hand; returns (trainable, all judged)."""
     trainable: list[ScoredPrompt] = []
     judged: list[ScoredPrompt] = []
@@ -73,6 +85,9 @@ def take_batch(cfg: Config, algorithm: Algorithm, server: LearnerServer, version
     while len(trainable) < cfg.learner.batch_size:
         if server.failure is not None or not server.alive:
             raise RuntimeError("the learner's socket thread stopped") from server.failure
+        if preempted.is_set():
+            server.release([p.prompt_id for p in judged])  # not trained: lease them again after resume
+            raise Preempted()
         try:
             item: ScoredPrompt = server.scored.get(timeout=1.0)
         except queue.Empty:
@@ -85,7 +100,7 @@ def take_batch(cfg: Config, algorithm: Algorithm, server: LearnerServer, version
             server.release([item.prompt_id])  # never train on it; lease the prompt again
             record.write(item, step, version, "stale_released")
             continue
-        server.consumed(1)
+        server.consumed([item.prompt_id])
         judged.append(item)
         if algorithm.needs == "pairs" and item.chosen < 0:
             no_preference += 1
@@ -96,10 +111,45 @@ def take_batch(cfg: Config, algorithm: Algorithm, server: LearnerServer, version
     return trainable, judged
 
 
-def run(cfg: Config) -> dict:
+def step_metrics(server: LearnerServer, step: int, version: int, staleness: list[int],
+                 judged: list[ScoredPrompt], seconds: float) -> dict:
+    rewards = np.concatenate([p.scores for p in judged])
+    c = server.coordinator.counters
+    return {
+        "step": step,
+        "policy_version": version,
+        "reward/mean": float(rewards.mean()),
+        "reward/std": float(rewards.std()),
+        "samples_per_s": len(rewards) / max(seconds, 1e-6),
+        "staleness/mean": float(np.mean(staleness)),
+        "staleness/max": int(max(staleness)),
+        "response_length/mean": float(np.mean([len(r) for p in judged for r in p.responses])),
+        "leases/issued": c.leases_issued,
+        "leases/expired": c.leases_expired,
+        "leases/duplicates_dropped": c.duplicates_dropped,
+        "prompts/released": c.prompts_released,
+        "protocol/rejected": server.endpoint.stats.rejected,
+        "actors/oldest_version": min(server.coordinator.actor_versions.values(), default=-1),
+    }
+
+
+def save_checkpoint(cfg: Config, step: int, version: int, trainer: PolicyTrainer, server: LearnerServer,
+                    sink: MetricsSink, record: SampleRecord) -> None:
+    record.flush()
+    state = {"version": version, "coordinator": server.coordinator_state(), "wandb_id": sink.wandb_id}
+    path = checkpoint.save(cfg.run_dir, step, trainer, state)
+    print(f"checkpoint: {path}", flush=True)
+
+
+def run(cfg: Config, resume: bool = False) -> dict | None:
+    """Train to `learner.steps`; with `resume`, continue from the run's latest checkpoint.
+    Returns the summary, or None when pre-empted by SIGTERM (a checkpoint was written)."""
     check_bind(cfg.learner.address, cfg.security)  # before any expensive work
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    latest = checkpoint.latest(run_dir) if resume else None
+    if resume and latest is None:
+        raise FileNotFoundError(f"--resume: no complete checkpoint under {run_dir / 'checkpoints'}")
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     model_dir = prepare_model(cfg)
     tokenizer = load_tokenizer(model_dir)
@@ -107,55 +157,63 @@ def run(cfg: Config) -> dict:
     if cfg.learner.torch_threads > 0:
         torch.set_num_threads(cfg.learner.torch_threads)
     algorithm = ALGORITHMS[cfg.learner.algorithm]
-    trainer = PolicyTrainer(cfg, model_dir, with_critic=algorithm.critic)
+    trainer = PolicyTrainer(cfg, model_dir, with_critic=algorithm.critic,
+                            reference_dir=checkpoint.reference_dir(run_dir) if latest else None)
     coordinator = Coordinator(prompts, cfg.learner, cfg.rollout, seed=cfg.seed)
+    state = {"step": 0, "version": 0, "wandb_id": None}
+    if latest is not None:
+        state = checkpoint.restore(latest, trainer)
+        coordinator.load_state_dict(state["coordinator"])
+        print(f"resuming from {latest}: step {state['step']}, policy version {state['version']}", flush=True)
     server = LearnerServer(coordinator, cfg.learner.address, cfg.learner.heartbeat_s, cfg.learner.missed_beats,
                            cfg.security)
-    version = 0
+    version = state["version"]
     server.publish(snapshot(trainer, version, cfg.learner.weight_bucket_mb))
     server.start()
     print(f"learner listening on {server.address} ({len(prompts)} prompts, {cfg.learner.steps} steps)", flush=True)
-
-    sink = MetricsSink(cfg, run_dir)
-    record = SampleRecord(run_dir / "samples.jsonl")
-    pad_id = tokenizer.pad_token_id
-    last = time.monotonic()
+    sink = MetricsSink(cfg, run_dir, resume_step=state["step"], wandb_id=state["wandb_id"])
+    record = SampleRecord(run_dir / "samples.jsonl", resume_step=state["step"])
+    preempted = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: preempted.set())
     try:
-        for step in range(1, cfg.learner.steps + 1):
-            trainable, judged = take_batch(cfg, algorithm, server, version, step, record)
-            staleness = [version - p.policy_version for p in trainable]  # versions behind the learner
-            metrics = algorithm.step(trainer, trainable, cfg, pad_id)
-            if step % cfg.learner.sync_every == 0:
-                version += 1
-                server.publish(snapshot(trainer, version, cfg.learner.weight_bucket_mb))
-            now = time.monotonic()
-            rewards = np.concatenate([p.scores for p in judged])
-            c = coordinator.counters
-            metrics.update({
-                "step": step,
-                "policy_version": version,
-                "reward/mean": float(rewards.mean()),
-                "reward/std": float(rewards.std()),
-                "samples_per_s": len(rewards) / max(now - last, 1e-6),
-                "staleness/mean": float(np.mean(staleness)),
-                "staleness/max": int(max(staleness)),
-                "response_length/mean": float(np.mean([len(r) for p in judged for r in p.responses])),
-                "leases/issued": c.leases_issued,
-                "leases/expired": c.leases_expired,
-                "leases/duplicates_dropped": c.duplicates_dropped,
-                "prompts/released": c.prompts_released,
-                "protocol/rejected": server.endpoint.stats.rejected,
-                "actors/oldest_version": min(coordinator.actor_versions.values(), default=-1),
-            })
-            last = now
-            sink.log(metrics)
-    finally:
-        print("training finished; telling workers to stop", flush=True)
-        server.shutdown(cfg.learner.shutdown_grace_s)
+        train(cfg, algorithm, trainer, server, sink, record, state["step"], version, tokenizer.pad_token_id,
+              preempted)
+    except Preempted:
+        done = sink.history[-1]["step"] if sink.history else 0  # the last step that finished
+        save_checkpoint(cfg, done, sink.history[-1]["policy_version"] if sink.history else version,
+                        trainer, server, sink, record)
+        print("pre-empted: checkpoint written; resume with `tiller learner --resume`", flush=True)
+        server.close()
         record.close()
         sink.close()
+        return None
+    print("training finished; telling workers to stop", flush=True)
+    server.shutdown(cfg.learner.shutdown_grace_s)
+    record.close()
+    sink.close()
     trainer.save(run_dir / "final", tokenizer_dir=model_dir)
     return summarise(cfg, sink.history, server)
+
+
+def train(cfg: Config, algorithm: Algorithm, trainer: PolicyTrainer, server: LearnerServer, sink: MetricsSink,
+          record: SampleRecord, step: int, version: int, pad_id: int, preempted: threading.Event):
+    """The loop: batch, step, publish, log, checkpoint. Returns the last (step, version)."""
+    last = time.monotonic()
+    for step in range(step + 1, cfg.learner.steps + 1):
+        trainable, judged = take_batch(cfg, algorithm, server, version, step, record, preempted)
+        lags = [version - p.policy_version for p in trainable]  # versions behind the learner
+        metrics = algorithm.step(trainer, trainable, cfg, pad_id)
+        if step % cfg.learner.sync_every == 0:
+            version += 1
+            server.publish(snapshot(trainer, version, cfg.learner.weight_bucket_mb))
+        now = time.monotonic()
+        metrics.update(step_metrics(server, step, version, lags, judged, now - last))
+        last = now
+        sink.log(metrics)
+        record.flush()
+        if cfg.learner.checkpoint_every and step % cfg.learner.checkpoint_every == 0:
+            save_checkpoint(cfg, step, version, trainer, server, sink, record)
+    return step, version
 
 
 def summarise(cfg: Config, history: list[dict], server: LearnerServer) -> dict:

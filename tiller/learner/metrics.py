@@ -33,14 +33,25 @@ def _wandb_mode(requested: str) -> str:
     return "online" if logged_in else "offline"
 
 
+def keep_steps_up_to(path: Path, step: int) -> list[dict[str, Any]]:
+    """Rows of a JSONL file with "step" <= `step` (a resumed run drops what came after its checkpoint)."""
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    kept = [r for r in rows if r["step"] <= step]
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return kept
+
+
 class MetricsSink:
-    def __init__(self, cfg: Config, run_dir: Path):
+    def __init__(self, cfg: Config, run_dir: Path, resume_step: int = 0, wandb_id: str | None = None):
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / "metrics.jsonl"
-        self._file = self.path.open("w")
-        self.history: list[dict[str, Any]] = []
+        self.history: list[dict[str, Any]] = keep_steps_up_to(self.path, resume_step) if resume_step else []
+        self._file = self.path.open("a" if resume_step else "w")
         self._wandb = None
+        self.wandb_id = wandb_id
         mode = _wandb_mode(cfg.metrics.wandb)
         if mode != "disabled":
             try:
@@ -49,7 +60,9 @@ class MetricsSink:
                 self._wandb = wandb.init(
                     project=cfg.metrics.wandb_project, name=cfg.name, dir=str(run_dir), mode=mode,
                     config=to_dict(cfg), settings=wandb.Settings(init_timeout=60, silent=True),
+                    id=wandb_id, resume="allow" if wandb_id else None,
                 )
+                self.wandb_id = self._wandb.id
             except Exception as exc:  # noqa: BLE001 - metrics must never stop training
                 log.warning("W&B unavailable (%s); metrics go to %s only", exc, self.path)
 

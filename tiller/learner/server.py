@@ -18,7 +18,7 @@ from typing import Any
 from tiller.config import SecurityConfig
 from tiller.learner.coordinator import Coordinator
 from tiller.protocol.messages import (
-    Heartbeat, HeartbeatAck, LeaseRequest, Rollout, Scores, Shutdown, WeightsBucket, WeightsGone, WeightsRequest,
+    Heartbeat, HeartbeatAck, Lease, LeaseRequest, Rollout, Scores, Shutdown, WeightsBucket, WeightsGone, WeightsRequest,
     WorkRequest,
 )
 from tiller.protocol.transport import RouterEndpoint
@@ -67,8 +67,20 @@ class LearnerServer:
         """Stale samples: their prompts are leased again (the learner never trains on them)."""
         self._commands.put(("release", prompt_ids))
 
-    def consumed(self, n: int) -> None:
-        self._commands.put(("consumed", n))
+    def consumed(self, prompt_ids: list[int]) -> None:
+        self._commands.put(("consumed", prompt_ids))
+
+    def coordinator_state(self, timeout_s: float = 30.0) -> dict:
+        """The coordinator's data position, taken in this thread after every earlier command."""
+        reply: queue.Queue = queue.Queue()
+        self._commands.put(("snapshot", reply))
+        return reply.get(timeout=timeout_s)
+
+    def close(self) -> None:
+        """Stop serving without telling workers anything (pre-emption: they wait and reconnect)."""
+        self._commands.put(("close", 0.0))
+        self._thread.join(10)
+        self.endpoint.close()
 
     def shutdown(self, grace_s: float) -> None:
         """Tell every worker to stop as it next calls in; return once all heard it or after grace_s."""
@@ -136,14 +148,16 @@ class LearnerServer:
         c = self.coordinator
         if isinstance(message, Heartbeat):
             self._seen(f"{message.worker_id}#{message.incarnation}")
-            self.endpoint.send(identity, HeartbeatAck(c.version))
+            self.endpoint.send(identity, HeartbeatAck(c.version, c.incarnation))
             return
         sender = getattr(message, "actor_id", None) or getattr(message, "judge_id", None)
         if sender is not None:
             self._seen(f"{sender}#{message.incarnation}")
         if isinstance(message, LeaseRequest):
             self._peers[identity] = f"{message.actor_id}#{message.incarnation}"
-            self._reply(identity, c.on_lease_request(message))
+            reply = c.on_lease_request(message)
+            if not self._reply(identity, reply) and isinstance(reply, Lease):
+                c.cancel_lease(reply.lease_id)  # the asker is gone: its prompts go to the next actor now
         elif isinstance(message, Rollout):
             if c.on_rollout(message):
                 self.actor_work[message.actor_id] = self.actor_work.get(message.actor_id, 0) + 1
@@ -172,12 +186,14 @@ class LearnerServer:
         return sent
 
     def _serve_weights(self, identity: bytes, request: WeightsRequest) -> None:
-        snap = self._snapshot
-        if snap is None or request.version != snap.version or not 0 <= request.bucket < len(snap.buckets):
-            self._reply(identity, WeightsGone(snap.version if snap else -1))
+        snap, incarnation = self._snapshot, self.coordinator.incarnation
+        if (snap is None or request.version != snap.version or request.learner_incarnation != incarnation
+                or not 0 <= request.bucket < len(snap.buckets)):
+            self._reply(identity, WeightsGone(snap.version if snap else -1, incarnation))
             return
         names, tensors = snap.buckets[request.bucket]
-        self._reply(identity, WeightsBucket(snap.version, request.bucket, len(snap.buckets), names, tensors))
+        self._reply(identity, WeightsBucket(snap.version, request.bucket, len(snap.buckets), names, tensors,
+                                            incarnation))
 
     def _dispatch_judges(self) -> None:
         while self._parked_judges:
@@ -200,7 +216,11 @@ class LearnerServer:
                 self.coordinator.publish(arg.version)
             elif command == "release":
                 self.coordinator.release(arg)
-                self.coordinator.consumed(len(arg))
+                self.coordinator.consumed(arg)
+            elif command == "snapshot":
+                arg.put(self.coordinator.state_dict())
+            elif command == "close":
+                self._stop_deadline = time.monotonic()
             elif command == "consumed":
                 self.coordinator.consumed(arg)
             elif command == "shutdown":

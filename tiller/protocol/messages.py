@@ -59,6 +59,7 @@ class Lease:
     top_p: float
     seed: int
     deadline_s: float
+    learner_incarnation: int  # versions count within one learner start; a resumed learner has a new one
 
 
 @_message("wait")
@@ -68,6 +69,7 @@ class Wait:
     reason: str
     retry_after_s: float
     latest_version: int
+    learner_incarnation: int
 
 
 @_message("shutdown")
@@ -128,6 +130,7 @@ class Scores:
 class WeightsRequest:
     version: int
     bucket: int
+    learner_incarnation: int
 
 
 @_message("weights_bucket")
@@ -139,13 +142,15 @@ class WeightsBucket:
     num_buckets: int
     names: list[str]
     tensors: list[np.ndarray]  # bf16 arrives as a torch tensor, see codec
+    learner_incarnation: int
 
 
 @_message("weights_gone")
 class WeightsGone:
-    """The requested version was superseded; fetch `latest_version` instead."""
+    """The requested version was superseded (or the learner restarted); fetch this one instead."""
 
     latest_version: int
+    learner_incarnation: int
 
 
 @_message("heartbeat")
@@ -160,3 +165,4 @@ class Heartbeat:
 @_message("heartbeat_ack")
 class HeartbeatAck:
     latest_version: int
+    learner_incarnation: int  # changes when the learner restarts: parked requests must be sent again
