@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tiller.cli.common import ConfigOption, DryRun, LearnerAddress, Overrides, resolve, setup_process
+from tiller.cli.common import ConfigOption, DryRun, LearnerAddress, Overrides, resolve, run_or_explain, setup_process
 
 
 def actor(
@@ -23,9 +23,9 @@ def actor(
     from tiller.actors.worker import LearnerGone
     from tiller.learner.main import prepare_model
 
-    prepare_model(cfg)  # a tiny demo model is built on the spot if it is not there yet
+    run_or_explain(prepare_model, cfg)  # a tiny demo model is built on the spot if it is not there yet
     try:
-        sent = RolloutActor(cfg, learner or cfg.learner.address, actor_id).run()
+        sent = run_or_explain(lambda: RolloutActor(cfg, learner or cfg.learner.address, actor_id).run())
     except LearnerGone as exc:
         typer.echo(f"actor stopped: {exc}", err=True)
         raise typer.Exit(1) from None

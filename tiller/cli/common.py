@@ -34,6 +34,17 @@ def resolve(config: Path | None, overrides: list[str] | None, dry_run: bool) -> 
     return cfg
 
 
+def run_or_explain(fn, *args, **kwargs):
+    """Run a part; a bad config, data file or key becomes one clear line and exit code 2."""
+    from tiller.protocol.security import SecurityError
+
+    try:
+        return fn(*args, **kwargs)
+    except (ConfigError, SecurityError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 def setup_process(role: str) -> list[int] | None:
     """Logging, plus the pinning `tiller run` planned (TILLER_CORES): OS affinity and torch threads."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s")

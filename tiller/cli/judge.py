@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tiller.cli.common import ConfigOption, DryRun, LearnerAddress, Overrides, resolve, setup_process
+from tiller.cli.common import ConfigOption, DryRun, LearnerAddress, Overrides, resolve, run_or_explain, setup_process
 
 
 def judge(
@@ -23,9 +23,9 @@ def judge(
     from tiller.actors.worker import LearnerGone
     from tiller.learner.main import prepare_model
 
-    prepare_model(cfg)  # the judge decodes with the policy's tokenizer
+    run_or_explain(prepare_model, cfg)  # the judge decodes with the policy's tokenizer
     try:
-        judged = JudgeActor(cfg, learner or cfg.learner.address, judge_id).run()
+        judged = run_or_explain(lambda: JudgeActor(cfg, learner or cfg.learner.address, judge_id).run())
     except LearnerGone as exc:
         typer.echo(f"judge stopped: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tiller.cli.common import ConfigOption, DryRun, Overrides, resolve, setup_process
+from tiller.cli.common import ConfigOption, DryRun, Overrides, resolve, run_or_explain, setup_process
 
 
 def learner(
@@ -30,5 +30,5 @@ def learner(
     setup_process("learner")
     from tiller.learner.main import run
 
-    run(cfg, resume=resume is not None)
+    run_or_explain(run, cfg, resume=resume is not None)
     raise typer.Exit(0)

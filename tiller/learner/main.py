@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tiller.config import Config, dump_config
+from tiller.config import Config, ConfigError, dump_config
 from tiller.learner.algorithms import ALGORITHMS, Algorithm
 from tiller.learner.coordinator import Coordinator, ScoredPrompt
 from tiller.learner.engine import PolicyTrainer
@@ -41,7 +41,8 @@ def prepare_model(cfg: Config) -> Path:
     path = Path(cfg.model.path)
     if not (path / "config.json").exists():
         if not cfg.model.build_tiny:
-            raise FileNotFoundError(f"model.path: {path} has no config.json (set model.build_tiny: true to build one)")
+            raise ConfigError(f"model.path: {path} has no config.json (point it at a transformers model "
+                              "directory, or set model.build_tiny: true to build a tiny one there)")
         ensure_tiny_policy(path, seed=cfg.model.seed)
     return path
 
@@ -149,7 +150,7 @@ def run(cfg: Config, resume: bool = False) -> dict | None:
     run_dir.mkdir(parents=True, exist_ok=True)
     latest = checkpoint.latest(run_dir) if resume else None
     if resume and latest is None:
-        raise FileNotFoundError(f"--resume: no complete checkpoint under {run_dir / 'checkpoints'}")
+        raise ConfigError(f"--resume: no complete checkpoint under {run_dir / 'checkpoints'}")
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     model_dir = prepare_model(cfg)
     tokenizer = load_tokenizer(model_dir)

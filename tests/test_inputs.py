@@ -1,0 +1,61 @@
+"""Bad inputs get one clear error naming the file, line or row, before any expensive work."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tiller.config import ConfigError, DataConfig
+from tiller.learner.prompts import load_prompts
+from tiller.models import load_tokenizer
+
+ROOT = Path(__file__).parents[1]
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_a_row_without_the_prompt_field_names_file_and_line(tmp_path, tiny_policy_dir):
+    data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "abc"}, {"text": "no prompt here"}])
+    with pytest.raises(ConfigError, match=r"p.jsonl:2: no string field 'prompt'"):
+        load_prompts(DataConfig(source="jsonl", path=str(data)), load_tokenizer(tiny_policy_dir), 100)
+
+
+def test_a_row_that_is_not_json_names_file_and_line(tmp_path, tiny_policy_dir):
+    data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "abc"}, "{not json"])
+    with pytest.raises(ConfigError, match=r"p.jsonl:2: not valid JSON"):
+        load_prompts(DataConfig(source="jsonl", path=str(data)), load_tokenizer(tiny_policy_dir), 100)
+
+
+def test_a_prompt_longer_than_the_context_names_its_row(tmp_path, tiny_policy_dir):
+    data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "ab"}, {"prompt": "abcdefghijkl"}])
+    with pytest.raises(ConfigError, match=r"row 2: prompt has 12 tokens, more than the 10"):
+        load_prompts(DataConfig(source="jsonl", path=str(data)), load_tokenizer(tiny_policy_dir), 10)
+
+
+def test_good_jsonl_prompts_load(tmp_path, tiny_policy_dir):
+    data = write_jsonl(tmp_path / "p.jsonl", [{"q": "hello"}, {"q": "hi there"}])
+    stream = load_prompts(DataConfig(source="jsonl", path=str(data), prompt_field="q"),
+                          load_tokenizer(tiny_policy_dir), 100)
+    assert len(stream) == 2 and len(stream.get(1)) == len("hi there") and stream.get(2).tolist() == stream.get(0).tolist()
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.path=/nonexistent/model", "model.path: /nonexistent/model has no config.json"),
+    ("data.source=jsonl", "data.path: required"),
+    ("learner.address=tcp://0.0.0.0:5599", "tiller keys"),
+])
+def test_the_learner_refuses_bad_inputs_in_one_line(override, message, tmp_path, tiny_policy_dir):
+    done = subprocess.run(
+        [sys.executable, "-m", "tiller", "learner", "--config", "configs/demo.yaml", f"output_dir={tmp_path}",
+         "model.build_tiny=false", f"model.path={tiny_policy_dir}", override],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert message in done.stderr and "Traceback" not in done.stderr
