@@ -159,3 +159,44 @@ def test_every_message_kind_round_trips():
         assert type(out) is type(msg)
         for name, value in vars(msg).items():
             np.testing.assert_array_equal(getattr(out, name), value)
+
+
+# ----------------------------------------------------------------- property: nothing but ProtocolError
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+VALID_FRAMES = [
+    [bytes(memoryview(f)) for f in encode(m)]
+    for m in (
+        LeaseRequest("a", 1, 0),
+        Shutdown("bye"),
+        rollout(np.arange(300, dtype=np.int32), np.array([100, 200], np.int32)),
+        WeightsBucket(1, 0, 1, ["w"], [np.ones((20, 20), np.float32)], 1),
+    )
+]
+
+
+@st.composite
+def hostile_frames(draw):
+    """Random frames, or a valid message with bytes overwritten, cut, or frames added/dropped."""
+    if draw(st.booleans()):
+        return draw(st.lists(st.binary(max_size=300), min_size=1, max_size=4))
+    frames = list(draw(st.sampled_from(VALID_FRAMES)))
+    index = draw(st.integers(0, len(frames) - 1))
+    frame = bytearray(frames[index])
+    for position, value in draw(st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=6)):
+        if frame:
+            frame[position % len(frame)] = value
+    frames[index] = bytes(frame[: draw(st.integers(0, len(frame)))]) if draw(st.booleans()) else bytes(frame)
+    extra = draw(st.lists(st.binary(max_size=64), max_size=2))
+    return frames[: draw(st.integers(1, len(frames)))] + extra
+
+
+@settings(max_examples=10_000, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+@given(hostile_frames())
+def test_decoding_hostile_frames_raises_only_protocol_error(frames):
+    try:
+        decoder.decode(frames)
+    except ProtocolError:
+        pass
