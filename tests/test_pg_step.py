@@ -89,3 +89,12 @@ def test_ppo_score_lands_on_the_last_response_token(tiny_policy_dir):
     # gamma = lam = 1, V = 0, no KL: every response token's advantage is the sequence's score
     for row in range(K):
         assert torch.allclose(adv[row][batch.mask[row] == 1], batch.scores[row].expand(int(batch.mask[row].sum())))
+
+
+def test_critic_can_start_from_a_reward_model(tiny_policy_dir, tiny_reward_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    cfg, trainer = make_trainer(tiny_policy_dir, "ppo", critic_path=str(tiny_reward_dir))
+    reward_model = AutoModelForSequenceClassification.from_pretrained(str(tiny_reward_dir))
+    assert torch.equal(trainer.critic.module.score.weight, reward_model.score.weight)
+    assert torch.equal(trainer.critic.module.model.embed_tokens.weight, reward_model.model.embed_tokens.weight)

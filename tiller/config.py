@@ -70,6 +70,7 @@ class PGConfig:
     is_cap: float | None = 2.0  # truncated importance weight cap for behaviour-vs-learner mismatch
     truncation_penalty: float = 0.0  # subtracted from the score of responses cut at max_new_tokens
     critic_lr: float = 1e-5
+    critic_path: str | None = None  # initialise the critic from this reward model (default: the policy)
 
 
 @dataclass(frozen=True)

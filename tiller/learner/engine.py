@@ -74,9 +74,12 @@ class PolicyTrainer:
         self.engine.train()
         self.critic = None
         if with_critic:
-            config = AutoConfig.from_pretrained(str(model_dir), num_labels=1)
+            # From the policy (a fresh value head) or from a reward model, whose one-logit `score`
+            # head becomes the per-token value head (both are `score` on transformers' classifiers).
+            critic_dir = str(cfg.learner.pg.critic_path or model_dir)
+            config = AutoConfig.from_pretrained(critic_dir, num_labels=1)
             config.classifier_dropout = 0.0  # dropout would make values (and the value clip) noisy
-            critic = AutoModelForTokenClassification.from_pretrained(str(model_dir), config=config, dtype=torch.float32)
+            critic = AutoModelForTokenClassification.from_pretrained(critic_dir, config=config, dtype=torch.float32)
             self.critic, *_ = deepspeed.initialize(
                 model=critic, model_parameters=critic.parameters(), config=_ds_config(cfg, cfg.learner.pg.critic_lr))
             self.critic.train()

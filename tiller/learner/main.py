@@ -197,8 +197,8 @@ def run(cfg: Config, resume: bool = False) -> dict | None:
 
 
 def train(cfg: Config, algorithm: Algorithm, trainer: PolicyTrainer, server: LearnerServer, sink: MetricsSink,
-          record: SampleRecord, step: int, version: int, pad_id: int, preempted: threading.Event):
-    """The loop: batch, step, publish, log, checkpoint. Returns the last (step, version)."""
+          record: SampleRecord, step: int, version: int, pad_id: int, preempted: threading.Event) -> None:
+    """The loop from `step` + 1 on: batch, step, publish, log, checkpoint."""
     last = time.monotonic()
     for step in range(step + 1, cfg.learner.steps + 1):
         trainable, judged = take_batch(cfg, algorithm, server, version, step, record, preempted)
@@ -214,7 +214,6 @@ def train(cfg: Config, algorithm: Algorithm, trainer: PolicyTrainer, server: Lea
         record.flush()
         if cfg.learner.checkpoint_every and step % cfg.learner.checkpoint_every == 0:
             save_checkpoint(cfg, step, version, trainer, server, sink, record)
-    return step, version
 
 
 def summarise(cfg: Config, history: list[dict], server: LearnerServer) -> dict:
