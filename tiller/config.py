@@ -112,11 +112,19 @@ class RolloutConfig:
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    kind: Literal["rule", "reward_model"] = "rule"
+    kind: Literal["rule", "reward_model", "llm_pairwise"] = "rule"
     rule: str = "tiller.tasks:vowel_reward"  # module:function(prompt, response) -> float
     reward_model_path: str | None = None
     batch_size: int = 32  # reward-model forward micro-batch
     min_margin: float = 0.0  # no pair when best and worst score differ by this or less
+    # llm_pairwise (RLAIF): a judge model served by vLLM in the judge process
+    model_path: str | None = None
+    template_path: str | None = None  # text with {prompt}, {response_a}, {response_b}; default built in
+    compare: Literal["all_pairs", "tournament"] = "all_pairs"
+    max_new_tokens: int = 8  # verdict length
+    cache_size: int = 100_000  # verdicts kept, keyed by (prompt, response A, response B)
+    max_model_len: int = 1024
+    kv_cache_gib: float = 1.0
     learner_timeout_s: float = 600.0
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 
 # Special tokens first so their ids are stable: pad=0, eos=1, unk=2.
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")
-ALPHABET = "abcdefghijklmnopqrstuvwxyz .,?!"
+ALPHABET = "abcdefghijklmnopqrstuvwxyz .,?!"  # the demo policy's: small, so a tiny model learns fast
+JUDGE_ALPHABET = ALPHABET + "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:;'\"()[]*-\n"  # enough for judge templates
 
 
 @dataclass(frozen=True)
@@ -35,15 +36,15 @@ class TinyShape:
     max_positions: int = 256
 
 
-def build_char_tokenizer():
+def build_char_tokenizer(alphabet: str = ALPHABET):
     """A character-level fast tokenizer: one token per character, decoding joins them back."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + tuple(ALPHABET))}
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + tuple(alphabet))}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     # Every character is its own piece, spaces included (a whitespace pre-tokenizer would drop them).
-    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # newlines too
     core.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(
         tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
@@ -109,7 +110,8 @@ def _is_complete(model_dir: Path) -> bool:
     return (model_dir / "config.json").exists() and (model_dir / "tokenizer.json").exists()
 
 
-def ensure_tiny_policy(model_dir: str | Path, seed: int = 0, shape: TinyShape = TinyShape()) -> Path:
+def ensure_tiny_policy(model_dir: str | Path, seed: int = 0, shape: TinyShape = TinyShape(),
+                       alphabet: str = ALPHABET) -> Path:
     """Write a random-init tiny Qwen2 causal LM and its char tokenizer to `model_dir` (once)."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -117,7 +119,7 @@ def ensure_tiny_policy(model_dir: str | Path, seed: int = 0, shape: TinyShape = 
     model_dir = Path(model_dir)
     if _is_complete(model_dir):
         return model_dir
-    tokenizer = build_char_tokenizer()
+    tokenizer = build_char_tokenizer(alphabet)
     config = _qwen2_config(len(tokenizer), shape, tokenizer.eos_token_id, tokenizer.pad_token_id)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

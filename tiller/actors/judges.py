@@ -4,7 +4,8 @@ A judge kind is anything with `score(prompts, responses) -> np.ndarray [n*k]` wh
 `prompts` are n token arrays and `responses` n*k token arrays, prompt-major. Kinds here:
   - RuleJudge: a Python function `module:function(prompt: str, response: str) -> float`
     named in the judge's own config (never in a message), for verifiable rewards;
-  - RewardModelJudge: a transformers sequence-classification model loaded from a path.
+  - RewardModelJudge: a transformers sequence-classification model loaded from a path;
+  - LLMPairwiseJudge (llm_judge.py): a judge LLM served by vLLM compares samples pairwise (RLAIF).
 """
 
 from __future__ import annotations
@@ -102,6 +103,10 @@ class RewardModelJudge:
 def build_judge(cfg: JudgeConfig, policy_dir: str | Path) -> JudgeKind:
     if cfg.kind == "rule":
         return RuleJudge(load_rule(cfg.rule), load_tokenizer(policy_dir))
+    if cfg.kind == "llm_pairwise":
+        from tiller.actors.llm_judge import LLMPairwiseJudge
+
+        return LLMPairwiseJudge(cfg, load_tokenizer(policy_dir))
     if not cfg.reward_model_path:
         raise ConfigError("judge.reward_model_path: required when judge.kind is reward_model")
     return RewardModelJudge(cfg.reward_model_path, load_tokenizer(policy_dir), cfg.batch_size)

@@ -65,7 +65,7 @@ def launch(cfg: Config) -> int:
     import torch
 
     slots = placement.plan(
-        rc.actors, rc.judges, heavy_judges=cfg.judge.kind != "rule",
+        rc.actors, rc.judges, heavy_judges=cfg.judge.kind != "rule",  # a model in the judge needs cores
         gpus=torch.cuda.device_count(), manual=rc.cores if rc.placement == "manual" else None,
     ) if rc.placement != "off" else [placement.Slot(r, ()) for r in placement.roles(rc.actors, rc.judges)]
     typer.echo(placement.describe(slots))

@@ -1,0 +1,110 @@
+"""The LLM pairwise judge (RLAIF): a judge model served by vLLM in the judge process ranks two
+responses to the same prompt; verdicts are position-swap debiased and turned into scores.
+
+All comparisons of a task (both orders of every pair) go to vLLM as one batch; in tournament
+mode, each round of a prompt's bracket is one batch. Verdicts are cached by (prompt, response x, response y),
+so work that is redelivered after a lease expiry is not judged twice.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tiller.actors.pairwise import Verdict, comparisons, debiased, parse_verdict, tournament_scores, wins_to_scores
+from tiller.config import ConfigError, JudgeConfig, RolloutConfig
+from tiller.models import load_tokenizer
+
+DEFAULT_TEMPLATE = """Here is a prompt and two responses to it.
+
+Prompt: {prompt}
+
+Response A: {response_a}
+
+Response B: {response_b}
+
+Which response is more helpful, accurate and harmless? Answer with one letter, A or B, or say tie.
+Verdict:"""
+
+
+@dataclass
+class PairwiseStats:
+    comparisons: int = 0  # verdicts asked of the model (each pair counts twice: both orders)
+    cache_hits: int = 0
+    preferences: int = 0  # debiased verdicts that name a winner
+    unparseable: int = 0
+    ties: int = 0
+    inconsistent: int = 0  # the preference flipped with the order: counted as a tie
+
+
+class LLMPairwiseJudge:
+    def __init__(self, cfg: JudgeConfig, policy_tokenizer, engine=None):
+        if not cfg.model_path:
+            raise ConfigError("judge.model_path: required when judge.kind is llm_pairwise")
+        if not (Path(cfg.model_path) / "config.json").exists():
+            raise ConfigError(f"judge.model_path: {cfg.model_path} has no config.json")
+        self.template = Path(cfg.template_path).read_text() if cfg.template_path else DEFAULT_TEMPLATE
+        for field in ("{prompt}", "{response_a}", "{response_b}"):
+            if field not in self.template:
+                raise ConfigError(f"judge.template_path: the template has no {field}")
+        self.cfg = cfg
+        self.policy_tokenizer = policy_tokenizer
+        self.tokenizer = load_tokenizer(cfg.model_path)
+        if engine is None:
+            from tiller.actors.engine import VLLMEngine
+
+            engine = VLLMEngine(cfg.model_path, RolloutConfig(max_model_len=cfg.max_model_len,
+                                                              kv_cache_gib=cfg.kv_cache_gib), seed=0)
+        self.engine = engine
+        self._cache: OrderedDict[tuple[str, str, str], Verdict | None] = OrderedDict()
+        self.stats = PairwiseStats()
+
+    def _verdicts(self, questions: list[tuple[str, str, str]]) -> list[Verdict | None]:
+        """Raw verdicts on (prompt, response A, response B), one vLLM batch for all cache misses."""
+        missing = list(dict.fromkeys(q for q in questions if q not in self._cache))
+        self.stats.cache_hits += len(questions) - len(missing)
+        if missing:
+            texts = [self.template.format(prompt=p, response_a=a, response_b=b) for p, a, b in missing]
+            ids = [np.asarray(self.tokenizer(t, add_special_tokens=False)["input_ids"], np.int32) for t in texts]
+            outputs = self.engine.greedy(ids, self.cfg.max_new_tokens)
+            for question, out in zip(missing, outputs):
+                self._cache[question] = parse_verdict(self.tokenizer.decode(out, skip_special_tokens=True))
+                while len(self._cache) > self.cfg.cache_size:
+                    self._cache.popitem(last=False)
+            self.stats.comparisons += len(missing)
+        return [self._cache[q] for q in questions]
+
+    def _debiased(self, matches: list[tuple[str, str, str]]) -> list[Verdict | None]:
+        """Each (prompt, x, y) judged as (x, y) and (y, x) in the same batch."""
+        raw = self._verdicts(matches + [(p, b, a) for p, a, b in matches])
+        out = []
+        for first, swapped in zip(raw[:len(matches)], raw[len(matches):]):
+            verdict = debiased(first, swapped)
+            self.stats.preferences += verdict in ("A", "B")
+            self.stats.unparseable += verdict is None
+            self.stats.ties += verdict == "tie"
+            self.stats.inconsistent += verdict == "tie" and first != "tie" and swapped != "tie"
+            out.append(verdict)
+        return out
+
+    def score(self, prompts: list[np.ndarray], responses: list[np.ndarray]) -> np.ndarray:
+        k = len(responses) // len(prompts)
+        decode = lambda ids: self.policy_tokenizer.decode([int(t) for t in ids], skip_special_tokens=True)  # noqa: E731
+        prompt_texts = [decode(p) for p in prompts]
+        texts = [decode(r) for r in responses]
+        if self.cfg.compare == "tournament":
+            return np.concatenate([
+                tournament_scores(k, lambda matches, n=n: self._debiased(
+                    [(prompt_texts[n], texts[n * k + i], texts[n * k + j]) for i, j in matches]))
+                for n in range(len(prompts))
+            ])
+        pairs = comparisons(k, "all_pairs")
+        matches = [(prompt_texts[n], texts[n * k + i], texts[n * k + j]) for n in range(len(prompts)) for i, j in pairs]
+        verdicts = self._debiased(matches)  # every comparison of the task in one batch
+        return np.concatenate([
+            wins_to_scores(k, [(i, j, v) for (i, j), v in zip(pairs, verdicts[n * len(pairs):(n + 1) * len(pairs)])])
+            for n in range(len(prompts))
+        ])
