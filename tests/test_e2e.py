@@ -96,3 +96,17 @@ def test_parts_started_by_hand_in_any_order_join_the_run(tiny_policy_dir, tmp_pa
     summary = check_run(tmp_path / "e2e-hand", actors_with_work=1)
     assert set(summary["judge_work"]) == {"judge0"}
     assert {a.split("#")[0] for a in summary["actor_versions"]} == {"actor0", "actor1"}
+
+
+def test_online_dpo_with_an_llm_pairwise_judge_process(tiny_policy_dir, tmp_path, free_address):
+    """RLAIF plumbing end to end: the judge process serves a (tiny, random) judge LLM with vLLM.
+    (Position swapping is off in configs/rlaif.yaml: a random judge's only preference is for a
+    position, which the swap correctly turns into no preference, so nothing would be trained.)"""
+    args = overrides(tmp_path, tiny_policy_dir, free_address, "e2e-rlaif") + [
+        "learner.steps=2", "learner.batch_size=4", "rollout.samples_per_prompt=2",
+        f"judge.model_path={tmp_path / 'judge-model'}", "judge.max_model_len=512"]
+    done = subprocess.run([sys.executable, "-m", "tiller", "run", "configs/rlaif.yaml", *args, "run.actors=1"],
+                          capture_output=True, text=True, timeout=420, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((tmp_path / "e2e-rlaif" / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["judge_work"].get("judge0", 0) >= 1

@@ -78,7 +78,7 @@ class ScriptedEngine:
     def __init__(self, tokenizer):
         self.tokenizer, self.batches = tokenizer, []
 
-    def greedy(self, prompts, max_new_tokens):
+    def greedy(self, prompts, max_new_tokens, allowed_token_ids=None):
         self.batches.append(len(prompts))
         answers = []
         for ids in prompts:
@@ -139,3 +139,40 @@ def test_llm_judge_on_a_real_vllm_engine(tiny_policy_dir, tiny_judge_dir):
     assert judge.stats.comparisons == 4  # 2 prompts x 1 pair x 2 orders
     assert judge.stats.preferences + judge.stats.unparseable + judge.stats.ties == 2  # each pair once
     assert all((c == -1) == (r == -1) for c, r in zip(chosen, rejected))
+
+
+@pytest.mark.slow
+def test_letter_verdicts_always_name_a_letter(tiny_policy_dir, tiny_judge_dir):
+    """verdict: letter restricts the judge's next token to A or B: nothing is ever unparseable."""
+    pytest.importorskip("vllm")
+    from tiller.actors.llm_judge import LLMPairwiseJudge
+    from tiller.config import JudgeConfig
+    from tiller.models import load_tokenizer
+
+    tok = load_tokenizer(tiny_policy_dir)
+    judge = LLMPairwiseJudge(JudgeConfig(kind="llm_pairwise", model_path=str(tiny_judge_dir), max_model_len=512,
+                                         verdict="letter"), tok)
+    enc = lambda s: np.asarray(tok(s, add_special_tokens=False)["input_ids"], np.int32)  # noqa: E731
+    judge.score([enc("greet"), enc("wave")], [enc(r) for r in ("hello", "hi", "hey there", "yo", "aaa", "b")])
+    assert judge.stats.unparseable == 0 and judge.stats.comparisons == 12  # 2 prompts x 3 pairs x 2 orders
+    assert judge.stats.preferences + judge.stats.ties == 6
+
+
+def test_without_swapping_a_position_biased_judge_decides_every_pair(tiny_policy_dir, tiny_judge_dir):
+    from tiller.actors.llm_judge import LLMPairwiseJudge
+    from tiller.config import JudgeConfig
+    from tiller.models import load_tokenizer
+
+    class FirstPosition(ScriptedEngine):
+        def greedy(self, prompts, max_new_tokens, allowed_token_ids=None):
+            self.batches.append(len(prompts))
+            return [self.tokenizer("A")["input_ids"] for _ in prompts]
+
+    tok = load_tokenizer(tiny_policy_dir)
+    responses = [np.asarray(tok(r, add_special_tokens=False)["input_ids"], np.int32) for r in ("x", "y", "z")]
+    prompt = [np.asarray(tok("p", add_special_tokens=False)["input_ids"], np.int32)]
+    for swap, expected, batch in ((True, [0.5, 0.5, 0.5], 6), (False, [1.0, 0.5, 0.0], 3)):
+        engine = FirstPosition(load_tokenizer(tiny_judge_dir))
+        judge = LLMPairwiseJudge(JudgeConfig(kind="llm_pairwise", model_path=str(tiny_judge_dir),
+                                             swap_positions=swap), tok, engine=engine)
+        assert judge.score(prompt, responses).tolist() == expected and engine.batches == [batch]

@@ -119,9 +119,14 @@ class JudgeConfig:
     min_margin: float = 0.0  # no pair when best and worst score differ by this or less
     # llm_pairwise (RLAIF): a judge model served by vLLM in the judge process
     model_path: str | None = None
+    build_tiny: bool = False  # build a random-init tiny judge model at model_path if it is missing (demos, tests)
     template_path: str | None = None  # text with {prompt}, {response_a}, {response_b}; default built in
     compare: Literal["all_pairs", "tournament"] = "all_pairs"
-    max_new_tokens: int = 8  # verdict length
+    swap_positions: bool = True  # judge each pair in both orders; keep only preferences that survive
+    max_new_tokens: int = 8  # verdict length (free verdicts)
+    # free: the judge writes a verdict that is parsed; letter: its next token is restricted to the
+    # letters A and B and the likelier one wins (as RLAIF reads preferences off the letters' probabilities)
+    verdict: Literal["free", "letter"] = "free"
     cache_size: int = 100_000  # verdicts kept, keyed by (prompt, response A, response B)
     max_model_len: int = 1024
     kv_cache_gib: float = 1.0

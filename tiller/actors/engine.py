@@ -96,8 +96,11 @@ class VLLMEngine:
             np.asarray(logprobs, np.float32), np.asarray(truncated, bool), time.monotonic() - start,
         )
 
-    def greedy(self, prompts: list[np.ndarray], max_new_tokens: int) -> list[list[int]]:
+    def greedy(self, prompts: list[np.ndarray], max_new_tokens: int,
+               allowed_token_ids: list[int] | None = None) -> list[list[int]]:
+        """Greedy continuations; `allowed_token_ids` restricts every generated token to that set."""
         params = self._params(1, max_new_tokens, 0.0, 1.0, logprobs=False)
+        params.allowed_token_ids = allowed_token_ids
         requests = [{"prompt_token_ids": [int(t) for t in p]} for p in prompts]
         return [list(o.outputs[0].token_ids) for o in self.llm.generate(requests, params, use_tqdm=False)]
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from tiller.actors.pairwise import Verdict, comparisons, debiased, parse_verdict, tournament_scores, wins_to_scores
 from tiller.config import ConfigError, JudgeConfig, RolloutConfig
-from tiller.models import load_tokenizer
+from tiller.models import JUDGE_ALPHABET, TinyShape, ensure_tiny_policy, load_tokenizer
 
 DEFAULT_TEMPLATE = """Here is a prompt and two responses to it.
 
@@ -44,6 +44,8 @@ class LLMPairwiseJudge:
     def __init__(self, cfg: JudgeConfig, policy_tokenizer, engine=None):
         if not cfg.model_path:
             raise ConfigError("judge.model_path: required when judge.kind is llm_pairwise")
+        if cfg.build_tiny:
+            ensure_tiny_policy(cfg.model_path, seed=2, alphabet=JUDGE_ALPHABET, shape=TinyShape(max_positions=1024))
         if not (Path(cfg.model_path) / "config.json").exists():
             raise ConfigError(f"judge.model_path: {cfg.model_path} has no config.json")
         self.template = Path(cfg.template_path).read_text() if cfg.template_path else DEFAULT_TEMPLATE
@@ -59,6 +61,12 @@ class LLMPairwiseJudge:
             engine = VLLMEngine(cfg.model_path, RolloutConfig(max_model_len=cfg.max_model_len,
                                                               kv_cache_gib=cfg.kv_cache_gib), seed=0)
         self.engine = engine
+        self._letters = None
+        if cfg.verdict == "letter":
+            ids = [self.tokenizer(letter, add_special_tokens=False)["input_ids"] for letter in ("A", "B")]
+            if any(len(i) != 1 for i in ids):
+                raise ConfigError(f"judge.verdict: letter needs A and B to be single tokens for {cfg.model_path}")
+            self._letters = [ids[0][0], ids[1][0]]
         self._cache: OrderedDict[tuple[str, str, str], Verdict | None] = OrderedDict()
         self.stats = PairwiseStats()
 
@@ -69,7 +77,10 @@ class LLMPairwiseJudge:
         if missing:
             texts = [self.template.format(prompt=p, response_a=a, response_b=b) for p, a, b in missing]
             ids = [np.asarray(self.tokenizer(t, add_special_tokens=False)["input_ids"], np.int32) for t in texts]
-            outputs = self.engine.greedy(ids, self.cfg.max_new_tokens)
+            if self._letters is not None:
+                outputs = self.engine.greedy(ids, 1, allowed_token_ids=self._letters)
+            else:
+                outputs = self.engine.greedy(ids, self.cfg.max_new_tokens)
             for question, out in zip(missing, outputs):
                 self._cache[question] = parse_verdict(self.tokenizer.decode(out, skip_special_tokens=True))
                 while len(self._cache) > self.cfg.cache_size:
@@ -78,10 +89,15 @@ class LLMPairwiseJudge:
         return [self._cache[q] for q in questions]
 
     def _debiased(self, matches: list[tuple[str, str, str]]) -> list[Verdict | None]:
-        """Each (prompt, x, y) judged as (x, y) and (y, x) in the same batch."""
-        raw = self._verdicts(matches + [(p, b, a) for p, a, b in matches])
+        """Each (prompt, x, y) judged as (x, y) and, with swap_positions, (y, x) in the same batch."""
+        if not self.cfg.swap_positions:
+            raw = self._verdicts(matches)
+            pairs = zip(raw, [{"A": "B", "B": "A", "tie": "tie", None: None}[v] for v in raw])
+        else:
+            raw = self._verdicts(matches + [(p, b, a) for p, a, b in matches])
+            pairs = zip(raw[:len(matches)], raw[len(matches):])
         out = []
-        for first, swapped in zip(raw[:len(matches)], raw[len(matches):]):
+        for first, swapped in pairs:
             verdict = debiased(first, swapped)
             self.stats.preferences += verdict in ("A", "B")
             self.stats.unparseable += verdict is None
