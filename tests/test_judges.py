@@ -81,3 +81,33 @@ def test_bad_rule_specs_are_clear_errors():
             load_rule(spec)
     with pytest.raises(ConfigError, match="reward_model_path"):
         build_judge(JudgeConfig(kind="reward_model"), "unused")
+
+
+def test_composed_judge_weights_scorers_and_gates(tiny_policy_dir, tmp_path):
+    from tiller.config import load_config
+
+    config = tmp_path / "composed.yaml"
+    config.write_text(
+        "judge:\n  kind: composed\n  scorers:\n"
+        "    - {kind: rule, rule: 'tiller.tasks:vowel_reward', weight: 2.0}\n"
+        "    - {kind: rule, rule: 'tiller.tasks:length_reward', weight: 0.5}\n"
+        "  gate_rule: 'tiller.tasks:contains_z'\n  gate_mode: penalty\n  gate_penalty: -1.0\n")
+    cfg = load_config(config)
+    tok = load_tokenizer(tiny_policy_dir)
+    enc = lambda s: np.asarray(tok(s, add_special_tokens=False)["input_ids"], np.int32)  # noqa: E731
+    judge = build_judge(cfg.judge, tiny_policy_dir)
+    scores = judge.score([enc("p")], [enc("aaaa"), enc("bbbbbbbb"), enc("az")])
+    expected = [2 * 4 / 16 + 0.5 * 4 / 16, 0.5 * 8 / 16, 2 * 1 / 16 + 0.5 * 2 / 16 - 1.0]
+    np.testing.assert_allclose(scores, expected, rtol=1e-6)
+    assert judge.gate_fired == 1
+    zeroing = build_judge(load_config(config, ["judge.gate_mode=zero"]).judge, tiny_policy_dir)
+    assert zeroing.score([enc("p")], [enc("az")]).tolist() == [0.0]
+
+
+def test_composed_judge_config_errors():
+    from tiller.config import load_config
+
+    with pytest.raises(ConfigError, match="judge.scorers"):
+        build_judge(load_config(None, ["judge.kind=composed"]).judge, "unused")
+    with pytest.raises(ConfigError, match="judge.scorers\\[0\\].kind"):
+        load_config(None, ["judge.kind=composed", "judge.scorers=[{kind: telepathy}]"])

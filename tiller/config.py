@@ -111,8 +111,18 @@ class RolloutConfig:
 
 
 @dataclass(frozen=True)
+class ScorerConfig:
+    """One part of a composed judge."""
+
+    kind: Literal["rule", "reward_model"] = "rule"
+    rule: str = "tiller.tasks:vowel_reward"
+    reward_model_path: str | None = None
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
 class JudgeConfig:
-    kind: Literal["rule", "reward_model", "llm_pairwise"] = "rule"
+    kind: Literal["rule", "reward_model", "llm_pairwise", "composed"] = "rule"
     rule: str = "tiller.tasks:vowel_reward"  # module:function(prompt, response) -> float
     reward_model_path: str | None = None
     batch_size: int = 32  # reward-model forward micro-batch
@@ -130,6 +140,11 @@ class JudgeConfig:
     cache_size: int = 100_000  # verdicts kept, keyed by (prompt, response A, response B)
     max_model_len: int = 1024
     kv_cache_gib: float = 1.0
+    # composed: a weighted sum of scorers, and an optional gate (e.g. a safety rule)
+    scorers: list[ScorerConfig] = field(default_factory=list)
+    gate_rule: str | None = None  # module:function(prompt, response) -> bool; True means the gate fires
+    gate_mode: Literal["zero", "penalty"] = "zero"  # when it fires: reward 0, or reward + gate_penalty
+    gate_penalty: float = -1.0
     learner_timeout_s: float = 600.0
 
 

@@ -15,3 +15,13 @@ def vowel_reward(prompt: str, response: str) -> float:
     stopping early.
     """
     return sum(ch in VOWELS for ch in response[:TARGET_LENGTH]) / TARGET_LENGTH
+
+
+def length_reward(prompt: str, response: str) -> float:
+    """Characters in the response, divided by 16 and capped at 1: rewards saying something."""
+    return min(len(response), TARGET_LENGTH) / TARGET_LENGTH
+
+
+def contains_z(prompt: str, response: str) -> bool:
+    """A stand-in safety gate for demos and tests: fires when the response contains a "z"."""
+    return "z" in response

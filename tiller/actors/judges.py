@@ -5,11 +5,13 @@ A judge kind is anything with `score(prompts, responses) -> np.ndarray [n*k]` wh
   - RuleJudge: a Python function `module:function(prompt: str, response: str) -> float`
     named in the judge's own config (never in a message), for verifiable rewards;
   - RewardModelJudge: a transformers sequence-classification model loaded from a path;
-  - LLMPairwiseJudge (llm_judge.py): a judge LLM served by vLLM compares samples pairwise (RLAIF).
+  - LLMPairwiseJudge (llm_judge.py): a judge LLM served by vLLM compares samples pairwise (RLAIF);
+  - ComposedJudge: a weighted sum of rule / reward-model scorers, with an optional gate.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from pathlib import Path
 from typing import Callable, Protocol
@@ -41,17 +43,17 @@ def pick_pairs(scores: np.ndarray, k: int, min_margin: float = 0.0) -> tuple[np.
     return chosen, rejected
 
 
-def load_rule(spec: str) -> Callable[[str, str], float]:
-    """Resolve `package.module:function` from the judge's config file."""
+def load_rule(spec: str, key: str = "judge.rule") -> Callable[[str, str], float]:
+    """Resolve `package.module:function` from the judge's own config file (never from the wire)."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ConfigError(f"judge.rule: {spec!r} must look like package.module:function")
+        raise ConfigError(f"{key}: {spec!r} must look like package.module:function")
     try:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"judge.rule: cannot load {spec!r}: {exc}") from None
+        raise ConfigError(f"{key}: cannot load {spec!r}: {exc}") from None
     if not callable(fn):
-        raise ConfigError(f"judge.rule: {spec!r} is not callable")
+        raise ConfigError(f"{key}: {spec!r} is not callable")
     return fn
 
 
@@ -100,9 +102,38 @@ class RewardModelJudge:
         return torch.cat(scores).numpy().astype(np.float32)
 
 
+class ComposedJudge:
+    """sum_i weight_i * score_i, then a gate: where `gate(prompt, response)` is true the reward is
+    zeroed (gate_mode zero) or shifted by gate_penalty (gate_mode penalty)."""
+
+    def __init__(self, parts: list[tuple[float, JudgeKind]], gate: Callable[[str, str], bool] | None,
+                 mode: str, penalty: float, tokenizer):
+        self.parts, self.gate, self.mode, self.penalty, self.tokenizer = parts, gate, mode, penalty, tokenizer
+        self.gate_fired = 0
+
+    def score(self, prompts: list[np.ndarray], responses: list[np.ndarray]) -> np.ndarray:
+        total = sum(weight * judge.score(prompts, responses) for weight, judge in self.parts).astype(np.float32)
+        if self.gate is None:
+            return total
+        k = len(responses) // len(prompts)
+        decode = lambda ids: self.tokenizer.decode([int(t) for t in ids], skip_special_tokens=True)  # noqa: E731
+        fired = np.array([bool(self.gate(decode(prompts[i // k]), decode(r))) for i, r in enumerate(responses)])
+        self.gate_fired += int(fired.sum())
+        total[fired] = 0.0 if self.mode == "zero" else total[fired] + self.penalty
+        return total
+
+
 def build_judge(cfg: JudgeConfig, policy_dir: str | Path) -> JudgeKind:
     if cfg.kind == "rule":
         return RuleJudge(load_rule(cfg.rule), load_tokenizer(policy_dir))
+    if cfg.kind == "composed":
+        if not cfg.scorers:
+            raise ConfigError("judge.scorers: a composed judge needs at least one scorer")
+        parts = [(s.weight, build_judge(dataclasses.replace(cfg, kind=s.kind, rule=s.rule,
+                                                            reward_model_path=s.reward_model_path), policy_dir))
+                 for s in cfg.scorers]
+        gate = load_rule(cfg.gate_rule, "judge.gate_rule") if cfg.gate_rule else None
+        return ComposedJudge(parts, gate, cfg.gate_mode, cfg.gate_penalty, load_tokenizer(policy_dir))
     if cfg.kind == "llm_pairwise":
         from tiller.actors.llm_judge import LLMPairwiseJudge
 
