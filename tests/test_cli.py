@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,7 @@ def test_bad_overrides_are_clear_errors(override, message):
 
 def test_config_is_frozen():
     cfg = load_config(ROOT / "configs/demo.yaml")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.learner.lr = 1.0  # type: ignore[misc]
 
 

@@ -32,7 +32,7 @@ class Run:
     def __init__(self, tmp_path: Path, model_dir: Path, address: str, steps: int, extra: list[str] = ()):
         self.tmp, self.address = tmp_path, address
         self.args = [
-            f"name=faults", f"output_dir={tmp_path}", f"model.path={model_dir}", f"learner.address={address}",
+            "name=faults", f"output_dir={tmp_path}", f"model.path={model_dir}", f"learner.address={address}",
             f"learner.steps={steps}", "learner.batch_size=8", "learner.lease_prompts=4",
             "learner.max_inflight_prompts=16", "learner.lr=3e-4", "learner.lease_timeout_s=8",
             "learner.shutdown_grace_s=5", "rollout.max_model_len=64", "rollout.learner_timeout_s=60",
@@ -62,7 +62,7 @@ class Run:
     def finish(self, timeout_s: float = 300) -> dict:
         try:
             assert self.procs["learner"].wait(timeout=timeout_s) == 0, self.log("learner")[-3000:]
-            for name, proc in self.procs.items():
+            for proc in self.procs.values():
                 if proc.returncode is None:
                     proc.wait(timeout=60)
         finally:
@@ -242,7 +242,7 @@ def test_kill_the_learner_and_resume_it(tiny_policy_dir, tmp_path, free_address)
         [sys.executable, "-m", "tiller", "learner", "--resume", str(tmp_path / "faults")],
         cwd=ROOT, stdout=(tmp_path / "learner.log").open("a"), stderr=subprocess.STDOUT)
     summary = run.finish()
-    assert f"resuming from" in run.log("learner") and run.procs["actor0"].returncode == 0
+    assert "resuming from" in run.log("learner") and run.procs["actor0"].returncode == 0
     metrics = [json.loads(line) for line in (tmp_path / "faults" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == list(range(1, steps + 1))  # no step lost or repeated
     assert [m["policy_version"] for m in metrics] == list(range(1, steps + 1))

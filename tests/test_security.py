@@ -75,3 +75,16 @@ def test_missing_key_files_are_clear_errors(tmp_path, free_address):
     bad = SecurityConfig(server_secret_key=str(tmp_path / "nope.key_secret"), authorized_keys_dir=str(tmp_path))
     with pytest.raises(SecurityError, match="does not exist"):
         RouterEndpoint(free_address, security=bad)
+
+
+def test_tiller_keys_writes_key_pairs(tmp_path):
+    from typer.testing import CliRunner
+
+    from tiller.cli import app
+
+    result = CliRunner().invoke(app, ["keys", str(tmp_path), "--name", "learner", "--name", "actor7"])
+    assert result.exit_code == 0, result.output
+    for name in ("learner", "actor7"):
+        assert (tmp_path / f"{name}.key").exists() and (tmp_path / f"{name}.key_secret").exists()
+    assert "secret-key" not in (tmp_path / "actor7.key").read_text()  # the public file holds no secret
+    assert "secret-key" in (tmp_path / "actor7.key_secret").read_text()

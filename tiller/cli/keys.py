@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 
 def keys(
     directory: Annotated[Path, typer.Argument(help="Where to write NAME.key (public) and NAME.key_secret.")],
-    names: Annotated[list[str], typer.Option("--name", help="Key pairs to make (repeatable).")] = ["learner", "worker"],
+    names: Annotated[Optional[list[str]], typer.Option("--name", help="Key pairs to make (repeatable).")] = None,
 ) -> None:
-    """Make CURVE key pairs; share only the .key files."""
+    """Make CURVE key pairs (default: learner and worker); share only the .key files."""
     from tiller.protocol.security import create_keys
 
-    for name in names:
+    for name in names or ["learner", "worker"]:
         public, secret = create_keys(directory, name)
         typer.echo(f"{name}: public {public}  secret {secret}")
     typer.echo(

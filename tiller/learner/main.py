@@ -197,10 +197,10 @@ def run(cfg: Config, resume: bool = False) -> dict | None:
 
 
 def train(cfg: Config, algorithm: Algorithm, trainer: PolicyTrainer, server: LearnerServer, sink: MetricsSink,
-          record: SampleRecord, step: int, version: int, pad_id: int, preempted: threading.Event) -> None:
-    """The loop from `step` + 1 on: batch, step, publish, log, checkpoint."""
+          record: SampleRecord, done_steps: int, version: int, pad_id: int, preempted: threading.Event) -> None:
+    """The loop from step `done_steps` + 1 on: batch, step, publish, log, checkpoint."""
     last = time.monotonic()
-    for step in range(step + 1, cfg.learner.steps + 1):
+    for step in range(done_steps + 1, cfg.learner.steps + 1):
         trainable, judged = take_batch(cfg, algorithm, server, version, step, record, preempted)
         lags = [version - p.policy_version for p in trainable]  # versions behind the learner
         metrics = algorithm.step(trainer, trainable, cfg, pad_id)
