@@ -31,3 +31,11 @@ def free_address() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run tests that start vLLM inside the pytest process last: vLLM sets up and tears down
+    torch.distributed's default process group, which DeepSpeed's communication layer caches, so
+    a DeepSpeed test after them would find its group gone. (Real runs never mix the two: the
+    learner and each actor are separate processes.)"""
+    items.sort(key=lambda item: item.get_closest_marker("vllm_inprocess") is not None)

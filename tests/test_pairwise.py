@@ -117,6 +117,7 @@ def test_llm_judge_batches_debiases_and_caches(tiny_policy_dir, tiny_judge_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.vllm_inprocess
 def test_llm_judge_on_a_real_vllm_engine(tiny_policy_dir, tiny_judge_dir):
     """A tiny random judge model says nothing sensible; what is tested is the real path: one vLLM
     batch, every verdict accounted for (readable or counted unparseable), scores well-formed."""
@@ -142,6 +143,7 @@ def test_llm_judge_on_a_real_vllm_engine(tiny_policy_dir, tiny_judge_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.vllm_inprocess
 def test_letter_verdicts_always_name_a_letter(tiny_policy_dir, tiny_judge_dir):
     """verdict: letter restricts the judge's next token to A or B: nothing is ever unparseable."""
     pytest.importorskip("vllm")

@@ -12,7 +12,7 @@ vllm = pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e
 from tiller.actors.engine import VLLMEngine  # noqa: E402
 from tiller.config import RolloutConfig  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.vllm_inprocess]
 PROMPTS = [np.array(p, dtype=np.int32) for p in ([5, 6, 7, 8], [10, 3, 3], [20, 21, 22, 23, 24, 25])]
 MAX_NEW = 12
 
