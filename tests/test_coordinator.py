@@ -118,10 +118,16 @@ def test_wrong_sized_results_are_dropped_not_trusted():
     short = Rollout(bad.actor_id, 1, bad.lease_id, 1, 0, bad.response_tokens[:3], bad.response_lengths[:1],
                     bad.logprobs[:3], bad.truncated[:1], 0.1)
     assert not c.on_rollout(short)
+    lying = Rollout(bad.actor_id, 1, bad.lease_id, 1, 0, bad.response_tokens[:-1], bad.response_lengths,
+                    bad.logprobs, bad.truncated, 0.1)  # lengths promise one token more than sent
+    assert not c.on_rollout(lying)
     assert c.on_rollout(bad)
     c.next_score_task("j#1")
     assert c.on_scores(Scores("j", 1, lease.lease_id, np.zeros(1, np.float32), np.zeros(2, np.int32),
                               np.zeros(2, np.int32), 0.0)) is None
+    nan = scores_for(lease)
+    assert c.on_scores(Scores("j", 1, lease.lease_id, np.full(len(nan.scores), np.nan, np.float32),
+                              nan.chosen, nan.rejected, 0.0)) is None
     out = c.on_scores(scores_for(lease, chosen=(5, 0), rejected=(1, -1)))  # out-of-range index -> no pair
     assert [s.chosen for s in out] == [-1, -1]
 

@@ -16,20 +16,15 @@ import numpy as np
 from tiller.actors.judges import JudgeKind, build_judge, pick_pairs
 from tiller.actors.worker import HeartbeatThread, default_worker_id, request_patiently
 from tiller.config import Config
-from tiller.protocol.messages import Scores, ScoreTask, Shutdown, WorkRequest
+from tiller.protocol.messages import Scores, ScoreTask, Shutdown, WorkRequest, unflatten
 from tiller.protocol.transport import LearnerClient
 
 log = logging.getLogger(__name__)
 
 
-def split(flat: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    return [flat[offsets[i]:offsets[i + 1]] for i in range(len(lengths))]
-
-
 def judge_task(judge: JudgeKind, task: ScoreTask, min_margin: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    prompts = split(task.prompt_tokens, task.prompt_lengths)
-    responses = split(task.response_tokens, task.response_lengths)
+    prompts = unflatten(task.prompt_tokens, task.prompt_lengths)
+    responses = unflatten(task.response_tokens, task.response_lengths)
     scores = judge.score(prompts, responses)
     chosen, rejected = pick_pairs(scores, task.samples_per_prompt, min_margin)
     return scores, chosen, rejected

@@ -20,7 +20,7 @@ from tiller.actors.engine import VLLMEngine
 from tiller.actors.worker import HeartbeatThread, LearnerGone, default_worker_id, request_patiently
 from tiller.config import Config
 from tiller.protocol.messages import (
-    Lease, LeaseRequest, Rollout, Shutdown, Wait, WeightsBucket, WeightsGone, WeightsRequest,
+    Lease, LeaseRequest, Rollout, Shutdown, Wait, WeightsBucket, WeightsGone, WeightsRequest, unflatten,
 )
 from tiller.protocol.transport import LearnerClient
 
@@ -101,8 +101,7 @@ class RolloutActor:
                 sent += 1
 
     def rollout_for(self, lease: Lease) -> Rollout:
-        offsets = np.concatenate([[0], np.cumsum(lease.prompt_lengths)])
-        prompts = [lease.prompt_tokens[offsets[i]:offsets[i + 1]] for i in range(len(lease.prompt_lengths))]
+        prompts = unflatten(lease.prompt_tokens, lease.prompt_lengths)
         gen = self.engine.generate(prompts, lease.samples_per_prompt, lease.max_new_tokens,
                                    lease.temperature, lease.top_p, seed=lease.seed)
         self.seq += 1

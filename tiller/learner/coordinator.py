@@ -20,7 +20,7 @@ import numpy as np
 
 from tiller.config import LearnerConfig, RolloutConfig
 from tiller.learner.prompts import PromptStream
-from tiller.protocol.messages import Lease, LeaseRequest, Rollout, Scores, ScoreTask, Shutdown, Wait
+from tiller.protocol.messages import Lease, LeaseRequest, Rollout, Scores, ScoreTask, Shutdown, Wait, unflatten
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,14 @@ class _LeaseState:
     deadline: float
     rollout: Rollout | None = None
     judge: str | None = None  # "judge_id#incarnation" the score task went to
+
+
+def _consistent(rollout: Rollout, samples: int, max_new_tokens: int) -> bool:
+    """Shapes that agree with each other and with the lease, so training can trust them."""
+    lengths = rollout.response_lengths
+    return (len(lengths) == samples == len(rollout.truncated) and bool(np.all(lengths >= 0))
+            and bool(np.all(lengths <= max_new_tokens))
+            and int(lengths.sum()) == len(rollout.response_tokens) == len(rollout.logprobs))
 
 
 @dataclass
@@ -130,7 +138,7 @@ class Coordinator:
         expected = len(state.prompt_ids) * self.rollout.samples_per_prompt if state else -1
         sender = f"{rollout.actor_id}#{rollout.incarnation}"
         if (state is None or state.rollout is not None or sender != state.actor
-                or len(rollout.response_lengths) != expected):
+                or not _consistent(rollout, expected, self.rollout.max_new_tokens)):
             self.counters.duplicates_dropped += 1
             return False
         state.rollout = rollout
@@ -169,15 +177,15 @@ class Coordinator:
         k = self.rollout.samples_per_prompt
         n = len(state.prompt_ids) if state else 0
         if (state is None or state.rollout is None or state.judge != f"{scores.judge_id}#{scores.incarnation}"
-                or len(scores.scores) != n * k or len(scores.chosen) != n or len(scores.rejected) != n):
+                or len(scores.scores) != n * k or len(scores.chosen) != n or len(scores.rejected) != n
+                or not np.all(np.isfinite(scores.scores))):  # a NaN reward would poison the weights
             self.counters.duplicates_dropped += 1
             return None
         del self._leases[scores.lease_id]
         self.counters.leases_completed += 1
         r = state.rollout
-        offsets = np.concatenate([[0], np.cumsum(r.response_lengths)])
-        responses = [r.response_tokens[offsets[i]:offsets[i + 1]] for i in range(n * k)]
-        logprobs = [r.logprobs[offsets[i]:offsets[i + 1]] for i in range(n * k)]
+        responses = unflatten(r.response_tokens, r.response_lengths)
+        logprobs = unflatten(r.logprobs, r.response_lengths)
         out = []
         for i, prompt_id in enumerate(state.prompt_ids):
             chosen, rejected = int(scores.chosen[i]), int(scores.rejected[i])

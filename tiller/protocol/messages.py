@@ -22,6 +22,12 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def unflatten(flat: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+    """Split a flat token (or logprob) array into per-sequence views by their lengths."""
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    return [flat[offsets[i]:offsets[i + 1]] for i in range(len(lengths))]
+
+
 def _message(kind: str, schema: int = 1):
     def register(cls):
         cls = dataclass(frozen=True)(cls)
