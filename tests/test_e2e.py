@@ -32,7 +32,9 @@ def check_run(run_dir: Path, actors_with_work: int = 2) -> dict:
     records = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     # the policy version advanced with every step, and the actors picked the new versions up
     assert [m["policy_version"] for m in metrics] == list(range(1, STEPS + 1))
-    assert len(summary["actor_versions"]) == 2 and min(summary["actor_versions"].values()) >= 1
+    # Both actors joined; the busy one swapped new versions in while running. (A late actor whose
+    # first generation warms vLLM up may see the run end before it asks again, so not "both".)
+    assert len(summary["actor_versions"]) == 2 and max(summary["actor_versions"].values()) >= STEPS // 2
     assert len(summary["actor_work"]) >= actors_with_work
     # exactly once: no prompt is trained (or judged without preference) twice
     used = [r["prompt_id"] for r in records if r["outcome"] in ("trained", "no_preference")]

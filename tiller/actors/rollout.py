@@ -61,6 +61,9 @@ class RolloutActor:
         self.incarnation = time.time_ns()  # tells this start's work from a previous one's
         self.client = LearnerClient(address, security=cfg.security)
         self.engine = VLLMEngine(cfg.model.path, cfg.rollout, seed=cfg.seed + os.getpid())
+        # The first generate call of a fresh engine is slow (seconds on CPU); pay it before taking
+        # a lease, so the first lease is not late and its samples are not stale.
+        self.engine.generate([np.array(self.engine.eos_ids[:1] or [0], np.int32)], 2, 4)
         self.version = -1  # weights on disk are not a published version: fetch before generating
         self.learner_incarnation = -1
         self.seq = 0

@@ -229,7 +229,7 @@ def summarise(cfg: Config, history: list[dict], server: LearnerServer) -> dict:
         "judge_work": server.judge_work,
         "actor_versions": dict(server.coordinator.actor_versions),
         "protocol_rejected": server.endpoint.stats.rejected,
-        "dead_peers": server.dead_peers,
+        "dead_peers": list(server.dead_peers),
         "curve_refused": server.endpoint.authorized.denied if server.endpoint.authorized else 0,
         "final_checkpoint": str(cfg.run_dir / "final"),
         "plot": str(plot) if plot else None,

@@ -12,6 +12,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +41,7 @@ class LearnerServer:
         self.coordinator = coordinator
         self.dead_after_s = heartbeat_s * missed_beats
         self._last_seen: dict[str, float] = {}  # "name#incarnation" -> monotonic time of its last message
-        self.dead_peers: list[str] = []
+        self.dead_peers: deque[str] = deque(maxlen=1000)  # the most recent; bounded against made-up names
         self.endpoint = RouterEndpoint(address, security=security)
         self.address = self.endpoint.address
         self.scored: queue.Queue = queue.Queue()
