@@ -42,11 +42,8 @@ class JudgeActor:
 
     def run(self) -> int:
         """Judge tasks until the learner says stop; returns how many were judged."""
-        self.heartbeat.start()
-        try:
+        with self.heartbeat:  # beats for as long as this worker serves
             return self._serve()
-        finally:
-            self.heartbeat.stop()
 
     def _serve(self) -> int:
         timeout = self.cfg.judge.learner_timeout_s

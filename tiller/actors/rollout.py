@@ -79,11 +79,8 @@ class RolloutActor:
 
     def run(self) -> int:
         """Serve leases until the learner says stop; returns the number of rollouts sent."""
-        self.heartbeat.start()
-        try:
+        with self.heartbeat:  # beats for as long as this worker serves
             return self._serve()
-        finally:
-            self.heartbeat.stop()
 
     def _serve(self) -> int:
         timeout = self.cfg.rollout.learner_timeout_s

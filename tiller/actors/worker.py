@@ -75,3 +75,10 @@ class HeartbeatThread(threading.Thread):
 
     def stop(self) -> None:
         self._stop_event.set()
+
+    def __enter__(self) -> "HeartbeatThread":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
