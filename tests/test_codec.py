@@ -77,6 +77,14 @@ def frame_ref(dtype, shape, index) -> msgpack.ExtType:
     return msgpack.ExtType(1, msgpack.packb([dtype, shape, index]))
 
 
+def scores_with_stats(stats) -> bytes:
+    """A valid Scores body whose last field (the judge's counters) is replaced by `stats`."""
+    valid = Scores("j", 1, 2, np.ones(2, np.float32), np.zeros(1, np.int32), np.zeros(1, np.int32),
+                   np.ones(1, np.int32), np.zeros(0, np.int32), np.full(2, -1, np.int32), 0.1, {})
+    items = msgpack.unpackb(encode(valid)[0])
+    return msgpack.packb(items[:-1] + [stats])
+
+
 MALFORMED = {
     "garbage": [b"\xc1\xff\x00garbage"],
     "not a list": [body({"kind": "shutdown"})],
@@ -93,6 +101,9 @@ MALFORMED = {
     "unreferenced extra frame": [body(["shutdown", 1, "bye"]), b"\0" * 1000],
     "unknown ext type": [body(["shutdown", 1, msgpack.ExtType(42, b"x")])],
     "negative dimension": [body(["weights_bucket", 1, 1, 0, 1, ["x"], [frame_ref("int32", [-1], 1)], 1]), b""],
+    "map with a non-string key": [scores_with_stats({1: 2.0})],
+    "map with a non-number value": [scores_with_stats({"ties": "many"})],
+    "list where a map is expected": [scores_with_stats([1.0])],
 }
 
 
@@ -103,6 +114,8 @@ REASONS = {
     "shape does not match frame": "needs 20 bytes", "frame index missing": "missing or already used",
     "frame used twice": "missing or already used", "unreferenced extra frame": "not referenced",
     "unknown ext type": "unknown ext type", "negative dimension": "bad array shape",
+    "map with a non-string key": "msgpack", "map with a non-number value": "expected float",
+    "list where a map is expected": "expected a mapping",
 }
 
 
@@ -151,7 +164,9 @@ def test_every_message_kind_round_trips():
     arr = np.arange(600, dtype=np.int32)
     samples = [
         Lease(1, 2, np.arange(3, dtype=np.int64), arr, np.array([200, 200, 200], np.int32), 4, 16, 1.0, 0.9, 5, 60.0, 7),
-        Scores("j", 1, 2, np.ones(12, np.float32), np.zeros(3, np.int32), np.ones(3, np.int32), 0.1),
+        Scores("j", 1, 2, np.ones(12, np.float32), np.arange(3, dtype=np.int32), np.zeros(3, np.int32),
+               np.ones(3, np.int32), np.arange(5, dtype=np.int32), np.array([2, 3] + [-1] * 10, np.int32), 0.1,
+               {"tasks": 3.0, "ties": 0.0}),
         rollout(arr, np.array([600], np.int32)),
     ]
     for msg in samples:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from tiller.config import LearnerConfig, RolloutConfig
@@ -25,7 +27,7 @@ def make(lease_prompts=2, inflight=4, timeout=10.0):
     clock = Clock()
     coordinator = Coordinator(
         prompts, LearnerConfig(lease_prompts=lease_prompts, max_inflight_prompts=inflight, lease_timeout_s=timeout),
-        RolloutConfig(samples_per_prompt=K), clock=clock,
+        RolloutConfig(samples_per_prompt=K, max_new_tokens=3), clock=clock,
     )
     return coordinator, clock
 
@@ -36,10 +38,19 @@ def rollout_for(lease: Lease, version=0, actor="a") -> Rollout:
                    np.full(n, 3, np.int32), np.zeros(n * 3, np.float32), np.zeros(n, bool), 0.1)
 
 
-def scores_for(lease: Lease, chosen=(0, -1), rejected=(1, -1)) -> Scores:
-    n = len(lease.prompt_ids)
-    return Scores("j", 1, lease.lease_id, np.arange(n * K, dtype=np.float32),
-                  np.array(chosen[:n], np.int32), np.array(rejected[:n], np.int32), 0.01)
+def judged(lease_id: int, scores, pairs=(), revisions=None, judge="j", incarnation=1) -> Scores:
+    """A Scores message: `pairs` as (prompt, chosen, rejected); `revisions` one token list or None per sample."""
+    columns = np.asarray(pairs, np.int32).reshape(-1, 3)
+    revisions = revisions or [None] * len(scores)
+    lengths = np.array([-1 if r is None else len(r) for r in revisions], np.int32)
+    tokens = np.array([t for r in revisions if r is not None for t in r], np.int32)
+    return Scores(judge, incarnation, lease_id, np.asarray(scores, np.float32), columns[:, 0].copy(),
+                  columns[:, 1].copy(), columns[:, 2].copy(), tokens, lengths, 0.01, {"tasks": 1.0})
+
+
+def scores_for(lease: Lease, pairs=((0, 0, 1),), **kw) -> Scores:
+    """Prompt 0 prefers sample 0 over sample 1; the other prompts have no pair."""
+    return judged(lease.lease_id, np.arange(len(lease.prompt_ids) * K), pairs, **kw)
 
 
 def test_a_lease_flows_to_a_judge_and_back_as_scored_prompts():
@@ -53,7 +64,7 @@ def test_a_lease_flows_to_a_judge_and_back_as_scored_prompts():
     assert task.lease_id == lease.lease_id and task.response_lengths.tolist() == [3, 3, 3, 3]
     scored = c.on_scores(scores_for(lease))
     assert [s.prompt_id for s in scored] == [0, 1]
-    assert scored[0].chosen == 0 and scored[0].rejected == 1 and scored[1].chosen == -1
+    assert scored[0].pairs == ((0, 1),) and scored[1].pairs == () and scored[0].revisions == ()
     np.testing.assert_array_equal(scored[0].responses[1], [3, 4, 5])
     assert scored[1].scores.tolist() == [2.0, 3.0]
     assert c.counters.leases_completed == 1
@@ -95,13 +106,10 @@ def test_scores_only_from_the_judge_the_task_went_to():
     lease = c.on_lease_request(LeaseRequest("a", 1, 0))
     c.on_rollout(rollout_for(lease))
     c.next_score_task("j#1")
-    stranger = scores_for(lease)
-    forged = Scores("intruder", 9, lease.lease_id, stranger.scores, stranger.chosen, stranger.rejected, 0.0)
-    assert c.on_scores(forged) is None
-    same_index = Scores("j", 1, lease.lease_id, stranger.scores, np.array([1, 0], np.int32),
-                        np.array([1, 1], np.int32), 0.0)
-    out = c.on_scores(same_index)  # prompt 0: chosen == rejected is no pair; prompt 1 is a real pair
-    assert [s.chosen for s in out] == [-1, 0]
+    assert c.on_scores(scores_for(lease, judge="intruder", incarnation=9)) is None
+    out = c.on_scores(scores_for(lease, pairs=((0, 1, 1), (1, 1, 0))))  # prompt 0 names one sample twice: no pair
+    assert [s.pairs for s in out] == [(), ((1, 0),)]
+    assert c.counters.pairs_invalid == 1
 
 
 def test_released_prompts_go_first_and_fresh_ones_follow():
@@ -123,13 +131,39 @@ def test_wrong_sized_results_are_dropped_not_trusted():
     assert not c.on_rollout(lying)
     assert c.on_rollout(bad)
     c.next_score_task("j#1")
-    assert c.on_scores(Scores("j", 1, lease.lease_id, np.zeros(1, np.float32), np.zeros(2, np.int32),
-                              np.zeros(2, np.int32), 0.0)) is None
-    nan = scores_for(lease)
-    assert c.on_scores(Scores("j", 1, lease.lease_id, np.full(len(nan.scores), np.nan, np.float32),
-                              nan.chosen, nan.rejected, 0.0)) is None
-    out = c.on_scores(scores_for(lease, chosen=(5, 0), rejected=(1, -1)))  # out-of-range index -> no pair
-    assert [s.chosen for s in out] == [-1, -1]
+    assert c.on_scores(judged(lease.lease_id, np.zeros(1))) is None  # one score for four samples
+    assert c.on_scores(judged(lease.lease_id, np.full(2 * K, np.nan))) is None
+    too_long = [[3] * 4, None, None, None]  # a revision past max_new_tokens
+    assert c.on_scores(judged(lease.lease_id, np.zeros(2 * K), revisions=too_long)) is None
+    lying = scores_for(lease)
+    assert c.on_scores(replace(lying, chosen=lying.chosen[:0])) is None  # pair columns of different lengths
+    out = c.on_scores(scores_for(lease, pairs=((0, 5, 0), (2, 0, 1), (0, 2, 0))))  # no such sample/prompt/revision
+    assert [s.pairs for s in out] == [(), ()] and c.counters.pairs_invalid == 3
+
+
+def test_a_revision_is_a_candidate_of_its_prompt():
+    c, _ = make()
+    lease = c.on_lease_request(LeaseRequest("a", 1, 0))
+    c.on_rollout(rollout_for(lease))
+    c.next_score_task("j#1")
+    revisions = [None, [7, 8], [], None]  # prompt 0 sample 1 revised; prompt 1 sample 0 revised to nothing
+    out = c.on_scores(scores_for(lease, pairs=((0, K + 1, 1), (1, K + 0, 0)), revisions=revisions))
+    assert out[0].pairs == ((K + 1, 1),) and out[1].pairs == ()  # an empty revision is no candidate
+    np.testing.assert_array_equal(out[0].candidate(K + 1), [7, 8])
+    np.testing.assert_array_equal(out[0].candidate(1), out[0].responses[1])
+    assert out[0].revisions[0] is None and len(out[1].revisions[0]) == 0
+
+
+def test_token_ids_outside_the_vocabulary_are_refused():
+    prompts = PromptStream([np.array([3, 4], np.int32)] * 4, [""] * 4)
+    c = Coordinator(prompts, LearnerConfig(lease_prompts=2), RolloutConfig(samples_per_prompt=K), vocab_size=10)
+    lease = c.on_lease_request(LeaseRequest("a", 1, 0))
+    assert not c.on_rollout(rollout_for(lease))  # its token ids run to 11
+    ok = rollout_for(lease)
+    assert c.on_rollout(replace(ok, response_tokens=ok.response_tokens % 10))
+    c.next_score_task("j#1")
+    assert c.on_scores(scores_for(lease, revisions=[[10], None, None, None])) is None
+    assert c.on_scores(scores_for(lease, revisions=[[9], None, None, None])) is not None
 
 
 def test_done_coordinator_tells_actors_to_stop_and_reports_versions():
@@ -144,12 +178,12 @@ def test_done_coordinator_tells_actors_to_stop_and_reports_versions():
 def test_a_dead_actor_loses_its_leases_and_a_dead_judge_its_tasks():
     c, _ = make()
     generating = c.on_lease_request(LeaseRequest("a", 1, 0))
-    judged = c.on_lease_request(LeaseRequest("b", 1, 0))
-    c.on_rollout(rollout_for(judged, actor="b"))
-    assert c.next_score_task("j#1").lease_id == judged.lease_id
+    being_judged = c.on_lease_request(LeaseRequest("b", 1, 0))
+    c.on_rollout(rollout_for(being_judged, actor="b"))
+    assert c.next_score_task("j#1").lease_id == being_judged.lease_id
     assert c.peer_died("a#1") == 1  # its lease expires now, not at the deadline
     assert c.on_lease_request(LeaseRequest("b", 1, 0)).prompt_ids.tolist() == generating.prompt_ids.tolist()
     assert c.peer_died("j#1") == 1  # the rollout stays; the next judge gets it
-    assert c.next_score_task("j#2").lease_id == judged.lease_id
-    assert c.on_scores(scores_for(judged)) is None  # "j#1" is no longer the assignee
-    assert c.on_scores(Scores("j", 2, judged.lease_id, *list(vars(scores_for(judged)).values())[3:])) is not None
+    assert c.next_score_task("j#2").lease_id == being_judged.lease_id
+    assert c.on_scores(scores_for(being_judged)) is None  # "j#1" is no longer the assignee
+    assert c.on_scores(scores_for(being_judged, incarnation=2)) is not None

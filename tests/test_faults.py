@@ -133,7 +133,8 @@ def garbage_frames(rng: random.Random) -> list[bytes]:
     valid = [
         encode(LeaseRequest("fuzz", 1, 0)), encode(WorkRequest("fuzz", 1, "rule")), encode(WeightsRequest(0, 0, 0)),
         encode(Scores("fuzz", 1, rng.randrange(50), np.zeros(16, np.float32), np.zeros(4, np.int32),
-                      np.zeros(4, np.int32), 0.0)),
+                      np.zeros(4, np.int32), np.ones(4, np.int32), np.zeros(3, np.int32),
+                      np.array([3] + [-1] * 15, np.int32), 0.0, {"tasks": 1.0})),
         encode(Rollout("fuzz", 1, rng.randrange(50), 1, 0, np.zeros(400, np.int32), np.full(16, 25, np.int32),
                        np.zeros(400, np.float32), np.zeros(16, bool), 0.0)),
     ]

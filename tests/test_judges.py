@@ -52,11 +52,13 @@ def test_judge_task_returns_scores_and_pairs(tiny_policy_dir):
     responses = [tok(r, add_special_tokens=False)["input_ids"] for r in ("aa", "bb", "zz", "ee")]
     task = ScoreTask(1, 2, np.concatenate(prompts).astype(np.int32), np.array([2, 2], np.int32),
                      np.concatenate(responses).astype(np.int32), np.array([2, 2, 2, 2], np.int32),
-                     np.zeros(4, bool))
+                     np.zeros(4, bool), 16)
     judge = build_judge(JudgeConfig(kind="rule", rule="tiller.tasks:vowel_reward"), tiny_policy_dir)
-    scores, chosen, rejected = judge_task(judge, task, 0.0)
-    assert scores.tolist() == [2 / 16, 0, 0, 2 / 16]
-    assert chosen.tolist() == [0, 1] and rejected.tolist() == [1, 0]
+    judgement = judge_task(judge, task, 0.0)
+    assert judgement.scores.tolist() == [2 / 16, 0, 0, 2 / 16]
+    assert judgement.pair_prompts.tolist() == [0, 1]
+    assert judgement.chosen.tolist() == [0, 1] and judgement.rejected.tolist() == [1, 0]
+    assert judgement.revisions is None
 
 
 def test_reward_model_judge_scores_with_the_classifier(tiny_policy_dir, tiny_reward_dir):

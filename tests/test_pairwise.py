@@ -78,7 +78,7 @@ class ScriptedEngine:
     def __init__(self, tokenizer):
         self.tokenizer, self.batches = tokenizer, []
 
-    def greedy(self, prompts, max_new_tokens, allowed_token_ids=None):
+    def greedy(self, prompts, max_new_tokens, allowed_token_ids=None, timeout_s=None):
         self.batches.append(len(prompts))
         answers = []
         for ids in prompts:
@@ -112,8 +112,8 @@ def test_llm_judge_batches_debiases_and_caches(tiny_policy_dir, tiny_judge_dir):
     assert engine.batches == [6]  # 3 pairs x 2 orders, one vLLM call
     assert scores.tolist() == [1.0, 0.0, 0.5]
     judge.score(prompts, responses)  # redelivered work
-    assert engine.batches == [6] and judge.stats.cache_hits == 6
-    assert judge.stats.preferences == 6 and judge.stats.inconsistent == 0
+    assert engine.batches == [6] and judge.stats()["cache_hits"] == 6
+    assert judge.stats()["preferences"] == 6 and judge.stats()["inconsistent"] == 0
 
 
 @pytest.mark.slow
@@ -134,12 +134,13 @@ def test_llm_judge_on_a_real_vllm_engine(tiny_policy_dir, tiny_judge_dir):
     enc = lambda s: np.asarray(tok(s, add_special_tokens=False)["input_ids"], np.int32)  # noqa: E731
     responses = [enc(r) for r in ("hello", "hi", "hey there", "yo")]
     task = ScoreTask(1, 2, np.concatenate([enc("greet"), enc("wave")]), np.array([5, 4], np.int32),
-                     np.concatenate(responses), np.array([len(r) for r in responses], np.int32), np.zeros(4, bool))
-    scores, chosen, rejected = judge_task(judge, task, 0.0)
-    assert scores.shape == (4,) and np.all((scores >= 0) & (scores <= 1))
-    assert judge.stats.comparisons == 4  # 2 prompts x 1 pair x 2 orders
-    assert judge.stats.preferences + judge.stats.unparseable + judge.stats.ties == 2  # each pair once
-    assert all((c == -1) == (r == -1) for c, r in zip(chosen, rejected))
+                     np.concatenate(responses), np.array([len(r) for r in responses], np.int32), np.zeros(4, bool), 16)
+    judgement = judge_task(judge, task, 0.0)
+    assert judgement.scores.shape == (4,) and np.all((judgement.scores >= 0) & (judgement.scores <= 1))
+    assert judge.stats()["comparisons"] == 4  # 2 prompts x 1 pair x 2 orders
+    assert judge.stats()["preferences"] + judge.stats()["unparseable"] + judge.stats()["ties"] == 2  # each pair once
+    assert judgement.num_pairs <= 2 and set(judgement.pair_prompts.tolist()) <= {0, 1}
+    assert all({c, r} == {0, 1} for c, r in zip(judgement.chosen, judgement.rejected))
 
 
 @pytest.mark.slow
@@ -156,8 +157,8 @@ def test_letter_verdicts_always_name_a_letter(tiny_policy_dir, tiny_judge_dir):
                                          verdict="letter"), tok)
     enc = lambda s: np.asarray(tok(s, add_special_tokens=False)["input_ids"], np.int32)  # noqa: E731
     judge.score([enc("greet"), enc("wave")], [enc(r) for r in ("hello", "hi", "hey there", "yo", "aaa", "b")])
-    assert judge.stats.unparseable == 0 and judge.stats.comparisons == 12  # 2 prompts x 3 pairs x 2 orders
-    assert judge.stats.preferences + judge.stats.ties == 6
+    assert judge.stats()["unparseable"] == 0 and judge.stats()["comparisons"] == 12  # 2 prompts x 3 pairs x 2 orders
+    assert judge.stats()["preferences"] + judge.stats()["ties"] == 6
 
 
 def test_without_swapping_a_position_biased_judge_decides_every_pair(tiny_policy_dir, tiny_judge_dir):
@@ -166,7 +167,7 @@ def test_without_swapping_a_position_biased_judge_decides_every_pair(tiny_policy
     from tiller.models import load_tokenizer
 
     class FirstPosition(ScriptedEngine):
-        def greedy(self, prompts, max_new_tokens, allowed_token_ids=None):
+        def greedy(self, prompts, max_new_tokens, allowed_token_ids=None, timeout_s=None):
             self.batches.append(len(prompts))
             return [self.tokenizer("A")["input_ids"] for _ in prompts]
 

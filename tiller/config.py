@@ -122,7 +122,7 @@ class ScorerConfig:
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    kind: Literal["rule", "reward_model", "llm_pairwise", "composed"] = "rule"
+    kind: Literal["rule", "reward_model", "llm_pairwise", "cai", "composed"] = "rule"
     rule: str = "tiller.tasks:vowel_reward"  # module:function(prompt, response) -> float
     reward_model_path: str | None = None
     batch_size: int = 32  # reward-model forward micro-batch
@@ -145,6 +145,17 @@ class JudgeConfig:
     gate_rule: str | None = None  # module:function(prompt, response) -> bool; True means the gate fires
     gate_mode: Literal["zero", "penalty"] = "zero"  # when it fires: reward 0, or reward + gate_penalty
     gate_penalty: float = -1.0
+    # cai (Constitutional AI): critique each sample against principles, revise it, prefer the revision
+    constitution_path: str | None = None  # YAML or text, one principle per entry; default: the shipped four
+    principles_per_sample: int = 1  # principles drawn per sample; each is one critique -> revision round
+    critique_template_path: str | None = None  # {prompt} {response} {critique_request}
+    revision_template_path: str | None = None  # ... and {critique} {revision_request}
+    critique_max_tokens: int = 64
+    keep_transcripts: bool = False  # write every critique and revision to runs/<name>/judges/<judge>.jsonl
+    # engine calls of LLM judges (llm_pairwise, cai)
+    request_timeout_s: float = 120.0  # a generation still running after this is aborted and retried; 0: no limit
+    retries: int = 2  # tries after the first, on a timeout or an engine error
+    retry_backoff_s: float = 0.5  # first back-off; doubles each retry (with jitter), at most 10 s
     learner_timeout_s: float = 600.0
 
 
@@ -304,10 +315,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         _apply_override(raw, override)
         origin[override.partition("=")[0].strip()] = f"override {override!r}"
     try:
-        return _build(Config, raw, "")
+        return _check_combination(_build(Config, raw, ""))
     except ConfigError as exc:
         key = str(exc).split(":")[0].split("[")[0]
         raise ConfigError(f"{origin.get(key, source)}: {exc}") from None
+
+
+def _check_combination(cfg: Config) -> Config:
+    """Rules that span sections."""
+    if cfg.judge.kind == "cai" and cfg.learner.algorithm != "online_dpo":
+        raise ConfigError(f"judge.kind: cai prefers revisions the policy never sampled, so it feeds preference "
+                          f"pairs to online_dpo; learner.algorithm {cfg.learner.algorithm} needs on-policy scores")
+    if cfg.judge.principles_per_sample < 1:
+        raise ConfigError("judge.principles_per_sample: must be at least 1")
+    return cfg
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

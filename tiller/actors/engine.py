@@ -8,6 +8,7 @@ explicitly as a stop token.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -63,6 +64,7 @@ class VLLMEngine:
             logprobs_mode="processed_logprobs",  # after temperature/top-p: what was sampled from
             seed=seed,
         )
+        self._request_ids = itertools.count()
 
     def _params(self, n: int, max_tokens: int, temperature: float, top_p: float, logprobs: bool,
                 seed: int | None = None):
@@ -96,13 +98,30 @@ class VLLMEngine:
             np.asarray(logprobs, np.float32), np.asarray(truncated, bool), time.monotonic() - start,
         )
 
-    def greedy(self, prompts: list[np.ndarray], max_new_tokens: int,
-               allowed_token_ids: list[int] | None = None) -> list[list[int]]:
-        """Greedy continuations; `allowed_token_ids` restricts every generated token to that set."""
+    def greedy(self, prompts: list[np.ndarray], max_new_tokens: int, allowed_token_ids: list[int] | None = None,
+               timeout_s: float | None = None) -> list[list[int] | None]:
+        """Greedy continuations; `allowed_token_ids` restricts every generated token to that set.
+
+        With `timeout_s`, requests still running when it is spent are aborted in the engine and
+        come back as None (the others are returned as usual), so a judge never hangs on one call.
+        """
         params = self._params(1, max_new_tokens, 0.0, 1.0, logprobs=False)
         params.allowed_token_ids = allowed_token_ids
-        requests = [{"prompt_token_ids": [int(t) for t in p]} for p in prompts]
-        return [list(o.outputs[0].token_ids) for o in self.llm.generate(requests, params, use_tqdm=False)]
+        engine = self.llm.llm_engine
+        # Our own request ids: LLM.generate has no deadline, so we drive the engine's step loop.
+        ids = [f"tiller-{next(self._request_ids)}" for _ in prompts]
+        for request_id, prompt in zip(ids, prompts):
+            engine.add_request(request_id, {"prompt_token_ids": [int(t) for t in prompt]}, params)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        done: dict[str, list[int]] = {}
+        while engine.has_unfinished_requests():
+            if deadline is not None and time.monotonic() > deadline:
+                engine.abort_request([i for i in ids if i not in done])
+                break
+            for output in engine.step():
+                if output.finished:
+                    done[output.request_id] = list(output.outputs[0].token_ids)
+        return [done.get(i) for i in ids]
 
     def load_weights(self, named_tensors: list) -> None:
         """Swap new weights into the running engine, then drop KV blocks computed with the old ones."""

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from tiller.actors.judges import JudgeKind, build_judge, pick_pairs
+from tiller.actors.judges import Judgement, best_and_worst, build_judge
 from tiller.actors.worker import HeartbeatThread, default_worker_id, request_patiently
 from tiller.config import Config
 from tiller.protocol.messages import Scores, ScoreTask, Shutdown, WorkRequest, unflatten
@@ -22,12 +22,21 @@ from tiller.protocol.transport import LearnerClient
 log = logging.getLogger(__name__)
 
 
-def judge_task(judge: JudgeKind, task: ScoreTask, min_margin: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def judge_task(judge, task: ScoreTask, min_margin: float) -> Judgement:
     prompts = unflatten(task.prompt_tokens, task.prompt_lengths)
     responses = unflatten(task.response_tokens, task.response_lengths)
-    scores = judge.score(prompts, responses)
-    chosen, rejected = pick_pairs(scores, task.samples_per_prompt, min_margin)
-    return scores, chosen, rejected
+    if hasattr(judge, "judge"):  # makes its own pairs (CAI)
+        return judge.judge(prompts, responses, task.samples_per_prompt, task.max_new_tokens)
+    return best_and_worst(judge.score(prompts, responses), task.samples_per_prompt, min_margin)
+
+
+def to_scores(judgement: Judgement, judge_id: str, incarnation: int, lease_id: int, seconds: float,
+              stats: dict[str, float]) -> Scores:
+    revisions = judgement.revisions or [None] * len(judgement.scores)
+    lengths = np.asarray([-1 if r is None else len(r) for r in revisions], np.int32)
+    tokens = np.concatenate([r for r in revisions if r is not None] or [np.zeros(0, np.int32)]).astype(np.int32)
+    return Scores(judge_id, incarnation, lease_id, judgement.scores, judgement.pair_prompts, judgement.chosen,
+                  judgement.rejected, tokens, lengths, seconds, stats)
 
 
 class JudgeActor:
@@ -35,7 +44,9 @@ class JudgeActor:
         self.cfg = cfg
         self.judge_id = judge_id or default_worker_id("judge")
         self.incarnation = time.time_ns()
-        self.judge = build_judge(cfg.judge, cfg.model.path)
+        self.judge = build_judge(cfg.judge, cfg.model.path,
+                                 transcript_path=cfg.run_dir / "judges" / f"{self.judge_id}.jsonl")
+        self.work = {"tasks": 0, "samples": 0, "pairs": 0, "busy_seconds": 0.0}
         self.client = LearnerClient(address, security=cfg.security)
         self.heartbeat = HeartbeatThread(address, self.judge_id, self.incarnation, "judge",
                                          cfg.learner.heartbeat_s, cfg.learner.missed_beats, cfg.security)
@@ -58,10 +69,20 @@ class JudgeActor:
                 log.warning("ignoring unexpected %s from the learner", type(reply).KIND)
                 continue
             start = time.monotonic()
-            scores, chosen, rejected = judge_task(self.judge, reply, self.cfg.judge.min_margin)
-            self.client.send(Scores(self.judge_id, self.incarnation, reply.lease_id, scores, chosen, rejected,
-                                    time.monotonic() - start))
+            judgement = judge_task(self.judge, reply, self.cfg.judge.min_margin)
+            seconds = time.monotonic() - start
+            self.work["tasks"] += 1
+            self.work["samples"] += len(judgement.scores)
+            self.work["pairs"] += judgement.num_pairs
+            self.work["busy_seconds"] += seconds
+            self.client.send(to_scores(judgement, self.judge_id, self.incarnation, reply.lease_id, seconds,
+                                       self.stats()))
             judged += 1
+
+    def stats(self) -> dict[str, float]:
+        """This judge's running counters, sent with every result: the learner logs them per judge."""
+        kind_stats = self.judge.stats() if hasattr(self.judge, "stats") else {}
+        return {**{k: float(v) for k, v in kind_stats.items()}, **self.work}
 
     def _wait_for_work(self, request: WorkRequest, timeout_s: float):
         """Park at the learner until it has work. Waiting is fine while heartbeats are answered by

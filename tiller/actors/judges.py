@@ -1,18 +1,23 @@
-"""Judge kinds: turn (prompt, k responses) into k scores, and scores into preference pairs.
+"""Judge kinds: turn (prompt, k responses) into k scores and preference pairs (a `Judgement`).
 
-A judge kind is anything with `score(prompts, responses) -> np.ndarray [n*k]` where
-`prompts` are n token arrays and `responses` n*k token arrays, prompt-major. Kinds here:
+Most kinds are scorers, anything with `score(prompts, responses) -> np.ndarray [n*k]` where
+`prompts` are n token arrays and `responses` n*k token arrays, prompt-major; their pairs are
+each prompt's best and worst sample. A kind that makes its own pairs (Constitutional AI, whose
+chosen side is a revision it wrote) has `judge(prompts, responses, k, max_new_tokens) -> Judgement`.
+Any kind may have `stats() -> dict[str, float]`: running counters for the learner's metrics. Kinds:
   - RuleJudge: a Python function `module:function(prompt: str, response: str) -> float`
     named in the judge's own config (never in a message), for verifiable rewards;
   - RewardModelJudge: a transformers sequence-classification model loaded from a path;
   - LLMPairwiseJudge (llm_judge.py): a judge LLM served by vLLM compares samples pairwise (RLAIF);
-  - ComposedJudge: a weighted sum of rule / reward-model scorers, with an optional gate.
+  - ComposedJudge: a weighted sum of rule / reward-model scorers, with an optional gate;
+  - ConstitutionalJudge (cai_judge.py): critique and revise each sample against a constitution.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -23,8 +28,31 @@ from tiller.config import ConfigError, JudgeConfig
 from tiller.models import load_tokenizer
 
 
-class JudgeKind(Protocol):
+class Scorer(Protocol):
     def score(self, prompts: list[np.ndarray], responses: list[np.ndarray]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What a judge returns for one task (see the `Scores` message for the candidate numbering:
+    0..k-1 are the samples, k+j is the revision of sample j)."""
+
+    scores: np.ndarray  # float32 [n*k]
+    pair_prompts: np.ndarray  # int32 [m]
+    chosen: np.ndarray  # int32 [m]
+    rejected: np.ndarray  # int32 [m]
+    revisions: list[np.ndarray | None] | None = None  # [n*k] revised token ids, None where not revised
+
+    @property
+    def num_pairs(self) -> int:
+        return len(self.pair_prompts)
+
+
+def best_and_worst(scores: np.ndarray, k: int, min_margin: float = 0.0) -> Judgement:
+    """A scorer's judgement: one pair per prompt, its best sample over its worst (if they differ)."""
+    chosen, rejected = pick_pairs(scores, k, min_margin)
+    has_pair = np.flatnonzero(chosen >= 0).astype(np.int32)
+    return Judgement(np.asarray(scores, np.float32), has_pair, chosen[has_pair], rejected[has_pair])
 
 
 def pick_pairs(scores: np.ndarray, k: int, min_margin: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
@@ -106,10 +134,13 @@ class ComposedJudge:
     """sum_i weight_i * score_i, then a gate: where `gate(prompt, response)` is true the reward is
     zeroed (gate_mode zero) or shifted by gate_penalty (gate_mode penalty)."""
 
-    def __init__(self, parts: list[tuple[float, JudgeKind]], gate: Callable[[str, str], bool] | None,
+    def __init__(self, parts: list[tuple[float, Scorer]], gate: Callable[[str, str], bool] | None,
                  mode: str, penalty: float, tokenizer):
         self.parts, self.gate, self.mode, self.penalty, self.tokenizer = parts, gate, mode, penalty, tokenizer
         self.gate_fired = 0
+
+    def stats(self) -> dict[str, float]:
+        return {"gate_fired": self.gate_fired}
 
     def score(self, prompts: list[np.ndarray], responses: list[np.ndarray]) -> np.ndarray:
         total = sum(weight * judge.score(prompts, responses) for weight, judge in self.parts).astype(np.float32)
@@ -123,7 +154,13 @@ class ComposedJudge:
         return total
 
 
-def build_judge(cfg: JudgeConfig, policy_dir: str | Path) -> JudgeKind:
+def build_judge(cfg: JudgeConfig, policy_dir: str | Path, transcript_path: Path | None = None):
+    """The judge kind `cfg.kind` names: a scorer, or (cai) a judge that makes its own pairs.
+    `transcript_path`: where a CAI judge keeps its critiques and revisions, if asked to."""
+    if cfg.kind == "cai":
+        from tiller.actors.cai_judge import ConstitutionalJudge
+
+        return ConstitutionalJudge(cfg, load_tokenizer(policy_dir), transcript_path=transcript_path)
     if cfg.kind == "rule":
         return RuleJudge(load_rule(cfg.rule), load_tokenizer(policy_dir))
     if cfg.kind == "composed":

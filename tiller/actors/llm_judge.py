@@ -3,17 +3,22 @@ responses to the same prompt; verdicts are position-swap debiased and turned int
 
 All comparisons of a task (both orders of every pair) go to vLLM as one batch; in tournament
 mode, each round of a prompt's bracket is one batch. Verdicts are cached by (prompt, response x, response y),
-so work that is redelivered after a lease expiry is not judged twice.
+so work that is redelivered after a lease expiry is not judged twice. Engine calls have a
+per-request timeout and are retried with back-off (`guarded.py`); a comparison that times out
+on every try gives no verdict, like an unparseable one, and is counted apart.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import dataclasses
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from tiller.actors.cache import BoundedCache
+from tiller.actors.guarded import GuardedEngine, RetryPolicy
 from tiller.actors.pairwise import Verdict, comparisons, debiased, parse_verdict, tournament_scores, wins_to_scores
 from tiller.config import ConfigError, JudgeConfig, RolloutConfig
 from tiller.models import JUDGE_ALPHABET, TinyShape, ensure_tiny_policy, load_tokenizer
@@ -33,47 +38,38 @@ Verdict:"""
 @dataclass
 class PairwiseStats:
     comparisons: int = 0  # verdicts asked of the model (each pair counts twice: both orders)
-    cache_hits: int = 0
     preferences: int = 0  # debiased verdicts that name a winner
-    unparseable: int = 0
+    unparseable: int = 0  # includes comparisons that timed out on every try (see `timeouts`)
     ties: int = 0
     inconsistent: int = 0  # the preference flipped with the order: counted as a tie
 
 
 class LLMPairwiseJudge:
     def __init__(self, cfg: JudgeConfig, policy_tokenizer, engine=None):
-        if not cfg.model_path:
-            raise ConfigError("judge.model_path: required when judge.kind is llm_pairwise")
-        if cfg.build_tiny:
-            ensure_tiny_policy(cfg.model_path, seed=2, alphabet=JUDGE_ALPHABET, shape=TinyShape(max_positions=1024))
-        if not (Path(cfg.model_path) / "config.json").exists():
-            raise ConfigError(f"judge.model_path: {cfg.model_path} has no config.json")
-        self.template = Path(cfg.template_path).read_text() if cfg.template_path else DEFAULT_TEMPLATE
-        for field in ("{prompt}", "{response_a}", "{response_b}"):
-            if field not in self.template:
-                raise ConfigError(f"judge.template_path: the template has no {field}")
+        prepare_judge_model(cfg)
+        self.template = load_template(cfg.template_path, DEFAULT_TEMPLATE, ("prompt", "response_a", "response_b"),
+                                      "judge.template_path")
         self.cfg = cfg
         self.policy_tokenizer = policy_tokenizer
         self.tokenizer = load_tokenizer(cfg.model_path)
-        if engine is None:
-            from tiller.actors.engine import VLLMEngine
-
-            engine = VLLMEngine(cfg.model_path, RolloutConfig(max_model_len=cfg.max_model_len,
-                                                              kv_cache_gib=cfg.kv_cache_gib), seed=0)
-        self.engine = engine
+        self.engine = GuardedEngine(engine or judge_engine(cfg), retry_policy(cfg), max_model_len=cfg.max_model_len)
         self._letters = None
         if cfg.verdict == "letter":
             ids = [self.tokenizer(letter, add_special_tokens=False)["input_ids"] for letter in ("A", "B")]
             if any(len(i) != 1 for i in ids):
                 raise ConfigError(f"judge.verdict: letter needs A and B to be single tokens for {cfg.model_path}")
             self._letters = [ids[0][0], ids[1][0]]
-        self._cache: OrderedDict[tuple[str, str, str], Verdict | None] = OrderedDict()
-        self.stats = PairwiseStats()
+        self._cache: BoundedCache[tuple[str, str, str], Verdict | None] = BoundedCache(cfg.cache_size)
+        self._stats = PairwiseStats()
+
+    def stats(self) -> dict[str, float]:
+        return {**dataclasses.asdict(self._stats), **dataclasses.asdict(self.engine.stats),
+                "cache_hits": self._cache.hits}
 
     def _verdicts(self, questions: list[tuple[str, str, str]]) -> list[Verdict | None]:
         """Raw verdicts on (prompt, response A, response B), one vLLM batch for all cache misses."""
-        missing = list(dict.fromkeys(q for q in questions if q not in self._cache))
-        self.stats.cache_hits += len(questions) - len(missing)
+        known = {q: self._cache.get(q) for q in dict.fromkeys(questions) if q in self._cache}
+        missing = [q for q in dict.fromkeys(questions) if q not in known]
         if missing:
             texts = [self.template.format(prompt=p, response_a=a, response_b=b) for p, a, b in missing]
             ids = [np.asarray(self.tokenizer(t, add_special_tokens=False)["input_ids"], np.int32) for t in texts]
@@ -82,11 +78,12 @@ class LLMPairwiseJudge:
             else:
                 outputs = self.engine.greedy(ids, self.cfg.max_new_tokens)
             for question, out in zip(missing, outputs):
-                self._cache[question] = parse_verdict(self.tokenizer.decode(out, skip_special_tokens=True))
-                while len(self._cache) > self.cfg.cache_size:
-                    self._cache.popitem(last=False)
-            self.stats.comparisons += len(missing)
-        return [self._cache[q] for q in questions]
+                known[question] = None if out is None else parse_verdict(
+                    self.tokenizer.decode(out, skip_special_tokens=True))
+                if out is not None:  # a timeout is tried afresh when the work comes back
+                    self._cache.put(question, known[question])
+            self._stats.comparisons += len(missing)
+        return [known[q] for q in questions]
 
     def _debiased(self, matches: list[tuple[str, str, str]]) -> list[Verdict | None]:
         """Each (prompt, x, y) judged as (x, y) and, with swap_positions, (y, x) in the same batch."""
@@ -99,10 +96,10 @@ class LLMPairwiseJudge:
         out = []
         for first, swapped in pairs:
             verdict = debiased(first, swapped)
-            self.stats.preferences += verdict in ("A", "B")
-            self.stats.unparseable += verdict is None
-            self.stats.ties += verdict == "tie"
-            self.stats.inconsistent += verdict == "tie" and first != "tie" and swapped != "tie"
+            self._stats.preferences += verdict in ("A", "B")
+            self._stats.unparseable += verdict is None
+            self._stats.ties += verdict == "tie"
+            self._stats.inconsistent += verdict == "tie" and first != "tie" and swapped != "tie"
             out.append(verdict)
         return out
 
@@ -124,3 +121,46 @@ class LLMPairwiseJudge:
             wins_to_scores(k, [(i, j, v) for (i, j), v in zip(pairs, verdicts[n * len(pairs):(n + 1) * len(pairs)])])
             for n in range(len(prompts))
         ])
+
+
+def prepare_judge_model(cfg: JudgeConfig) -> Path:
+    """The judge model's directory, built (tiny, random) first when `build_tiny` asks for it."""
+    if not cfg.model_path:
+        raise ConfigError(f"judge.model_path: required when judge.kind is {cfg.kind}")
+    if cfg.build_tiny:
+        ensure_tiny_policy(cfg.model_path, seed=2, alphabet=JUDGE_ALPHABET, shape=TinyShape(max_positions=1024))
+    if not (Path(cfg.model_path) / "config.json").exists():
+        raise ConfigError(f"judge.model_path: {cfg.model_path} has no config.json")
+    return Path(cfg.model_path)
+
+
+def load_template(path: str | None, default: str, fields: tuple[str, ...], key: str) -> str:
+    """A prompt template from `path` (or the default) that names every one of `fields` and no other."""
+    if path is None:
+        return default
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from None
+    try:
+        named = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+    except ValueError as exc:  # a lone { or }
+        raise ConfigError(f"{key}: {path} is not a valid template: {exc}") from None
+    missing, unknown = set(fields) - named, named - set(fields)
+    if missing or unknown:
+        raise ConfigError(f"{key}: {path} must use {{{'}, {'.join(fields)}}}"
+                          + (f"; missing {sorted(missing)}" if missing else "")
+                          + (f"; unknown {sorted(unknown)} (write literal braces as {{{{ }}}})" if unknown else ""))
+    return text
+
+
+def judge_engine(cfg: JudgeConfig):
+    """The judge model in vLLM, in this process."""
+    from tiller.actors.engine import VLLMEngine
+
+    return VLLMEngine(cfg.model_path, RolloutConfig(max_model_len=cfg.max_model_len, kv_cache_gib=cfg.kv_cache_gib),
+                      seed=0)
+
+
+def retry_policy(cfg: JudgeConfig) -> RetryPolicy:
+    return RetryPolicy(cfg.request_timeout_s or None, cfg.retries, cfg.retry_backoff_s)

@@ -25,7 +25,11 @@ from tiller.protocol.messages import Lease, LeaseRequest, Rollout, Scores, Score
 
 @dataclass(frozen=True)
 class ScoredPrompt:
-    """One judged prompt, ready for the learner's buffer."""
+    """One judged prompt, ready for the learner's buffer.
+
+    Candidates are numbered as in the `Scores` message: 0..k-1 the samples, k+j the judge's
+    revision of sample j (Constitutional AI), which has no behaviour logprobs and no score.
+    """
 
     prompt_id: int
     lease_id: int
@@ -35,8 +39,12 @@ class ScoredPrompt:
     logprobs: list[np.ndarray]  # k float32 arrays, behaviour policy
     scores: np.ndarray  # float32 [k]
     truncated: np.ndarray  # bool [k]: cut at max_new_tokens
-    chosen: int  # index into responses, -1 when the judge saw no preference
-    rejected: int
+    pairs: tuple[tuple[int, int], ...] = ()  # (chosen, rejected) candidates; empty: the judge saw no preference
+    revisions: tuple[np.ndarray | None, ...] = ()  # k entries when the judge revised, else empty
+
+    def candidate(self, index: int) -> np.ndarray:
+        k = len(self.responses)
+        return self.responses[index] if index < k else self.revisions[index - k]
 
 
 @dataclass
@@ -48,12 +56,38 @@ class _LeaseState:
     judge: str | None = None  # "judge_id#incarnation" the score task went to
 
 
-def _consistent(rollout: Rollout, samples: int, max_new_tokens: int) -> bool:
+def _in_vocab(tokens: np.ndarray, vocab_size: int | None) -> bool:
+    """Token ids the model can embed (an id past the table would crash the training step)."""
+    return vocab_size is None or len(tokens) == 0 or (int(tokens.min()) >= 0 and int(tokens.max()) < vocab_size)
+
+
+def _consistent(rollout: Rollout, samples: int, max_new_tokens: int, vocab_size: int | None) -> bool:
     """Shapes that agree with each other and with the lease, so training can trust them."""
     lengths = rollout.response_lengths
     return (len(lengths) == samples == len(rollout.truncated) and bool(np.all(lengths >= 0))
             and bool(np.all(lengths <= max_new_tokens))
-            and int(lengths.sum()) == len(rollout.response_tokens) == len(rollout.logprobs))
+            and int(lengths.sum()) == len(rollout.response_tokens) == len(rollout.logprobs)
+            and _in_vocab(rollout.response_tokens, vocab_size))
+
+
+def _well_formed(scores: Scores, n: int, k: int, max_new_tokens: int, vocab_size: int | None) -> bool:
+    """A judge's answer whose arrays agree with the task: every sample scored with a finite number
+    (a NaN reward would poison the weights), pair columns of one length, revisions that fit."""
+    lengths = scores.revision_lengths
+    m = len(scores.pair_prompts)
+    return (len(scores.scores) == n * k and bool(np.all(np.isfinite(scores.scores)))
+            and len(scores.chosen) == m == len(scores.rejected) and m <= n * k
+            and len(lengths) == n * k and bool(np.all((lengths >= -1) & (lengths <= max_new_tokens)))
+            and int(lengths[lengths >= 0].sum()) == len(scores.revision_tokens)
+            and _in_vocab(scores.revision_tokens, vocab_size))
+
+
+def _valid_pairs(scores: Scores, n: int, k: int) -> list[tuple[int, int, int]]:
+    """(prompt, chosen, rejected) for each pair that names two different existing candidates."""
+    revised = scores.revision_lengths > 0  # an empty revision is no candidate
+    exists = lambda i, c: 0 <= c < k or (k <= c < 2 * k and bool(revised[i * k + c - k]))  # noqa: E731
+    return [(int(i), int(c), int(r)) for i, c, r in zip(scores.pair_prompts, scores.chosen, scores.rejected)
+            if 0 <= i < n and c != r and exists(i, c) and exists(i, r)]
 
 
 @dataclass
@@ -64,6 +98,7 @@ class Counters:
     prompts_released: int = 0  # prompts given back for re-leasing (expiry or staleness)
     duplicates_dropped: int = 0
     waits_credit: int = 0
+    pairs_invalid: int = 0  # pairs a judge named that do not exist: dropped, the rest of its answer kept
 
 
 @dataclass
@@ -73,6 +108,7 @@ class Coordinator:
     rollout: RolloutConfig
     seed: int = 0
     clock: Callable[[], float] = time.monotonic
+    vocab_size: int | None = None  # token ids from workers must be below it
     version: int = 0
     done: bool = False
     counters: Counters = field(default_factory=Counters)
@@ -138,7 +174,7 @@ class Coordinator:
         expected = len(state.prompt_ids) * self.rollout.samples_per_prompt if state else -1
         sender = f"{rollout.actor_id}#{rollout.incarnation}"
         if (state is None or state.rollout is not None or sender != state.actor
-                or not _consistent(rollout, expected, self.rollout.max_new_tokens)):
+                or not _consistent(rollout, expected, self.rollout.max_new_tokens, self.vocab_size)):
             self.counters.duplicates_dropped += 1
             return False
         state.rollout = rollout
@@ -158,7 +194,7 @@ class Coordinator:
             tokens, lengths = self.prompts.pack(state.prompt_ids)
             r = state.rollout
             return ScoreTask(lease_id, self.rollout.samples_per_prompt, tokens, lengths,
-                             r.response_tokens, r.response_lengths, r.truncated)
+                             r.response_tokens, r.response_lengths, r.truncated, self.rollout.max_new_tokens)
         return None
 
     def cancel_lease(self, lease_id: int) -> None:
@@ -172,31 +208,33 @@ class Coordinator:
         self._score_queue.appendleft(lease_id)
 
     def on_scores(self, scores: Scores) -> list[ScoredPrompt] | None:
-        """Complete a lease; returns its judged prompts, or None for a late duplicate."""
+        """Complete a lease; returns its judged prompts, or None for a late duplicate or a malformed answer
+        (the lease then stays with that judge until it expires or the judge is declared dead)."""
         state = self._leases.get(scores.lease_id)
         k = self.rollout.samples_per_prompt
         n = len(state.prompt_ids) if state else 0
         if (state is None or state.rollout is None or state.judge != f"{scores.judge_id}#{scores.incarnation}"
-                or len(scores.scores) != n * k or len(scores.chosen) != n or len(scores.rejected) != n
-                or not np.all(np.isfinite(scores.scores))):  # a NaN reward would poison the weights
+                or not _well_formed(scores, n, k, self.rollout.max_new_tokens, self.vocab_size)):
             self.counters.duplicates_dropped += 1
             return None
         del self._leases[scores.lease_id]
         self.counters.leases_completed += 1
+        pairs = _valid_pairs(scores, n, k)
+        self.counters.pairs_invalid += len(scores.pair_prompts) - len(pairs)
         r = state.rollout
         responses = unflatten(r.response_tokens, r.response_lengths)
         logprobs = unflatten(r.logprobs, r.response_lengths)
+        revised = scores.revision_lengths
+        revisions = unflatten(scores.revision_tokens, np.maximum(revised, 0))
         out = []
         for i, prompt_id in enumerate(state.prompt_ids):
-            chosen, rejected = int(scores.chosen[i]), int(scores.rejected[i])
-            valid = -1 <= chosen < k and -1 <= rejected < k and (chosen == -1) == (rejected == -1)
-            if not valid or (chosen == rejected != -1):
-                chosen = rejected = -1  # a judge bug must not crash the learner: no pair
+            own = range(i * k, (i + 1) * k)
             out.append(ScoredPrompt(
                 prompt_id, scores.lease_id, r.policy_version, self.prompts.get(prompt_id),
                 responses[i * k:(i + 1) * k], logprobs[i * k:(i + 1) * k],
                 np.asarray(scores.scores[i * k:(i + 1) * k], dtype=np.float32), r.truncated[i * k:(i + 1) * k],
-                chosen, rejected,
+                pairs=tuple((c, rj) for p, c, rj in pairs if p == i),
+                revisions=tuple(revisions[j] if revised[j] >= 0 else None for j in own) if np.any(revised >= 0) else (),
             ))
         self._buffered.update(state.prompt_ids)
         return out

@@ -54,8 +54,10 @@ def preference_loss(policy: torch.Tensor, reference: torch.Tensor, lengths: torc
 
 
 def dpo_step(trainer, items: list[ScoredPrompt], cfg: Config, pad_id: int) -> dict[str, float]:
-    """One optimizer step of the configured DPO variant on the pairs of `items` (each has one)."""
-    batch = build_pair_batch([(p.prompt, p.responses[p.chosen], p.responses[p.rejected]) for p in items], pad_id)
+    """One optimizer step of the configured DPO variant on every pair of `items` (each has at least one:
+    best over worst sample for scoring judges, revision over original for a CAI judge)."""
+    pairs = [(p, c, r) for p in items for c, r in p.pairs]
+    batch = build_pair_batch([(p.prompt, p.candidate(c), p.candidate(r)) for p, c, r in pairs], pad_id)
     dpo = cfg.learner.dpo
     logits = trainer.engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     policy_logps = losses.sequence_logprobs(logits, batch.input_ids, batch.response_mask)
@@ -70,8 +72,14 @@ def dpo_step(trainer, items: list[ScoredPrompt], cfg: Config, pad_id: int) -> di
     trainer.engine.step()
     metrics["loss"] = loss.item()
     metrics["grad_norm"] = float(trainer.engine.get_global_grad_norm() or 0.0)
-    # Sequence-level KL(policy || reference) on the sampled responses (k1 estimate).
+    # Sequence-level KL(policy || reference) on the trained responses (k1 estimate).
     metrics["kl/sequence"] = (policy_logps.detach() - ref_logps).mean().item()
-    metrics["reward/chosen"] = float(sum(p.scores[p.chosen] for p in items) / len(items))
-    metrics["reward/rejected"] = float(sum(p.scores[p.rejected] for p in items) / len(items))
+    metrics["pairs"] = len(pairs)
+    k = len(items[0].responses)
+    chosen = [p.scores[c] for p, c, _ in pairs if c < k]  # a revision (c >= k) has no judge score
+    rejected = [p.scores[r] for p, _, r in pairs if r < k]
+    if chosen:
+        metrics["reward/chosen"] = float(sum(chosen) / len(chosen))
+    if rejected:
+        metrics["reward/rejected"] = float(sum(rejected) / len(rejected))
     return metrics

@@ -88,6 +88,11 @@ class PolicyTrainer:
     def module(self) -> torch.nn.Module:
         return self.engine.module
 
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the reference's embedding table (ZeRO-3 may partition the policy's)."""
+        return self.reference.get_input_embeddings().num_embeddings
+
     def weight_buckets(self, bucket_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
         """Full weights as (name, cpu tensor) buckets of about `bucket_bytes`.
 

@@ -103,7 +103,7 @@ def take_batch(cfg: Config, algorithm: Algorithm, server: LearnerServer, version
             continue
         server.consumed([item.prompt_id])
         judged.append(item)
-        if algorithm.needs == "pairs" and item.chosen < 0:
+        if algorithm.needs == "pairs" and not item.pairs:
             no_preference += 1
             record.write(item, step, version, "no_preference")
             continue
@@ -131,6 +131,8 @@ def step_metrics(server: LearnerServer, step: int, version: int, staleness: list
         "prompts/released": c.prompts_released,
         "protocol/rejected": server.endpoint.stats.rejected,
         "actors/oldest_version": min(server.coordinator.actor_versions.values(), default=-1),
+        "judge/pairs_invalid": c.pairs_invalid,
+        **server.judges.metrics(seconds),
     }
 
 
@@ -160,7 +162,7 @@ def run(cfg: Config, resume: bool = False) -> dict | None:
     algorithm = ALGORITHMS[cfg.learner.algorithm]
     trainer = PolicyTrainer(cfg, model_dir, with_critic=algorithm.critic,
                             reference_dir=checkpoint.reference_dir(run_dir) if latest else None)
-    coordinator = Coordinator(prompts, cfg.learner, cfg.rollout, seed=cfg.seed)
+    coordinator = Coordinator(prompts, cfg.learner, cfg.rollout, seed=cfg.seed, vocab_size=trainer.vocab_size)
     state = {"step": 0, "version": 0, "wandb_id": None}
     if latest is not None:
         state = checkpoint.restore(latest, trainer)
@@ -227,6 +229,7 @@ def summarise(cfg: Config, history: list[dict], server: LearnerServer) -> dict:
         "final_policy_version": history[-1]["policy_version"] if history else 0,
         "actor_work": server.actor_work,
         "judge_work": server.judge_work,
+        "judges": server.judges.summary(),
         "actor_versions": dict(server.coordinator.actor_versions),
         "protocol_rejected": server.endpoint.stats.rejected,
         "dead_peers": list(server.dead_peers),

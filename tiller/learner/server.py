@@ -18,6 +18,7 @@ from typing import Any
 
 from tiller.config import SecurityConfig
 from tiller.learner.coordinator import Coordinator
+from tiller.learner.judge_metrics import JudgeBook
 from tiller.protocol.messages import (
     Heartbeat, HeartbeatAck, Lease, LeaseRequest, Rollout, Scores, Shutdown, WeightsBucket, WeightsGone, WeightsRequest,
     WorkRequest,
@@ -52,6 +53,7 @@ class LearnerServer:
         self._told_to_stop: set[bytes] = set()
         self._stop_deadline: float | None = None
         self.judge_work: dict[str, int] = {}  # judge name -> leases scored
+        self.judges = JudgeBook()  # read by the training loop too (it locks)
         self.actor_work: dict[str, int] = {}
         self._thread = threading.Thread(target=self._loop, name="tiller-learner-server", daemon=True)
         self.failure: BaseException | None = None
@@ -172,6 +174,8 @@ class LearnerServer:
             scored = c.on_scores(message)
             if scored is not None:
                 self.judge_work[message.judge_id] = self.judge_work.get(message.judge_id, 0) + 1
+                self.judges.record(message.judge_id, message.incarnation, len(scored), len(message.scores),
+                                   sum(len(item.pairs) for item in scored), message.judge_seconds, message.stats)
                 for item in scored:
                     self.scored.put(item)
         elif isinstance(message, WeightsRequest):

@@ -175,6 +175,12 @@ def _check(value: Any, hint: Any, where: str, frames: Sequence[Any], used: set[i
             raise ProtocolError(f"{where}: expected a list of at most {limits.max_list_len} items")
         (item_hint,) = typing.get_args(hint)
         return [_check(v, item_hint, f"{where}[{i}]", frames, used, limits) for i, v in enumerate(value)]
+    if origin is dict:  # small string-keyed maps (e.g. a worker's counters); msgpack caps them at 1024 keys
+        key_hint, value_hint = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return {_check(k, key_hint, f"{where} key", frames, used, limits):
+                _check(v, value_hint, f"{where}[{str(k)[:40]!r}]", frames, used, limits) for k, v in value.items()}
     if hint is np.ndarray:
         if not isinstance(value, _ArrayRef):
             raise ProtocolError(f"{where}: expected an array, got {type(value).__name__}")

@@ -108,7 +108,7 @@ class WorkRequest:
     judge_kind: str
 
 
-@_message("score_task")
+@_message("score_task", schema=2)
 class ScoreTask:
     lease_id: int
     samples_per_prompt: int
@@ -117,19 +117,30 @@ class ScoreTask:
     response_tokens: np.ndarray  # int32, flat
     response_lengths: np.ndarray  # int32 [n*k]
     truncated: np.ndarray  # bool [n*k]
+    max_new_tokens: int  # the learner's bound on a response; a judge's revisions must respect it too
 
 
-@_message("scores")
+@_message("scores", schema=2)
 class Scores:
-    """One scalar score per sample and, per prompt, the chosen and rejected sample (-1: no pair)."""
+    """A judged lease: one scalar score per sample, and any number of preference pairs.
+
+    A pair names a prompt (index within the lease) and two of its candidates: candidates 0..k-1
+    are the k samples, candidate k+j is the judge's revision of sample j (Constitutional AI).
+    Rule, reward-model and LLM-pairwise judges give at most one pair per prompt (best, worst);
+    a CAI judge gives one per sample its revision changed.
+    """
 
     judge_id: str
     incarnation: int
     lease_id: int
     scores: np.ndarray  # float32 [n*k]
-    chosen: np.ndarray  # int32 [n], sample index within the prompt's k, or -1
-    rejected: np.ndarray  # int32 [n]
+    pair_prompts: np.ndarray  # int32 [m]: prompt index of each pair
+    chosen: np.ndarray  # int32 [m]: candidate index, see above
+    rejected: np.ndarray  # int32 [m]
+    revision_tokens: np.ndarray  # int32 [sum of the non-negative revision_lengths]
+    revision_lengths: np.ndarray  # int32 [n*k]: -1 where sample j was not revised
     judge_seconds: float
+    stats: dict[str, float]  # the judge's running counters (tasks, ties, timeouts, ...) for the learner's metrics
 
 
 @_message("weights_request")
