@@ -24,7 +24,7 @@ def judged(n=4, k=2, seed=0) -> list[ScoredPrompt]:
         responses = [rng.integers(3, 34, int(rng.integers(3, 8))).astype(np.int32) for _ in range(k)]
         logprobs = [-rng.random(len(r)).astype(np.float32) for r in responses]
         items.append(ScoredPrompt(i, 1, 0, rng.integers(3, 34, 5).astype(np.int32), responses, logprobs,
-                                  rng.random(k).astype(np.float32), np.zeros(k, bool), 0, 1))
+                                  rng.random(k).astype(np.float32), np.zeros(k, bool), pairs=((0, 1),)))
     return items
 
 
@@ -67,3 +67,32 @@ def test_saved_checkpoint_loads_with_transformers(tiny_policy_dir, tmp_path):
     for name, param in trainer.module.named_parameters():
         assert torch.equal(loaded.state_dict()[name], param.detach())
     assert (tmp_path / "final" / "tokenizer.json").exists()
+
+
+def revision_logprob(trainer, item: ScoredPrompt, candidate: int) -> float:
+    from tiller.learner import losses
+
+    batch = build_pair_batch([(item.prompt, item.candidate(candidate), item.candidate(candidate))], pad_id=0)
+    with torch.no_grad():
+        logits = trainer.engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    return losses.sequence_logprobs(logits, batch.input_ids, batch.response_mask)[0].item()
+
+
+def test_revisions_are_trained_as_chosen_over_their_originals(tiny_policy_dir):
+    """A CAI judgement: candidate k+j is the revision of sample j. Several pairs per prompt all train,
+    and the step raises the revision's likelihood, not the original's."""
+    k = 2
+    items = []
+    for item in judged(n=2, k=k, seed=3):
+        revisions = (np.array([5, 6, 7, 1], np.int32), np.array([8, 9, 1], np.int32))
+        items.append(ScoredPrompt(item.prompt_id, 1, 0, item.prompt, item.responses, item.logprobs, item.scores,
+                                  item.truncated, pairs=((k, 0), (k + 1, 1)), revisions=revisions))
+    cfg = Config(model=ModelConfig(path=str(tiny_policy_dir)), learner=LearnerConfig(lr=1e-3, batch_size=2))
+    trainer = PolicyTrainer(cfg, tiny_policy_dir)
+    before = [revision_logprob(trainer, items[0], c) for c in (k, 0)]
+    for _ in range(3):
+        metrics = dpo_step(trainer, items, cfg, pad_id=0)
+    after = [revision_logprob(trainer, items[0], c) for c in (k, 0)]
+    assert metrics["pairs"] == 4
+    assert "reward/chosen" not in metrics  # a revision has no judge score
+    assert after[0] > before[0] and after[1] < before[1]

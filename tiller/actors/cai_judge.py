@@ -54,6 +54,7 @@ UNREVISED_SCORE = 0.5  # a sample whose revision failed (timed out, too long): n
 @dataclass(frozen=True)
 class Revision:
     text: str  # the last revision, as the judge model wrote it
+    cut: bool  # it ran into the token limit: not a finished answer
     principles: tuple[str, ...]
     critiques: tuple[str, ...]
 
@@ -117,7 +118,7 @@ class ConstitutionalJudge:
             if revision is None:
                 self._stats.unrevised += 1
                 continue
-            ids = self._policy_tokens(revision.text, max_new_tokens)
+            ids = self._policy_tokens(revision.text, max_new_tokens, finished=not revision.cut)
             text = self.policy_tokenizer.decode(ids.tolist(), skip_special_tokens=True).strip()
             differs = bool(text) and text != originals[i].strip()
             self._stats.revisions += 1
@@ -140,6 +141,7 @@ class ConstitutionalJudge:
         """Critique, then revise, once per drawn principle; each stage is one engine batch."""
         drawn = [pick_principles(self.principles, self.cfg.principles_per_sample, p, r) for p, r in items]
         current = [response for _, response in items]
+        cut = [False] * len(items)
         critiques: list[list[str]] = [[] for _ in items]
         failed: set[int] = set()  # a request of theirs timed out or did not fit: no revision
         for stage in range(max((len(d) for d in drawn), default=0)):
@@ -150,7 +152,7 @@ class ConstitutionalJudge:
                 if critique is None:
                     failed.add(i)
                 else:
-                    critiques[i].append(critique)
+                    critiques[i].append(critique[0])
             active = [i for i in active if i not in failed]
             asks = [self.revision_template.format(prompt=items[i][0], response=current[i],
                                                   critique_request=drawn[i][stage].critique, critique=critiques[i][-1],
@@ -159,23 +161,25 @@ class ConstitutionalJudge:
                 if revision is None:
                     failed.add(i)
                 else:
-                    current[i] = revision  # the next principle critiques the revised text
-        return [None if i in failed else Revision(current[i], tuple(p.name for p in drawn[i]), tuple(critiques[i]))
-                for i in range(len(items))]
+                    current[i], cut[i] = revision  # the next principle critiques the revised text
+        return [None if i in failed else Revision(current[i], cut[i], tuple(p.name for p in drawn[i]),
+                                                  tuple(critiques[i])) for i in range(len(items))]
 
-    def _generate(self, texts: list[str], max_new_tokens: int) -> list[str | None]:
+    def _generate(self, texts: list[str], max_new_tokens: int) -> list[tuple[str, bool] | None]:
+        """(text, whether it hit the token limit) per prompt; None where the request failed."""
         ids = [np.asarray(self.tokenizer(t, add_special_tokens=False)["input_ids"], np.int32) for t in texts]
         outputs = self.engine.greedy(ids, max_new_tokens)
-        return [None if out is None else self.tokenizer.decode(out, skip_special_tokens=True).strip()
-                for out in outputs]
+        return [None if out is None else (self.tokenizer.decode(out, skip_special_tokens=True).strip(),
+                                          len(out) >= max_new_tokens) for out in outputs]
 
-    def _policy_tokens(self, text: str, max_new_tokens: int) -> np.ndarray:
-        """The revision in the policy's tokens: unknown pieces dropped (counted), ended with EOS when it fits."""
+    def _policy_tokens(self, text: str, max_new_tokens: int, finished: bool) -> np.ndarray:
+        """The revision in the policy's tokens: unknown pieces dropped (counted), ended with EOS when the
+        judge finished it and it fits."""
         ids = self.policy_tokenizer(text, add_special_tokens=False)["input_ids"]
         unk = self.policy_tokenizer.unk_token_id
         kept = [t for t in ids if unk is None or t != unk]
         self._stats.unknown_tokens_dropped += len(ids) - len(kept)
         eos = self.policy_tokenizer.eos_token_id
-        if eos is not None and kept and len(kept) < max_new_tokens:
+        if finished and eos is not None and kept and len(kept) < max_new_tokens:
             kept.append(eos)  # a finished answer, like a sample that stopped on its own
         return np.asarray(kept[:max_new_tokens], np.int32)
