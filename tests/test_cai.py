@@ -76,7 +76,7 @@ class FlakyEngine:
     def __init__(self, script):
         self.script, self.calls = list(script), []
 
-    def greedy(self, prompts, max_new_tokens, allowed_token_ids=None, timeout_s=None):
+    def complete(self, prompts, max_new_tokens, temperature=0.0, seeds=None, allowed_token_ids=None, timeout_s=None):
         self.calls.append([len(p) for p in prompts])
         trouble = self.script.pop(0) if self.script else set()
         if trouble == "raise":
@@ -91,7 +91,7 @@ def prompts(*lengths):
 def test_timed_out_requests_are_retried_alone_after_a_growing_back_off():
     engine, slept = FlakyEngine([{1}, {0}, set()]), []
     guard = GuardedEngine(engine, RetryPolicy(timeout_s=1.0, retries=2, backoff_s=1.0), sleep=slept.append)
-    assert guard.greedy(prompts(3, 4, 5), 8) == [[3], [4], [5]]
+    assert guard.complete(prompts(3, 4, 5), 8) == [[3], [4], [5]]
     assert engine.calls == [[3, 4, 5], [4], [4]]  # only what timed out goes again
     assert guard.stats.retries == 2 and guard.stats.timeouts == 0
     assert 0.5 <= slept[0] <= 1.0 and 1.0 <= slept[1] <= 2.0  # doubling, with jitter
@@ -100,23 +100,23 @@ def test_timed_out_requests_are_retried_alone_after_a_growing_back_off():
 def test_requests_out_of_tries_come_back_empty_and_are_counted():
     engine = FlakyEngine([{0}, {0}])
     guard = GuardedEngine(engine, RetryPolicy(timeout_s=1.0, retries=1, backoff_s=0.0), sleep=lambda s: None)
-    assert guard.greedy(prompts(3, 4), 8) == [None, [4]]
+    assert guard.complete(prompts(3, 4), 8) == [None, [4]]
     assert guard.stats.timeouts == 1 and guard.stats.requests == 2
 
 
 def test_engine_errors_are_retried_then_raised():
     guard = GuardedEngine(FlakyEngine(["raise", set()]), RetryPolicy(retries=1, backoff_s=0.0), sleep=lambda s: None)
-    assert guard.greedy(prompts(2), 8) == [[2]] and guard.stats.errors == 1
+    assert guard.complete(prompts(2), 8) == [[2]] and guard.stats.errors == 1
     guard = GuardedEngine(FlakyEngine(["raise"] * 3), RetryPolicy(retries=2, backoff_s=0.0), sleep=lambda s: None)
     with pytest.raises(RuntimeError, match="hiccup"):
-        guard.greedy(prompts(2), 8)
+        guard.complete(prompts(2), 8)
     assert guard.stats.errors == 3
 
 
 def test_prompts_that_leave_no_room_for_an_answer_are_not_sent():
     engine = FlakyEngine([])
     guard = GuardedEngine(engine, RetryPolicy(), max_model_len=10)
-    assert guard.greedy(prompts(2, 3), 8) == [[2], None]
+    assert guard.complete(prompts(2, 3), 8) == [[2], None]
     assert engine.calls == [[2]] and guard.stats.too_long == 1
 
 
@@ -129,7 +129,7 @@ class ScriptedReviser:
     def __init__(self, tokenizer):
         self.tokenizer, self.batches = tokenizer, []
 
-    def greedy(self, prompts, max_new_tokens, allowed_token_ids=None, timeout_s=None):
+    def complete(self, prompts, max_new_tokens, temperature=0.0, seeds=None, allowed_token_ids=None, timeout_s=None):
         self.batches.append(len(prompts))
         out = []
         for ids in prompts:
@@ -192,8 +192,8 @@ def test_a_timed_out_revision_gives_no_pair_and_a_neutral_score(tiny_policy_dir,
     enc = lambda s: np.asarray(tok(s, add_special_tokens=False)["input_ids"], np.int32)  # noqa: E731
 
     class SlowOnFirst(ScriptedReviser):
-        def greedy(self, prompts, max_new_tokens, allowed_token_ids=None, timeout_s=None):
-            out = super().greedy(prompts, max_new_tokens)
+        def complete(self, prompts, max_new_tokens, temperature=0.0, seeds=None, allowed_token_ids=None, timeout_s=None):
+            out = super().complete(prompts, max_new_tokens)
             return [None if "zz" in self.tokenizer.decode([int(t) for t in p]) else o for p, o in zip(prompts, out)]
 
     cfg = JudgeConfig(kind="cai", model_path=str(tiny_judge_dir), retries=1, retry_backoff_s=0.0)
@@ -206,7 +206,7 @@ def test_a_timed_out_revision_gives_no_pair_and_a_neutral_score(tiny_policy_dir,
 
 @pytest.mark.slow
 @pytest.mark.vllm_inprocess
-def test_a_cai_round_on_a_real_vllm_engine_gives_pairs_the_learner_accepts(tiny_policy_dir, tiny_judge_dir):
+def test_a_cai_round_on_a_real_vllm_engine_gives_pairs_the_learner_accepts(tiny_policy_dir, tmp_path):
     """The tiny random judge writes gibberish; what is tested is the real path: critiques and
     revisions from vLLM, revisions in the policy's vocabulary and length bound, the revision as
     chosen, and a `Scores` message the learner's coordinator accepts."""
@@ -230,8 +230,9 @@ def test_a_cai_round_on_a_real_vllm_engine_gives_pairs_the_learner_accepts(tiny_
     assert coordinator.on_rollout(Rollout("a", 1, lease.lease_id, 0, 0, np.concatenate(responses), lengths,
                                           np.zeros(int(lengths.sum()), np.float32), np.zeros(4, bool), 0.1))
     task = coordinator.next_score_task("judge#1")
-    judge = ConstitutionalJudge(JudgeConfig(kind="cai", model_path=str(tiny_judge_dir), max_model_len=1024,
-                                            critique_max_tokens=16), tok)
+    # sampled: a tiny random model's greedy text is one character over and over, often none the policy knows
+    judge = ConstitutionalJudge(JudgeConfig(kind="cai", model_path=str(tmp_path / "judge"), build_tiny=True,
+                                            max_model_len=1024, critique_max_tokens=16, temperature=1.0), tok)
     judgement = judge_task(judge, task, 0.0)
     stats = judge.stats()
     assert stats["revisions"] + stats["unrevised"] == 4 and stats["timeouts"] == 0

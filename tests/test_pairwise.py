@@ -78,7 +78,7 @@ class ScriptedEngine:
     def __init__(self, tokenizer):
         self.tokenizer, self.batches = tokenizer, []
 
-    def greedy(self, prompts, max_new_tokens, allowed_token_ids=None, timeout_s=None):
+    def complete(self, prompts, max_new_tokens, temperature=0.0, seeds=None, allowed_token_ids=None, timeout_s=None):
         self.batches.append(len(prompts))
         answers = []
         for ids in prompts:
@@ -167,7 +167,7 @@ def test_without_swapping_a_position_biased_judge_decides_every_pair(tiny_policy
     from tiller.models import load_tokenizer
 
     class FirstPosition(ScriptedEngine):
-        def greedy(self, prompts, max_new_tokens, allowed_token_ids=None, timeout_s=None):
+        def complete(self, prompts, max_new_tokens, temperature=0.0, seeds=None, allowed_token_ids=None, timeout_s=None):
             self.batches.append(len(prompts))
             return [self.tokenizer("A")["input_ids"] for _ in prompts]
 

@@ -74,3 +74,19 @@ def test_seeded_generation_is_reproducible_and_samples_differ(engine):
     offsets = np.concatenate([[0], np.cumsum(a.lengths)])
     samples = {tuple(a.tokens[offsets[i]:offsets[i + 1]]) for i in range(4)}  # the k samples of prompt 0
     assert len(samples) > 1
+
+
+def test_a_request_past_its_timeout_is_aborted_and_the_engine_stays_usable(engine):
+    """Judges bound every engine call: unfinished requests are aborted inside vLLM and come back
+    None, and nothing of them is left behind to leak into the next call."""
+    expected = engine.greedy(PROMPTS, MAX_NEW)
+    assert engine.complete(PROMPTS, 100, timeout_s=0.0) == [None] * len(PROMPTS)
+    assert not engine.llm.llm_engine.has_unfinished_requests()
+    assert engine.greedy(PROMPTS, MAX_NEW) == expected
+    assert engine.complete(PROMPTS, MAX_NEW, timeout_s=60.0) == expected
+
+
+def test_seeded_sampled_completions_repeat(engine):
+    a = engine.complete(PROMPTS, MAX_NEW, temperature=1.0, seeds=[1, 2, 3])
+    assert a == engine.complete(PROMPTS, MAX_NEW, temperature=1.0, seeds=[1, 2, 3])
+    assert a != engine.complete(PROMPTS, MAX_NEW, temperature=1.0, seeds=[4, 5, 6])

@@ -151,6 +151,7 @@ class JudgeConfig:
     critique_template_path: str | None = None  # {prompt} {response} {critique_request}
     revision_template_path: str | None = None  # ... and {critique} {revision_request}
     critique_max_tokens: int = 64
+    temperature: float = 0.0  # 0: greedy critiques and revisions; above 0, sampled (seeded by their prompt)
     keep_transcripts: bool = False  # write every critique and revision to runs/<name>/judges/<judge>.jsonl
     # engine calls of LLM judges (llm_pairwise, cai)
     request_timeout_s: float = 120.0  # a generation still running after this is aborted and retried; 0: no limit

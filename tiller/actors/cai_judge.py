@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,7 +169,9 @@ class ConstitutionalJudge:
     def _generate(self, texts: list[str], max_new_tokens: int) -> list[tuple[str, bool] | None]:
         """(text, whether it hit the token limit) per prompt; None where the request failed."""
         ids = [np.asarray(self.tokenizer(t, add_special_tokens=False)["input_ids"], np.int32) for t in texts]
-        outputs = self.engine.greedy(ids, max_new_tokens)
+        # Sampled critiques and revisions are seeded by their own text: redelivered work reads the same.
+        seeds = [zlib.crc32(t.encode()) for t in texts] if self.cfg.temperature > 0 else None
+        outputs = self.engine.complete(ids, max_new_tokens, self.cfg.temperature, seeds)
         return [None if out is None else (self.tokenizer.decode(out, skip_special_tokens=True).strip(),
                                           len(out) >= max_new_tokens) for out in outputs]
 

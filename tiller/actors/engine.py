@@ -98,20 +98,25 @@ class VLLMEngine:
             np.asarray(logprobs, np.float32), np.asarray(truncated, bool), time.monotonic() - start,
         )
 
-    def greedy(self, prompts: list[np.ndarray], max_new_tokens: int, allowed_token_ids: list[int] | None = None,
-               timeout_s: float | None = None) -> list[list[int] | None]:
-        """Greedy continuations; `allowed_token_ids` restricts every generated token to that set.
+    def complete(self, prompts: list[np.ndarray], max_new_tokens: int, temperature: float = 0.0,
+                 seeds: list[int] | None = None, allowed_token_ids: list[int] | None = None,
+                 timeout_s: float | None = None) -> list[list[int] | None]:
+        """One continuation per prompt: greedy at temperature 0, else sampled (with `seeds`, reproducibly).
+        `allowed_token_ids` restricts every generated token to that set.
 
         With `timeout_s`, requests still running when it is spent are aborted in the engine and
         come back as None (the others are returned as usual), so a judge never hangs on one call.
         """
-        params = self._params(1, max_new_tokens, 0.0, 1.0, logprobs=False)
-        params.allowed_token_ids = allowed_token_ids
+        params = []
+        for i in range(len(prompts)):
+            p = self._params(1, max_new_tokens, temperature, 1.0, logprobs=False, seed=seeds[i] if seeds else None)
+            p.allowed_token_ids = allowed_token_ids
+            params.append(p)
         engine = self.llm.llm_engine
         # Our own request ids: LLM.generate has no deadline, so we drive the engine's step loop.
         ids = [f"tiller-{next(self._request_ids)}" for _ in prompts]
-        for request_id, prompt in zip(ids, prompts):
-            engine.add_request(request_id, {"prompt_token_ids": [int(t) for t in prompt]}, params)
+        for request_id, prompt, p in zip(ids, prompts, params):
+            engine.add_request(request_id, {"prompt_token_ids": [int(t) for t in prompt]}, p)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         done: dict[str, list[int]] = {}
         while engine.has_unfinished_requests():
@@ -122,6 +127,9 @@ class VLLMEngine:
                 if output.finished:
                     done[output.request_id] = list(output.outputs[0].token_ids)
         return [done.get(i) for i in ids]
+
+    def greedy(self, prompts: list[np.ndarray], max_new_tokens: int) -> list[list[int]]:
+        return self.complete(prompts, max_new_tokens)  # no timeout: every request finishes
 
     def load_weights(self, named_tensors: list) -> None:
         """Swap new weights into the running engine, then drop KV blocks computed with the old ones."""

@@ -24,9 +24,10 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-class GreedyEngine(Protocol):
-    def greedy(self, prompts: list[np.ndarray], max_new_tokens: int, allowed_token_ids: list[int] | None = None,
-               timeout_s: float | None = None) -> list[list[int] | None]: ...
+class CompletionEngine(Protocol):
+    def complete(self, prompts: list[np.ndarray], max_new_tokens: int, temperature: float = 0.0,
+                 seeds: list[int] | None = None, allowed_token_ids: list[int] | None = None,
+                 timeout_s: float | None = None) -> list[list[int] | None]: ...
 
 
 @dataclass
@@ -51,15 +52,16 @@ class RetryPolicy:
 
 
 class GuardedEngine:
-    def __init__(self, engine: GreedyEngine, policy: RetryPolicy, max_model_len: int | None = None,
+    def __init__(self, engine: CompletionEngine, policy: RetryPolicy, max_model_len: int | None = None,
                  sleep: Callable[[float], None] = time.sleep, seed: int = 0):
         self.engine, self.policy, self.max_model_len, self.sleep = engine, policy, max_model_len, sleep
         self.stats = GuardStats()
         self._rng = random.Random(seed)
 
-    def greedy(self, prompts: list[np.ndarray], max_new_tokens: int,
-               allowed_token_ids: list[int] | None = None) -> list[list[int] | None]:
-        """Greedy continuations of `prompts`; None for a request that timed out on every try."""
+    def complete(self, prompts: list[np.ndarray], max_new_tokens: int, temperature: float = 0.0,
+                 seeds: list[int] | None = None, allowed_token_ids: list[int] | None = None) -> list[list[int] | None]:
+        """One continuation per prompt (see the engine's `complete`); None for a request that timed
+        out on every try or did not fit."""
         self.stats.requests += len(prompts)
         results: list[list[int] | None] = [None] * len(prompts)
         room = None if self.max_model_len is None else self.max_model_len - max_new_tokens
@@ -72,8 +74,9 @@ class GuardedEngine:
                 self.stats.retries += 1
                 self.sleep(self.policy.delay(attempt, self._rng))
             try:
-                outputs = self.engine.greedy([prompts[i] for i in pending], max_new_tokens, allowed_token_ids,
-                                             self.policy.timeout_s)
+                outputs = self.engine.complete([prompts[i] for i in pending], max_new_tokens, temperature,
+                                               [seeds[i] for i in pending] if seeds else None, allowed_token_ids,
+                                               self.policy.timeout_s)
             except Exception as exc:  # noqa: BLE001 - any engine failure gets the same retry treatment
                 self.stats.errors += 1
                 if attempt == self.policy.retries:

@@ -74,9 +74,9 @@ class LLMPairwiseJudge:
             texts = [self.template.format(prompt=p, response_a=a, response_b=b) for p, a, b in missing]
             ids = [np.asarray(self.tokenizer(t, add_special_tokens=False)["input_ids"], np.int32) for t in texts]
             if self._letters is not None:
-                outputs = self.engine.greedy(ids, 1, allowed_token_ids=self._letters)
+                outputs = self.engine.complete(ids, 1, allowed_token_ids=self._letters)
             else:
-                outputs = self.engine.greedy(ids, self.cfg.max_new_tokens)
+                outputs = self.engine.complete(ids, self.cfg.max_new_tokens)
             for question, out in zip(missing, outputs):
                 known[question] = None if out is None else parse_verdict(
                     self.tokenizer.decode(out, skip_special_tokens=True))
