@@ -112,3 +112,28 @@ def test_online_dpo_with_an_llm_pairwise_judge_process(tiny_policy_dir, tmp_path
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((tmp_path / "e2e-rlaif" / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["judge_work"].get("judge0", 0) >= 1
+
+
+def test_online_dpo_with_two_cai_judge_processes_sharing_the_work(tiny_policy_dir, tmp_path, free_address):
+    """Constitutional AI end to end, with two judge processes (each serving the judge model with
+    vLLM): revisions come back as chosen responses and are trained on, and the learner's metrics
+    show both judges doing work."""
+    steps = 6
+    args = overrides(tmp_path, tiny_policy_dir, free_address, "e2e-cai") + [
+        f"learner.steps={steps}", "learner.batch_size=8", f"judge.model_path={tmp_path / 'judge-model'}"]
+    done = subprocess.run([sys.executable, "-m", "tiller", "run", "configs/cai.yaml", *args],
+                          capture_output=True, text=True, timeout=420, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_dir = tmp_path / "e2e-cai"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert summary["steps"] == steps and set(summary["judge_work"]) == {"judge0", "judge1"}
+    for judge in ("judge0", "judge1"):  # both seen working, in the metrics the learner logs
+        assert metrics[-1][f"judge/{judge}/tasks"] >= 1
+        assert any(f"judge/{judge}/judgements_per_s" in m for m in metrics)
+        rows = [json.loads(line) for line in (run_dir / "judges" / f"{judge}.jsonl").read_text().splitlines()]
+        assert rows and all(len(r["critiques"]) == 1 and r["principles"] for r in rows)
+    assert 0 < metrics[-1]["judge/revision_differs"] <= 1 and metrics[-1]["judge/pairs_per_prompt"] > 0
+    assert all(m["pairs"] >= 8 for m in metrics)  # every trained prompt gave at least one revision pair
+    records = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert sum(r["outcome"] == "trained" for r in records) == steps * 8

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from tiller.config import Config, DPOConfig
@@ -34,8 +35,9 @@ def build_pair_batch(pairs: list[tuple], pad_id: int) -> PairBatch:
     response = torch.zeros((len(rows), width), dtype=torch.float32)
     for i, (prompt, resp) in enumerate(rows):
         n_p, n_r = len(prompt), len(resp)
-        input_ids[i, :n_p] = torch.as_tensor(prompt, dtype=torch.long)
-        input_ids[i, n_p:n_p + n_r] = torch.as_tensor(resp, dtype=torch.long)
+        # np.array copies: token arrays are read-only views of received frames, which torch warns about
+        input_ids[i, :n_p] = torch.from_numpy(np.array(prompt, dtype=np.int64))
+        input_ids[i, n_p:n_p + n_r] = torch.from_numpy(np.array(resp, dtype=np.int64))
         attention[i, :n_p + n_r] = 1
         response[i, n_p:n_p + n_r] = 1
     lengths = response.sum(-1).clamp(min=1)

@@ -72,9 +72,9 @@ class JudgeBook:
         return out
 
     def summary(self) -> dict[str, dict]:
-        """Every judge's all-time task count and latest counters (for summary.json)."""
+        """Every judge's latest counters and the tasks the learner accepted from it (for summary.json)."""
         with self._lock:
-            return {key: {"tasks": j.tasks, **j.stats} for key, j in self._judges.items()}
+            return {key: {**j.stats, "accepted_tasks": j.tasks} for key, j in self._judges.items()}
 
 
 def pooled_rates(total: dict[str, float]) -> dict[str, float]:

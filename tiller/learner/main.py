@@ -94,8 +94,8 @@ def take_batch(cfg: Config, algorithm: Algorithm, server: LearnerServer, version
         except queue.Empty:
             if time.monotonic() - waited_since > 30:
                 waited_since = time.monotonic()
-                print(f"step {step}: waiting for scored rollouts ({len(trainable)}/{cfg.learner.batch_size} in hand; "
-                      f"{no_preference} prompts had all k samples scored alike)", flush=True)
+                print(f"step {step}: waiting for judged rollouts ({len(trainable)}/{cfg.learner.batch_size} in hand; "
+                      f"{no_preference} judged prompts gave no preference pair)", flush=True)
             continue
         if version - item.policy_version > cfg.learner.max_policy_lag:
             server.release([item.prompt_id])  # never train on it; lease the prompt again
