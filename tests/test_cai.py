@@ -4,6 +4,7 @@ as chosen; the guarded engine calls (timeouts, retries with back-off) every LLM 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from tiller.models import load_tokenizer
 # ----------------------------------------------------------------------------- constitution files
 
 def test_the_shipped_constitution_file_is_the_default():
-    assert load_constitution("configs/constitution.yaml") == DEFAULT_PRINCIPLES
+    assert load_constitution(Path(__file__).parents[1] / "configs/constitutions/default.yaml") == DEFAULT_PRINCIPLES
     assert load_constitution(None) == DEFAULT_PRINCIPLES and len(DEFAULT_PRINCIPLES) == 4
 
 

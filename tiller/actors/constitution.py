@@ -8,8 +8,8 @@ A constitution file is YAML or plain text:
 A bare principle P becomes "Identify specific ways in which the response does not follow this
 principle: P" and "Rewrite the response so that it follows this principle: P".
 
-`configs/constitution.yaml` holds the four shipped principles; they are also the default here,
-so a judge runs without any file.
+`configs/constitutions/default.yaml` holds the four shipped principles; they are also the
+default here, so a judge runs without any file.
 """
 
 from __future__ import annotations
