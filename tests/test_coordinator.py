@@ -129,6 +129,7 @@ def test_wrong_sized_results_are_dropped_not_trusted():
     lying = Rollout(bad.actor_id, 1, bad.lease_id, 1, 0, bad.response_tokens[:-1], bad.response_lengths,
                     bad.logprobs, bad.truncated, 0.1)  # lengths promise one token more than sent
     assert not c.on_rollout(lying)
+    assert not c.on_rollout(replace(bad, response_lengths=bad.response_lengths.astype(np.float64)))
     assert c.on_rollout(bad)
     c.next_score_task("j#1")
     assert c.on_scores(judged(lease.lease_id, np.zeros(1))) is None  # one score for four samples
@@ -137,6 +138,7 @@ def test_wrong_sized_results_are_dropped_not_trusted():
     assert c.on_scores(judged(lease.lease_id, np.zeros(2 * K), revisions=too_long)) is None
     lying = scores_for(lease)
     assert c.on_scores(replace(lying, chosen=lying.chosen[:0])) is None  # pair columns of different lengths
+    assert c.on_scores(replace(lying, revision_lengths=lying.revision_lengths.astype(np.float32))) is None
     out = c.on_scores(scores_for(lease, pairs=((0, 5, 0), (2, 0, 1), (0, 2, 0))))  # no such sample/prompt/revision
     assert [s.pairs for s in out] == [(), ()] and c.counters.pairs_invalid == 3
 

@@ -61,10 +61,16 @@ def _in_vocab(tokens: np.ndarray, vocab_size: int | None) -> bool:
     return vocab_size is None or len(tokens) == 0 or (int(tokens.min()) >= 0 and int(tokens.max()) < vocab_size)
 
 
+def _flat_ints(*arrays: np.ndarray) -> bool:
+    """1-D integer arrays (any whitelisted dtype decodes; a float length would break slicing later)."""
+    return all(a.ndim == 1 and np.issubdtype(a.dtype, np.integer) for a in arrays)
+
+
 def _consistent(rollout: Rollout, samples: int, max_new_tokens: int, vocab_size: int | None) -> bool:
     """Shapes that agree with each other and with the lease, so training can trust them."""
     lengths = rollout.response_lengths
-    return (len(lengths) == samples == len(rollout.truncated) and bool(np.all(lengths >= 0))
+    return (_flat_ints(rollout.response_tokens, lengths) and rollout.logprobs.ndim == rollout.truncated.ndim == 1
+            and len(lengths) == samples == len(rollout.truncated) and bool(np.all(lengths >= 0))
             and bool(np.all(lengths <= max_new_tokens))
             and int(lengths.sum()) == len(rollout.response_tokens) == len(rollout.logprobs)
             and _in_vocab(rollout.response_tokens, vocab_size))
@@ -75,7 +81,8 @@ def _well_formed(scores: Scores, n: int, k: int, max_new_tokens: int, vocab_size
     (a NaN reward would poison the weights), pair columns of one length, revisions that fit."""
     lengths = scores.revision_lengths
     m = len(scores.pair_prompts)
-    return (len(scores.scores) == n * k and bool(np.all(np.isfinite(scores.scores)))
+    return (_flat_ints(scores.pair_prompts, scores.chosen, scores.rejected, scores.revision_tokens, lengths)
+            and scores.scores.ndim == 1 and len(scores.scores) == n * k and bool(np.all(np.isfinite(scores.scores)))
             and len(scores.chosen) == m == len(scores.rejected) and m <= n * k
             and len(lengths) == n * k and bool(np.all((lengths >= -1) & (lengths <= max_new_tokens)))
             and int(lengths[lengths >= 0].sum()) == len(scores.revision_tokens)
