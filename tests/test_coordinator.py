@@ -9,7 +9,7 @@ import numpy as np
 from tiller.config import LearnerConfig, RolloutConfig
 from tiller.learner.coordinator import Coordinator
 from tiller.learner.prompts import PromptStream
-from tiller.protocol.messages import Lease, LeaseRequest, Rollout, Scores, Shutdown, Wait
+from tiller.protocol.messages import JudgeFailed, Lease, LeaseRequest, Rollout, Scores, Shutdown, Wait
 
 K = 2
 
@@ -189,3 +189,15 @@ def test_a_dead_actor_loses_its_leases_and_a_dead_judge_its_tasks():
     assert c.next_score_task("j#2").lease_id == being_judged.lease_id
     assert c.on_scores(scores_for(being_judged)) is None  # "j#1" is no longer the assignee
     assert c.on_scores(scores_for(being_judged, incarnation=2)) is not None
+
+
+def test_a_task_the_judge_gave_up_on_is_generated_afresh():
+    c, _ = make()
+    lease = c.on_lease_request(LeaseRequest("a", 1, 0))
+    c.on_rollout(rollout_for(lease))
+    c.next_score_task("j#1")
+    assert not c.on_judge_failed(JudgeFailed("other", 1, lease.lease_id, "not its task"))
+    assert c.on_judge_failed(JudgeFailed("j", 1, lease.lease_id, "RuntimeError: engine"))
+    assert c.counters.judge_failures == 1
+    assert c.on_scores(scores_for(lease)) is None  # the lease is gone
+    assert c.on_lease_request(LeaseRequest("a", 1, 0)).prompt_ids.tolist() == lease.prompt_ids.tolist()

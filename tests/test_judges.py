@@ -113,3 +113,31 @@ def test_composed_judge_config_errors():
         build_judge(load_config(None, ["judge.kind=composed"]).judge, "unused")
     with pytest.raises(ConfigError, match="judge.scorers\\[0\\].kind"):
         load_config(None, ["judge.kind=composed", "judge.scorers=[{kind: telepathy}]"])
+
+
+def test_a_judge_gives_back_a_task_it_fails_on_and_stops_when_it_keeps_failing(tiny_policy_dir, tmp_path):
+    from tiller.actors.judge import JudgeActor
+    from tiller.config import Config, ModelConfig
+    from tiller.protocol.messages import JudgeFailed, Scores
+
+    cfg = Config(output_dir=str(tmp_path), model=ModelConfig(path=str(tiny_policy_dir)),
+                 judge=JudgeConfig(kind="rule", max_failures_in_a_row=1))
+    actor = JudgeActor(cfg, "tcp://127.0.0.1:9", judge_id="j")  # never sends: answer() is called directly
+    task = ScoreTask(7, 2, np.array([3, 4], np.int32), np.array([2], np.int32), np.array([5, 6, 7], np.int32),
+                     np.array([2, 1], np.int32), np.zeros(2, bool), 16)
+    working = actor.judge
+
+    class Broken:
+        def score(self, prompts, responses):
+            raise RuntimeError("engine on fire")
+
+    actor.judge = Broken()
+    failed = actor.answer(task)
+    assert isinstance(failed, JudgeFailed) and failed.lease_id == 7 and "engine on fire" in failed.reason
+    actor.judge = working
+    assert isinstance(actor.answer(task), Scores) and actor.failures_in_a_row == 0  # a success resets the count
+    actor.judge = Broken()
+    assert isinstance(actor.answer(task), JudgeFailed)
+    with pytest.raises(RuntimeError, match="on fire"):  # the second failure in a row: this judge is broken
+        actor.answer(task)
+    actor.client.socket.close()

@@ -157,6 +157,7 @@ class JudgeConfig:
     request_timeout_s: float = 120.0  # a generation still running after this is aborted and retried; 0: no limit
     retries: int = 2  # tries after the first, on a timeout or an engine error
     retry_backoff_s: float = 0.5  # first back-off; doubles each retry (with jitter), at most 10 s
+    max_failures_in_a_row: int = 2  # tasks given back (JudgeFailed) before a failing judge stops
     learner_timeout_s: float = 600.0
 
 

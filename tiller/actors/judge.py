@@ -16,7 +16,7 @@ import numpy as np
 from tiller.actors.judges import Judgement, best_and_worst, build_judge
 from tiller.actors.worker import HeartbeatThread, default_worker_id, request_patiently
 from tiller.config import Config
-from tiller.protocol.messages import Scores, ScoreTask, Shutdown, WorkRequest, unflatten
+from tiller.protocol.messages import JudgeFailed, Scores, ScoreTask, Shutdown, WorkRequest, unflatten
 from tiller.protocol.transport import LearnerClient
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class JudgeActor:
         self.judge = build_judge(cfg.judge, cfg.model.path,
                                  transcript_path=cfg.run_dir / "judges" / f"{self.judge_id}.jsonl")
         self.work = {"tasks": 0, "samples": 0, "pairs": 0, "busy_seconds": 0.0}
+        self.failures_in_a_row = 0
         self.client = LearnerClient(address, security=cfg.security)
         self.heartbeat = HeartbeatThread(address, self.judge_id, self.incarnation, "judge",
                                          cfg.learner.heartbeat_s, cfg.learner.missed_beats, cfg.security)
@@ -68,16 +69,29 @@ class JudgeActor:
             if not isinstance(reply, ScoreTask):
                 log.warning("ignoring unexpected %s from the learner", type(reply).KIND)
                 continue
-            start = time.monotonic()
-            judgement = judge_task(self.judge, reply, self.cfg.judge.min_margin)
-            seconds = time.monotonic() - start
-            self.work["tasks"] += 1
-            self.work["samples"] += len(judgement.scores)
-            self.work["pairs"] += judgement.num_pairs
-            self.work["busy_seconds"] += seconds
-            self.client.send(to_scores(judgement, self.judge_id, self.incarnation, reply.lease_id, seconds,
-                                       self.stats()))
+            self.client.send(self.answer(reply))
             judged += 1
+
+    def answer(self, task: ScoreTask) -> Scores | JudgeFailed:
+        """Judge one task. A task the judge fails on (after the engine's own retries) is given back
+        as JudgeFailed, so the learner generates those prompts afresh instead of handing the same
+        task to the next judge; several failures in a row mean this judge is broken, and it stops."""
+        start = time.monotonic()
+        try:
+            judgement = judge_task(self.judge, task, self.cfg.judge.min_margin)
+        except Exception as exc:  # noqa: BLE001 - reported to the learner, then re-raised if it keeps happening
+            self.failures_in_a_row += 1
+            log.exception("%s failed on lease %d (%d in a row)", self.judge_id, task.lease_id, self.failures_in_a_row)
+            if self.failures_in_a_row > self.cfg.judge.max_failures_in_a_row:
+                raise
+            return JudgeFailed(self.judge_id, self.incarnation, task.lease_id, f"{type(exc).__name__}: {exc}")
+        self.failures_in_a_row = 0
+        seconds = time.monotonic() - start
+        self.work["tasks"] += 1
+        self.work["samples"] += len(judgement.scores)
+        self.work["pairs"] += judgement.num_pairs
+        self.work["busy_seconds"] += seconds
+        return to_scores(judgement, self.judge_id, self.incarnation, task.lease_id, seconds, self.stats())
 
     def stats(self) -> dict[str, float]:
         """This judge's running counters, sent with every result: the learner logs them per judge."""

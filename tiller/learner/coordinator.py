@@ -20,7 +20,9 @@ import numpy as np
 
 from tiller.config import LearnerConfig, RolloutConfig
 from tiller.learner.prompts import PromptStream
-from tiller.protocol.messages import Lease, LeaseRequest, Rollout, Scores, ScoreTask, Shutdown, Wait, unflatten
+from tiller.protocol.messages import (
+    JudgeFailed, Lease, LeaseRequest, Rollout, Scores, ScoreTask, Shutdown, Wait, unflatten,
+)
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,7 @@ class Counters:
     prompts_released: int = 0  # prompts given back for re-leasing (expiry or staleness)
     duplicates_dropped: int = 0
     waits_credit: int = 0
+    judge_failures: int = 0  # tasks a judge gave up on: their prompts are generated again
     pairs_invalid: int = 0  # pairs a judge named that do not exist: dropped, the rest of its answer kept
 
 
@@ -245,6 +248,17 @@ class Coordinator:
             ))
         self._buffered.update(state.prompt_ids)
         return out
+
+    def on_judge_failed(self, failed: JudgeFailed) -> bool:
+        """The assigned judge gave up on a task: drop the rollout and lease its prompts again
+        (fresh samples), rather than hand the same task to the next judge. False if not live."""
+        state = self._leases.get(failed.lease_id)
+        if state is None or state.judge != f"{failed.judge_id}#{failed.incarnation}":
+            self.counters.duplicates_dropped += 1
+            return False
+        self.release(self._leases.pop(failed.lease_id).prompt_ids)
+        self.counters.judge_failures += 1
+        return True
 
     # --------------------------------------------------------------- learner side
 

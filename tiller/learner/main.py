@@ -132,6 +132,7 @@ def step_metrics(server: LearnerServer, step: int, version: int, staleness: list
         "protocol/rejected": server.endpoint.stats.rejected,
         "actors/oldest_version": min(server.coordinator.actor_versions.values(), default=-1),
         "judge/pairs_invalid": c.pairs_invalid,
+        "judge/failures": c.judge_failures,
         **server.judges.metrics(seconds),
     }
 

@@ -20,8 +20,8 @@ from tiller.config import SecurityConfig
 from tiller.learner.coordinator import Coordinator
 from tiller.learner.judge_metrics import JudgeBook
 from tiller.protocol.messages import (
-    Heartbeat, HeartbeatAck, Lease, LeaseRequest, Rollout, Scores, Shutdown, WeightsBucket, WeightsGone, WeightsRequest,
-    WorkRequest,
+    Heartbeat, HeartbeatAck, JudgeFailed, Lease, LeaseRequest, Rollout, Scores, Shutdown, WeightsBucket, WeightsGone,
+    WeightsRequest, WorkRequest,
 )
 from tiller.protocol.transport import RouterEndpoint
 
@@ -178,6 +178,10 @@ class LearnerServer:
                                    sum(len(item.pairs) for item in scored), message.judge_seconds, message.stats)
                 for item in scored:
                     self.scored.put(item)
+        elif isinstance(message, JudgeFailed):
+            if c.on_judge_failed(message):
+                log.warning("%s gave up on lease %d (%s); its prompts will be generated again",
+                            message.judge_id, message.lease_id, message.reason[:200])
         elif isinstance(message, WeightsRequest):
             self._serve_weights(identity, message)
         else:

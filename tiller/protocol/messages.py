@@ -10,7 +10,7 @@ Conversation (every worker talks only to the learner, over one DEALER socket):
     actor   LeaseRequest ->   <- Lease | Wait | Shutdown
     actor   Rollout      ->                       (then the next LeaseRequest)
     judge   WorkRequest  ->   <- ScoreTask | Shutdown   (parked until work exists)
-    judge   Scores       ->                       (then the next WorkRequest)
+    judge   Scores | JudgeFailed ->               (then the next WorkRequest)
     actor   WeightsRequest -> <- WeightsBucket | WeightsGone
     any     Heartbeat    ->   <- HeartbeatAck       (own socket, own thread, every heartbeat_s)
 """
@@ -141,6 +141,17 @@ class Scores:
     revision_lengths: np.ndarray  # int32 [n*k]: -1 where sample j was not revised
     judge_seconds: float
     stats: dict[str, float]  # the judge's running counters (tasks, ties, timeouts, ...) for the learner's metrics
+
+
+@_message("judge_failed")
+class JudgeFailed:
+    """A judge could not judge this task (its engine kept failing on it). The learner drops the
+    rollout and leases the prompts again, so one bad task cannot take every judge down in turn."""
+
+    judge_id: str
+    incarnation: int
+    lease_id: int
+    reason: str
 
 
 @_message("weights_request")
