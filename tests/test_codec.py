@@ -10,7 +10,7 @@ import zmq
 
 from tiller.protocol import REGISTRY, Decoder, Limits, ProtocolError, RouterEndpoint, encode
 from tiller.protocol.codec import INLINE_LIMIT
-from tiller.protocol.messages import Lease, LeaseRequest, Rollout, Scores, Shutdown, WeightsBucket
+from tiller.protocol.messages import JudgeFailed, Lease, LeaseRequest, Rollout, Scores, Shutdown, WeightsBucket
 
 decoder = Decoder(REGISTRY)
 
@@ -168,6 +168,7 @@ def test_every_message_kind_round_trips():
                np.ones(3, np.int32), np.arange(5, dtype=np.int32), np.array([2, 3] + [-1] * 10, np.int32), 0.1,
                {"tasks": 3.0, "ties": 0.0}),
         rollout(arr, np.array([600], np.int32)),
+        JudgeFailed("j", 1, 2, "RuntimeError: engine"),
     ]
     for msg in samples:
         out = decoder.decode(encode(msg))
