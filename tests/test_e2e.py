@@ -128,6 +128,7 @@ def test_online_dpo_with_two_cai_judge_processes_sharing_the_work(tiny_policy_di
     summary = json.loads((run_dir / "summary.json").read_text())
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert summary["steps"] == steps and set(summary["judge_work"]) == {"judge0", "judge1"}
+    assert (run_dir / "judges.png").stat().st_size > 0
     for judge in ("judge0", "judge1"):  # both seen working, in the metrics the learner logs
         assert metrics[-1][f"judge/{judge}/tasks"] >= 1
         assert any(f"judge/{judge}/judgements_per_s" in m for m in metrics)

@@ -28,7 +28,9 @@ from tiller.learner.algorithms import ALGORITHMS, Algorithm
 from tiller.learner.coordinator import Coordinator, ScoredPrompt
 from tiller.learner.engine import PolicyTrainer
 from tiller.learner import checkpoint
-from tiller.learner.metrics import MetricsSink, first_last_tenth, keep_steps_up_to, plot_reward, reward_table
+from tiller.learner.metrics import (
+    MetricsSink, first_last_tenth, keep_steps_up_to, plot_judges, plot_reward, reward_table,
+)
 from tiller.learner.prompts import load_prompts
 from tiller.learner.server import LearnerServer, WeightSnapshot
 from tiller.models import ensure_tiny_policy, load_tokenizer
@@ -222,6 +224,7 @@ def train(cfg: Config, algorithm: Algorithm, trainer: PolicyTrainer, server: Lea
 def summarise(cfg: Config, history: list[dict], server: LearnerServer) -> dict:
     first, last = first_last_tenth(history)
     plot = plot_reward(history, cfg.run_dir / "reward.png", f"{cfg.name}: {cfg.learner.algorithm}, mean judge reward")
+    judges_plot = plot_judges(history, cfg.run_dir / "judges.png", f"{cfg.name}: the work of each judge")
     summary = {
         "algorithm": cfg.learner.algorithm,
         "steps": len(history),
@@ -237,6 +240,7 @@ def summarise(cfg: Config, history: list[dict], server: LearnerServer) -> dict:
         "curve_refused": server.endpoint.authorized.denied if server.endpoint.authorized else 0,
         "final_checkpoint": str(cfg.run_dir / "final"),
         "plot": str(plot) if plot else None,
+        "judges_plot": str(judges_plot) if judges_plot else None,
     }
     (cfg.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print("\n" + reward_table(history))

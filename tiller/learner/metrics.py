@@ -143,3 +143,34 @@ def plot_reward(history: list[dict[str, Any]], path: Path, title: str) -> Path |
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_judges(history: list[dict[str, Any]], path: Path, title: str) -> Path | None:
+    """Each judge's throughput per step and its tasks so far, as a PNG (None if no judge reported)."""
+    judges = sorted({key.split("/")[1] for m in history for key in m
+                     if key.startswith("judge/") and key.endswith("/tasks")})
+    if not judges:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (rate, tasks) = plt.subplots(1, 2, figsize=(11, 4))
+    for judge in judges:
+        rows = [m for m in history if f"judge/{judge}/judgements_per_s" in m]
+        rate.plot([m["step"] for m in rows], [m[f"judge/{judge}/judgements_per_s"] for m in rows], ".-", label=judge)
+        rows = [m for m in history if f"judge/{judge}/tasks" in m]
+        tasks.plot([m["step"] for m in rows], [m[f"judge/{judge}/tasks"] for m in rows], label=judge)
+    rate.set_ylabel("judged samples / s")
+    rate.set_ylim(bottom=0)
+    tasks.set_ylabel("tasks judged, cumulative")
+    for ax in (rate, tasks):
+        ax.set_xlabel("learner step")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
