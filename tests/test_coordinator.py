@@ -201,3 +201,12 @@ def test_a_task_the_judge_gave_up_on_is_generated_afresh():
     assert c.counters.judge_failures == 1
     assert c.on_scores(scores_for(lease)) is None  # the lease is gone
     assert c.on_lease_request(LeaseRequest("a", 1, 0)).prompt_ids.tolist() == lease.prompt_ids.tolist()
+
+
+def test_a_scores_algorithm_refuses_judges_that_only_give_pairs():
+    prompts = PromptStream([np.array([3, 4], np.int32)], [""])
+    grpo = Coordinator(prompts, LearnerConfig(algorithm="grpo"), RolloutConfig(), needs="scores")
+    assert "pairs only" in grpo.judge_refusal("cai")
+    assert grpo.judge_refusal("rule") is None and grpo.judge_refusal("llm_pairwise") is None
+    dpo = Coordinator(prompts, LearnerConfig(), RolloutConfig(), needs="pairs")
+    assert dpo.judge_refusal("cai") is None

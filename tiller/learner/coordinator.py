@@ -25,6 +25,9 @@ from tiller.protocol.messages import (
 )
 
 
+PAIRS_ONLY_JUDGES = frozenset({"cai"})
+
+
 @dataclass(frozen=True)
 class ScoredPrompt:
     """One judged prompt, ready for the learner's buffer.
@@ -119,6 +122,7 @@ class Coordinator:
     seed: int = 0
     clock: Callable[[], float] = time.monotonic
     vocab_size: int | None = None  # token ids from workers must be below it
+    needs: str = "pairs"  # what the algorithm trains on: "pairs" or "scores" (algorithms.py)
     version: int = 0
     done: bool = False
     counters: Counters = field(default_factory=Counters)
@@ -192,6 +196,14 @@ class Coordinator:
         return True
 
     # --------------------------------------------------------------- judges
+
+    def judge_refusal(self, kind: str) -> str | None:
+        """Why a judge of `kind` cannot serve this run, or None. A CAI judge's scores only say how
+        much revision changed a sample and its pairs prefer text the policy never sampled: useless
+        to an algorithm that trains on scores of its own samples."""
+        if kind in PAIRS_ONLY_JUDGES and self.needs != "pairs":
+            return f"judge kind {kind} gives preference pairs only; this learner trains on scores"
+        return None
 
     def next_score_task(self, judge: str) -> ScoreTask | None:
         """The next rollout to judge, assigned to `judge` ("judge_id#incarnation")."""

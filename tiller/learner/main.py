@@ -165,7 +165,8 @@ def run(cfg: Config, resume: bool = False) -> dict | None:
     algorithm = ALGORITHMS[cfg.learner.algorithm]
     trainer = PolicyTrainer(cfg, model_dir, with_critic=algorithm.critic,
                             reference_dir=checkpoint.reference_dir(run_dir) if latest else None)
-    coordinator = Coordinator(prompts, cfg.learner, cfg.rollout, seed=cfg.seed, vocab_size=trainer.vocab_size)
+    coordinator = Coordinator(prompts, cfg.learner, cfg.rollout, seed=cfg.seed, vocab_size=trainer.vocab_size,
+                              needs=algorithm.needs)
     state = {"step": 0, "version": 0, "wandb_id": None}
     if latest is not None:
         state = checkpoint.restore(latest, trainer)

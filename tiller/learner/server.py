@@ -166,8 +166,12 @@ class LearnerServer:
                 self.actor_work[message.actor_id] = self.actor_work.get(message.actor_id, 0) + 1
         elif isinstance(message, WorkRequest):
             self._peers[identity] = f"{message.judge_id}#{message.incarnation}"
+            refusal = c.judge_refusal(message.judge_kind)
             if c.done:
                 self._reply(identity, Shutdown("training finished"))
+            elif refusal is not None:
+                log.warning("refusing %s: %s", message.judge_id, refusal)
+                self._reply(identity, Shutdown(refusal))
             elif identity not in self._parked_judges:
                 self._parked_judges.append(identity)
         elif isinstance(message, Scores):
