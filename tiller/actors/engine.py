@@ -119,13 +119,17 @@ class VLLMEngine:
             engine.add_request(request_id, {"prompt_token_ids": [int(t) for t in prompt]}, p)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         done: dict[str, list[int]] = {}
-        while engine.has_unfinished_requests():
-            if deadline is not None and time.monotonic() > deadline:
-                engine.abort_request([i for i in ids if i not in done])
-                break
-            for output in engine.step():
-                if output.finished:
-                    done[output.request_id] = list(output.outputs[0].token_ids)
+        try:
+            while engine.has_unfinished_requests():
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+                for output in engine.step():
+                    if output.finished:
+                        done[output.request_id] = list(output.outputs[0].token_ids)
+        finally:  # on a deadline or an error, leave nothing of this call running in the engine
+            unfinished = [i for i in ids if i not in done]
+            if unfinished:
+                engine.abort_request(unfinished)
         return [done.get(i) for i in ids]
 
     def greedy(self, prompts: list[np.ndarray], max_new_tokens: int) -> list[list[int]]:
