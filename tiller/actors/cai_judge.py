@@ -15,7 +15,6 @@ run directory, for inspection.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import json
 import zlib
@@ -28,7 +27,7 @@ from tiller.actors.cache import BoundedCache
 from tiller.actors.constitution import Principle, load_constitution, pick_principles
 from tiller.actors.guarded import GuardedEngine
 from tiller.actors.judges import Judgement
-from tiller.actors.llm_judge import judge_engine, load_template, prepare_judge_model, retry_policy
+from tiller.actors.llm_judge import judge_engine, llm_judge_stats, load_template, prepare_judge_model, retry_policy
 from tiller.config import JudgeConfig
 from tiller.models import load_tokenizer
 
@@ -92,8 +91,7 @@ class ConstitutionalJudge:
             self._transcript = transcript_path.open("a")
 
     def stats(self) -> dict[str, float]:
-        return {**dataclasses.asdict(self._stats), **dataclasses.asdict(self.engine.stats),
-                "cache_hits": self._cache.hits}
+        return llm_judge_stats(self._stats, self.engine, self._cache)
 
     def judge(self, prompts: list[np.ndarray], responses: list[np.ndarray], k: int,
               max_new_tokens: int) -> Judgement:
@@ -108,10 +106,12 @@ class ConstitutionalJudge:
             if revision is not None:
                 self._cache.put(keys[i], revision)
         self._stats.samples += len(responses)
-        return self._judgement(revised, originals, k, max_new_tokens, fresh=set(todo), keys=keys)
+        return self._judgement(revised, keys, k, max_new_tokens, fresh=set(todo))
 
-    def _judgement(self, revised: list[Revision | None], originals: list[str], k: int, max_new_tokens: int,
-                   fresh: set[int], keys: list[tuple[str, str, int]]) -> Judgement:
+    def _judgement(self, revised: list[Revision | None], keys: list[tuple[str, str, int]], k: int,
+                   max_new_tokens: int, fresh: set[int]) -> Judgement:
+        """keys: (prompt, original sample, max_new_tokens) per sample; fresh: samples revised just now."""
+        originals = [original for _, original, _ in keys]
         scores = np.full(len(originals), UNREVISED_SCORE, np.float32)
         tokens: list[np.ndarray | None] = [None] * len(originals)
         pairs = []

@@ -63,8 +63,7 @@ class LLMPairwiseJudge:
         self._stats = PairwiseStats()
 
     def stats(self) -> dict[str, float]:
-        return {**dataclasses.asdict(self._stats), **dataclasses.asdict(self.engine.stats),
-                "cache_hits": self._cache.hits}
+        return llm_judge_stats(self._stats, self.engine, self._cache)
 
     def _verdicts(self, questions: list[tuple[str, str, str]]) -> list[Verdict | None]:
         """Raw verdicts on (prompt, response A, response B), one vLLM batch for all cache misses."""
@@ -152,6 +151,11 @@ def load_template(path: str | None, default: str, fields: tuple[str, ...], key: 
                           + (f"; missing {sorted(missing)}" if missing else "")
                           + (f"; unknown {sorted(unknown)} (write literal braces as {{{{ }}}})" if unknown else ""))
     return text
+
+
+def llm_judge_stats(own, engine: GuardedEngine, cache: BoundedCache) -> dict[str, float]:
+    """An LLM judge's counters: its own (a dataclass), its engine calls', and its cache hits."""
+    return {**dataclasses.asdict(own), **dataclasses.asdict(engine.stats), "cache_hits": cache.hits}
 
 
 def judge_engine(cfg: JudgeConfig):
