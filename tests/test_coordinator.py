@@ -98,7 +98,7 @@ def test_expired_lease_prompts_are_leased_again_and_late_results_dropped():
     c.next_score_task("j#1")
     assert c.on_scores(scores_for(again)) is not None
     assert c.on_scores(scores_for(again)) is None  # a second judge's duplicate
-    assert c.counters.duplicates_dropped == 4 and c.counters.leases_expired == 1
+    assert c.counters.duplicates_dropped == 3 and c.counters.wrong_sender == 1 and c.counters.leases_expired == 1
 
 
 def test_scores_only_from_the_judge_the_task_went_to():
@@ -119,28 +119,89 @@ def test_released_prompts_go_first_and_fresh_ones_follow():
     assert c.on_lease_request(LeaseRequest("a", 1, 0)).prompt_ids.tolist() == [0, 1]
 
 
-def test_wrong_sized_results_are_dropped_not_trusted():
+def test_wrong_sized_results_are_refused_and_their_prompts_leased_again():
+    c, _ = make(inflight=20)
+    make_bad = [
+        lambda r: replace(r, response_tokens=r.response_tokens[:3], response_lengths=r.response_lengths[:1],
+                          logprobs=r.logprobs[:3], truncated=r.truncated[:1]),
+        lambda r: replace(r, response_tokens=r.response_tokens[:-1]),  # lengths promise one token more than sent
+        lambda r: replace(r, response_lengths=r.response_lengths.astype(np.float64)),
+    ]
+    for i, bad in enumerate(make_bad):
+        lease = c.on_lease_request(LeaseRequest("a", 1, 0))
+        assert not c.on_rollout(bad(rollout_for(lease)))
+        # refused at once: the same prompts go to the next actor, no waiting for the lease to expire
+        assert c.on_lease_request(LeaseRequest(f"b{i}", 1, 0)).prompt_ids.tolist() == lease.prompt_ids.tolist()
+    assert c.counters.rollouts_invalid == 3 and c.counters.duplicates_dropped == 0
+    assert set(c.problems) == {"response count disagrees with the lease", "response lengths disagree with the token "
+                               "or logprob count", "response tokens and lengths must be 1-D integer arrays"}
+
+
+def test_a_malformed_judge_answer_sends_the_task_to_the_next_judge():
     c, _ = make()
     lease = c.on_lease_request(LeaseRequest("a", 1, 0))
-    bad = rollout_for(lease)
-    short = Rollout(bad.actor_id, 1, bad.lease_id, 1, 0, bad.response_tokens[:3], bad.response_lengths[:1],
-                    bad.logprobs[:3], bad.truncated[:1], 0.1)
-    assert not c.on_rollout(short)
-    lying = Rollout(bad.actor_id, 1, bad.lease_id, 1, 0, bad.response_tokens[:-1], bad.response_lengths,
-                    bad.logprobs, bad.truncated, 0.1)  # lengths promise one token more than sent
-    assert not c.on_rollout(lying)
-    assert not c.on_rollout(replace(bad, response_lengths=bad.response_lengths.astype(np.float64)))
-    assert c.on_rollout(bad)
-    c.next_score_task("j#1")
-    assert c.on_scores(judged(lease.lease_id, np.zeros(1))) is None  # one score for four samples
-    assert c.on_scores(judged(lease.lease_id, np.full(2 * K, np.nan))) is None
-    too_long = [[3] * 4, None, None, None]  # a revision past max_new_tokens
-    assert c.on_scores(judged(lease.lease_id, np.zeros(2 * K), revisions=too_long)) is None
+    assert c.on_rollout(rollout_for(lease))
     lying = scores_for(lease)
-    assert c.on_scores(replace(lying, chosen=lying.chosen[:0])) is None  # pair columns of different lengths
-    assert c.on_scores(replace(lying, revision_lengths=lying.revision_lengths.astype(np.float32))) is None
+    bad_answers = [
+        judged(lease.lease_id, np.zeros(1)),  # one score for four samples
+        judged(lease.lease_id, np.full(2 * K, np.nan)),
+        judged(lease.lease_id, np.zeros(2 * K), revisions=[[3] * 4, None, None, None]),  # past max_new_tokens
+        replace(lying, chosen=lying.chosen[:0]),  # pair columns of different lengths
+        replace(lying, revision_lengths=lying.revision_lengths.astype(np.float32)),
+    ]
+    for answer in bad_answers:
+        assert c.next_score_task("j#1").lease_id == lease.lease_id  # back in line after each refusal
+        assert c.on_scores(answer) is None
+    assert c.counters.scores_invalid == len(bad_answers)
+    c.next_score_task("j#1")
     out = c.on_scores(scores_for(lease, pairs=((0, 5, 0), (2, 0, 1), (0, 2, 0))))  # no such sample/prompt/revision
     assert [s.pairs for s in out] == [(), ()] and c.counters.pairs_invalid == 3
+
+
+def test_non_finite_or_positive_logprobs_and_impossible_versions_are_refused():
+    c, _ = make(inflight=10)
+    c.publish(2)
+    cases = {
+        "logprobs hold NaN or infinity": lambda r: replace(r, logprobs=np.full_like(r.logprobs, np.nan)),
+        "logprobs above 0, so not log-probabilities": lambda r: replace(r, logprobs=r.logprobs + 0.5),
+        "policy version outside what the lease allows": lambda r: replace(r, policy_version=3),
+    }
+    for reason, bad in cases.items():
+        lease = c.on_lease_request(LeaseRequest("a", 1, 2))
+        assert not c.on_rollout(bad(rollout_for(lease, version=2)))
+        assert reason in c.last_problem
+    lease = c.on_lease_request(LeaseRequest("a", 1, 2))
+    assert not c.on_rollout(rollout_for(lease, version=1))  # older than the version the lease was issued at
+    lease = c.on_lease_request(LeaseRequest("a", 1, 2))
+    assert c.on_rollout(rollout_for(lease, version=2))
+    assert c.counters.rollouts_invalid == 4 and c.problems["policy version outside what the lease allows"] == 2
+
+
+def test_per_peer_credit_and_the_unproven_share():
+    # 32 prompts of credit, leases of 4: strangers (never returned a valid rollout) share 16 prompts
+    c, _ = make(lease_prompts=4, inflight=32)
+    strangers = [c.on_lease_request(LeaseRequest(f"made-up-{i}", 1, -2**63)) for i in range(6)]
+    assert [isinstance(r, Lease) for r in strangers] == [True] * 4 + [False] * 2
+    assert c.actor_versions == {f"made-up-{i}#1": -1 for i in range(4)}  # clamped; the refused are not listed
+    first = c.on_lease_request(LeaseRequest("worker", 1, 0))
+    assert isinstance(first, Wait)  # worker is unproven too, and the unproven share is spent
+    c.peer_died("made-up-0#1")
+    first = c.on_lease_request(LeaseRequest("worker", 1, 0))
+    assert c.on_rollout(rollout_for(first, actor="worker"))  # proven from now on
+    held = [c.on_lease_request(LeaseRequest("worker", 1, 0)) for _ in range(3)]
+    assert [isinstance(r, Lease) for r in held] == [True, True, False]  # at most two generating at once
+    assert c.counters.waits_peer_credit == 4 and "made-up-0#1" not in c.actor_versions
+
+
+def test_an_undelivered_task_forgets_the_judge_it_was_meant_for():
+    c, _ = make()
+    lease = c.on_lease_request(LeaseRequest("a", 1, 0))
+    c.on_rollout(rollout_for(lease))
+    c.next_score_task("j#1")
+    c.requeue_score(lease.lease_id)
+    assert c.on_scores(scores_for(lease)) is None  # j#1 never got it
+    assert c.next_score_task("k#1").lease_id == lease.lease_id
+    assert c.on_scores(scores_for(lease, judge="k")) is not None
 
 
 def test_a_revision_is_a_candidate_of_its_prompt():
@@ -161,10 +222,12 @@ def test_token_ids_outside_the_vocabulary_are_refused():
     c = Coordinator(prompts, LearnerConfig(lease_prompts=2), RolloutConfig(samples_per_prompt=K), vocab_size=10)
     lease = c.on_lease_request(LeaseRequest("a", 1, 0))
     assert not c.on_rollout(rollout_for(lease))  # its token ids run to 11
+    lease = c.on_lease_request(LeaseRequest("a", 1, 0))
     ok = rollout_for(lease)
     assert c.on_rollout(replace(ok, response_tokens=ok.response_tokens % 10))
     c.next_score_task("j#1")
     assert c.on_scores(scores_for(lease, revisions=[[10], None, None, None])) is None
+    c.next_score_task("j#1")
     assert c.on_scores(scores_for(lease, revisions=[[9], None, None, None])) is not None
 
 

@@ -94,6 +94,7 @@ class LearnerConfig:
     checkpoint_every: int = 0  # steps between checkpoints (0: none); one is always written on SIGTERM
     heartbeat_s: float = 2.0  # workers beat this often; the learner acknowledges each beat
     missed_beats: int = 5  # a peer silent this many beats is dead: its leases expire at once
+    max_nonfinite_steps: int = 5  # optimizer steps skipped in a row (NaN/inf loss or gradient) before the run stops
     dpo: DPOConfig = field(default_factory=DPOConfig)
     pg: PGConfig = field(default_factory=PGConfig)
 

@@ -9,6 +9,7 @@ tasks than a slow one, and a judge that joins mid-run starts taking work at once
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import numpy as np
@@ -35,8 +36,10 @@ def to_scores(judgement: Judgement, judge_id: str, incarnation: int, lease_id: i
     revisions = judgement.revisions or [None] * len(judgement.scores)
     lengths = np.asarray([-1 if r is None else len(r) for r in revisions], np.int32)
     tokens = np.concatenate([r for r in revisions if r is not None] or [np.zeros(0, np.int32)]).astype(np.int32)
+    # The codec refuses non-finite floats: a counter that went NaN must not cost the whole answer.
+    finite_stats = {name: float(value) for name, value in stats.items() if math.isfinite(value)}
     return Scores(judge_id, incarnation, lease_id, judgement.scores, judgement.pair_prompts, judgement.chosen,
-                  judgement.rejected, tokens, lengths, seconds, stats)
+                  judgement.rejected, tokens, lengths, seconds, finite_stats)
 
 
 class JudgeActor:

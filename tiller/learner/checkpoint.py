@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tiller.learner.guard import assert_finite
+
 KEEP = 2  # complete checkpoints kept on disk
 
 
@@ -53,6 +55,8 @@ def save(run_dir: Path, step: int, trainer, learner_state: dict) -> Path:
         trainer.reference.save_pretrained(str(tmp_ref))
         os.rename(tmp_ref, reference)
     final, tmp = root / f"step-{step}", root / f".step-{step}.tmp"
+    for bucket in trainer.weight_buckets(256 << 20):  # a checkpoint of NaN weights would poison a resume
+        assert_finite(bucket, f"checkpoint step {step}")
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.engine.save_checkpoint(str(tmp), tag="policy")
     if trainer.critic is not None:

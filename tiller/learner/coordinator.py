@@ -20,6 +20,7 @@ import numpy as np
 
 from tiller.config import LearnerConfig, RolloutConfig
 from tiller.learner.prompts import PromptStream
+from tiller.learner.validation import rollout_problem, scores_problem, valid_pairs
 from tiller.protocol.messages import (
     JudgeFailed, Lease, LeaseRequest, Rollout, Scores, ScoreTask, Shutdown, Wait, unflatten,
 )
@@ -57,49 +58,9 @@ class _LeaseState:
     actor: str  # "actor_id#incarnation" the lease was issued to; only its rollout is accepted
     prompt_ids: list[int]
     deadline: float
+    version: int  # the learner's version when issued: the actor generates with this one or a newer one
     rollout: Rollout | None = None
     judge: str | None = None  # "judge_id#incarnation" the score task went to
-
-
-def _in_vocab(tokens: np.ndarray, vocab_size: int | None) -> bool:
-    """Token ids the model can embed (an id past the table would crash the training step)."""
-    return vocab_size is None or len(tokens) == 0 or (int(tokens.min()) >= 0 and int(tokens.max()) < vocab_size)
-
-
-def _flat_ints(*arrays: np.ndarray) -> bool:
-    """1-D integer arrays (any whitelisted dtype decodes; a float length would break slicing later)."""
-    return all(a.ndim == 1 and np.issubdtype(a.dtype, np.integer) for a in arrays)
-
-
-def _consistent(rollout: Rollout, samples: int, max_new_tokens: int, vocab_size: int | None) -> bool:
-    """Shapes that agree with each other and with the lease, so training can trust them."""
-    lengths = rollout.response_lengths
-    return (_flat_ints(rollout.response_tokens, lengths) and rollout.logprobs.ndim == rollout.truncated.ndim == 1
-            and len(lengths) == samples == len(rollout.truncated) and bool(np.all(lengths >= 0))
-            and bool(np.all(lengths <= max_new_tokens))
-            and int(lengths.sum()) == len(rollout.response_tokens) == len(rollout.logprobs)
-            and _in_vocab(rollout.response_tokens, vocab_size))
-
-
-def _well_formed(scores: Scores, n: int, k: int, max_new_tokens: int, vocab_size: int | None) -> bool:
-    """A judge's answer whose arrays agree with the task: every sample scored with a finite number
-    (a NaN reward would poison the weights), pair columns of one length, revisions that fit."""
-    lengths = scores.revision_lengths
-    m = len(scores.pair_prompts)
-    return (_flat_ints(scores.pair_prompts, scores.chosen, scores.rejected, scores.revision_tokens, lengths)
-            and scores.scores.ndim == 1 and len(scores.scores) == n * k and bool(np.all(np.isfinite(scores.scores)))
-            and len(scores.chosen) == m == len(scores.rejected) and m <= n * k
-            and len(lengths) == n * k and bool(np.all((lengths >= -1) & (lengths <= max_new_tokens)))
-            and int(lengths[lengths >= 0].sum()) == len(scores.revision_tokens)
-            and _in_vocab(scores.revision_tokens, vocab_size))
-
-
-def _valid_pairs(scores: Scores, n: int, k: int) -> list[tuple[int, int, int]]:
-    """(prompt, chosen, rejected) for each pair that names two different existing candidates."""
-    revised = scores.revision_lengths > 0  # an empty revision is no candidate
-    exists = lambda i, c: 0 <= c < k or (k <= c < 2 * k and bool(revised[i * k + c - k]))  # noqa: E731
-    return [(int(i), int(c), int(r)) for i, c, r in zip(scores.pair_prompts, scores.chosen, scores.rejected)
-            if 0 <= i < n and c != r and exists(i, c) and exists(i, r)]
 
 
 @dataclass
@@ -108,8 +69,12 @@ class Counters:
     leases_expired: int = 0
     leases_completed: int = 0
     prompts_released: int = 0  # prompts given back for re-leasing (expiry or staleness)
-    duplicates_dropped: int = 0
+    duplicates_dropped: int = 0  # results for a lease that is no longer live, or already answered
+    wrong_sender: int = 0  # results for a live lease from a worker it was not given to
+    rollouts_invalid: int = 0  # rollouts refused by validation.py: their prompts are leased again at once
+    scores_invalid: int = 0  # judge answers refused by validation.py: the task goes to the next judge
     waits_credit: int = 0
+    waits_peer_credit: int = 0  # an actor (or all unproven actors together) already holds its share
     judge_failures: int = 0  # tasks a judge gave up on: their prompts are generated again
     pairs_invalid: int = 0  # pairs a judge named that do not exist: dropped, the rest of its answer kept
 
@@ -137,7 +102,11 @@ class Coordinator:
         self._next_lease_id = self.incarnation
         self._score_queue: deque[int] = deque()
         self._buffered: set[int] = set()  # prompts handed to the learner and not yet consumed
-        self.actor_versions: dict[str, int] = {}
+        self.actor_versions: dict[str, int] = {}  # live actors that hold or held a lease -> engine version
+        self._proven: set[str] = set()  # actors that returned a valid rollout (bounded: dead ones are forgotten)
+        self.problems: dict[str, int] = {}  # refusal reason -> count (validation.py's words)
+        self.last_problem: str | None = None  # the latest refusal in full, for the server's log
+        self.refused = 0  # every refusal counted in `problems`, in total
 
     # --------------------------------------------------------------- actors
 
@@ -147,7 +116,6 @@ class Coordinator:
 
     def on_lease_request(self, request: LeaseRequest) -> Lease | Wait | Shutdown:
         actor = f"{request.actor_id}#{request.incarnation}"
-        self.actor_versions[actor] = request.policy_version
         if self.done:
             return Shutdown("training finished")
         # The actor syncs to `version` before generating, so this bounds the lag at lease time.
@@ -155,10 +123,17 @@ class Coordinator:
         if free < self.learner.lease_prompts:
             self.counters.waits_credit += 1
             return Wait("no credits: the learner has enough work in flight", 0.05, self.version, self.incarnation)
+        if not self._peer_may_lease(actor):
+            self.counters.waits_peer_credit += 1
+            return Wait("this actor's share of credits is in use", 0.2, self.version, self.incarnation)
+        # Only actors given work are reported, and only with a version that can exist: a stranger's
+        # made-up number (or name) never reaches the metrics.
+        self.actor_versions[actor] = min(max(request.policy_version, -1), self.version)
         prompt_ids = [self._take_prompt() for _ in range(self.learner.lease_prompts)]
         lease_id = self._next_lease_id
         self._next_lease_id += 1
-        self._leases[lease_id] = _LeaseState(actor, prompt_ids, self.clock() + self.learner.lease_timeout_s)
+        self._leases[lease_id] = _LeaseState(actor, prompt_ids, self.clock() + self.learner.lease_timeout_s,
+                                             self.version)
         self.counters.leases_issued += 1
         tokens, lengths = self.prompts.pack(prompt_ids)
         return Lease(
@@ -176,6 +151,27 @@ class Coordinator:
             learner_incarnation=self.incarnation,
         )
 
+    def _peer_may_lease(self, actor: str) -> bool:
+        """Per-peer credit: an actor generates one lease at a time (two, if a rollout of its was lost
+        and the lease has not expired yet), and actors that have never returned a valid rollout share
+        half of all credits between them (at least two leases, so tiny configs still start). So made-up names, which cost nothing without CURVE, can
+        hold at most half of the work in flight, and proven actors always keep the other half."""
+        generating = [s for s in self._leases.values() if s.rollout is None]
+        if sum(s.actor == actor for s in generating) >= 2:
+            return False
+        if actor in self._proven:
+            return True
+        unproven = sum(len(s.prompt_ids) for s in generating if s.actor not in self._proven)
+        share = max(self.learner.max_inflight_prompts // 2, 2 * self.learner.lease_prompts)
+        return unproven + self.learner.lease_prompts <= share
+
+    def _refuse(self, counter: str, reason: str) -> None:
+        setattr(self.counters, counter, getattr(self.counters, counter) + 1)
+        key = reason.split(":")[0]  # fixed text: a peer cannot grow this table with made-up details
+        self.problems[key] = self.problems.get(key, 0) + 1
+        self.last_problem = reason
+        self.refused += 1
+
     def _take_prompt(self) -> int:
         if self._released:
             return self._released.popleft()
@@ -183,14 +179,25 @@ class Coordinator:
         return self._next_fresh - 1
 
     def on_rollout(self, rollout: Rollout) -> bool:
-        """Accept a rollout for judging; False if its lease is not live (late duplicate)."""
+        """Accept a rollout for judging. False for a late duplicate, a stranger's, or one that fails
+        validation (its lease is then released at once: the prompts go to the next actor)."""
         state = self._leases.get(rollout.lease_id)
-        expected = len(state.prompt_ids) * self.rollout.samples_per_prompt if state else -1
-        sender = f"{rollout.actor_id}#{rollout.incarnation}"
-        if (state is None or state.rollout is not None or sender != state.actor
-                or not _consistent(rollout, expected, self.rollout.max_new_tokens, self.vocab_size)):
+        if state is None or state.rollout is not None:
             self.counters.duplicates_dropped += 1
             return False
+        if f"{rollout.actor_id}#{rollout.incarnation}" != state.actor:
+            self._refuse("wrong_sender", "rollout from an actor the lease was not given to")
+            return False
+        problem = rollout_problem(rollout, len(state.prompt_ids) * self.rollout.samples_per_prompt,
+                                  self.rollout.max_new_tokens, self.vocab_size)
+        if problem is None and not state.version <= rollout.policy_version <= self.version:
+            problem = (f"policy version outside what the lease allows: {rollout.policy_version} "
+                       f"not in {state.version}..{self.version}")
+        if problem is not None:
+            self._refuse("rollouts_invalid", problem)
+            self.release(self._leases.pop(rollout.lease_id).prompt_ids)
+            return False
+        self._proven.add(state.actor)
         state.rollout = rollout
         self._score_queue.append(rollout.lease_id)
         return True
@@ -226,22 +233,33 @@ class Coordinator:
             self.release(state.prompt_ids)
 
     def requeue_score(self, lease_id: int) -> None:
-        """A score task could not be delivered; put it first in line for the next judge."""
-        self._score_queue.appendleft(lease_id)
+        """A score task could not be delivered; put it first in line for the next judge (and forget
+        the judge it was meant for, so only the next assignee's answer counts)."""
+        state = self._leases.get(lease_id)
+        if state is not None:
+            state.judge = None
+            self._score_queue.appendleft(lease_id)
 
     def on_scores(self, scores: Scores) -> list[ScoredPrompt] | None:
-        """Complete a lease; returns its judged prompts, or None for a late duplicate or a malformed answer
-        (the lease then stays with that judge until it expires or the judge is declared dead)."""
+        """Complete a lease; returns its judged prompts, or None for a late duplicate, a stranger's
+        answer, or a malformed one (the task then goes to the next judge; the rollout is kept)."""
         state = self._leases.get(scores.lease_id)
         k = self.rollout.samples_per_prompt
         n = len(state.prompt_ids) if state else 0
-        if (state is None or state.rollout is None or state.judge != f"{scores.judge_id}#{scores.incarnation}"
-                or not _well_formed(scores, n, k, self.rollout.max_new_tokens, self.vocab_size)):
+        if state is None or state.rollout is None:
             self.counters.duplicates_dropped += 1
+            return None
+        if state.judge != f"{scores.judge_id}#{scores.incarnation}":
+            self._refuse("wrong_sender", "scores from a judge the task was not given to")
+            return None
+        problem = scores_problem(scores, n, k, self.rollout.max_new_tokens, self.vocab_size)
+        if problem is not None:
+            self._refuse("scores_invalid", problem)
+            self.requeue_score(scores.lease_id)
             return None
         del self._leases[scores.lease_id]
         self.counters.leases_completed += 1
-        pairs = _valid_pairs(scores, n, k)
+        pairs = valid_pairs(scores, n, k)
         self.counters.pairs_invalid += len(scores.pair_prompts) - len(pairs)
         r = state.rollout
         responses = unflatten(r.response_tokens, r.response_lengths)
@@ -265,8 +283,11 @@ class Coordinator:
         """The assigned judge gave up on a task: drop the rollout and lease its prompts again
         (fresh samples), rather than hand the same task to the next judge. False if not live."""
         state = self._leases.get(failed.lease_id)
-        if state is None or state.judge != f"{failed.judge_id}#{failed.incarnation}":
+        if state is None:
             self.counters.duplicates_dropped += 1
+            return False
+        if state.judge != f"{failed.judge_id}#{failed.incarnation}":
+            self._refuse("wrong_sender", "judge failure from a judge the task was not given to")
             return False
         self.release(self._leases.pop(failed.lease_id).prompt_ids)
         self.counters.judge_failures += 1
@@ -286,6 +307,8 @@ class Coordinator:
     def peer_died(self, peer: str) -> int:
         """A dead actor's leases expire now; a dead judge's tasks go back in line (the rollouts are
         kept, so nothing is generated twice). Returns how many leases were handed on."""
+        self.actor_versions.pop(peer, None)  # a dead actor's version no longer holds the metric down
+        self._proven.discard(peer)
         handed_on = 0
         for lease_id, state in list(self._leases.items()):
             if state.actor == peer and state.rollout is None:

@@ -70,10 +70,8 @@ def dpo_step(trainer, items: list[ScoredPrompt], cfg: Config, pad_id: int) -> di
             ref_logits = trainer.reference(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
             ref_logps = losses.sequence_logprobs(ref_logits, batch.input_ids, batch.response_mask)
     loss, metrics = preference_loss(policy_logps, ref_logps, batch.response_lengths, dpo)
-    trainer.engine.backward(loss)
-    trainer.engine.step()
+    metrics.update(trainer.guard.step(trainer.engine, loss))  # skipped when loss or gradient is not finite
     metrics["loss"] = loss.item()
-    metrics["grad_norm"] = float(trainer.engine.get_global_grad_norm() or 0.0)
     # Sequence-level KL(policy || reference) on the trained responses (k1 estimate).
     metrics["kl/sequence"] = (policy_logps.detach() - ref_logps).mean().item()
     metrics["pairs"] = len(pairs)

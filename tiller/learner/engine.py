@@ -18,6 +18,7 @@ from typing import Iterator
 import torch
 
 from tiller.config import Config
+from tiller.learner.guard import FiniteGuard, assert_finite
 
 
 def _free_port() -> int:
@@ -65,6 +66,7 @@ class PolicyTrainer:
 
         init_single_process_distributed()
         self.cfg = cfg
+        self.guard = FiniteGuard(cfg.learner.max_nonfinite_steps)  # every optimizer step goes through it
         torch.manual_seed(cfg.seed)
         policy = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
         self.reference = AutoModelForCausalLM.from_pretrained(str(reference_dir or model_dir), dtype=torch.float32)
@@ -132,6 +134,7 @@ class PolicyTrainer:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         state = {n: t for bucket in self.weight_buckets(1 << 62) for n, t in bucket}
+        assert_finite(state.items(), f"save {path}")
         self.module.save_pretrained(str(path), state_dict=state)
         for file in Path(tokenizer_dir).glob("*") if tokenizer_dir else []:
             if file.name.startswith(("tokenizer", "special_tokens")):

@@ -27,6 +27,7 @@ from tiller.config import Config, ConfigError, dump_config
 from tiller.learner.algorithms import ALGORITHMS, Algorithm
 from tiller.learner.coordinator import Coordinator, ScoredPrompt
 from tiller.learner.engine import PolicyTrainer
+from tiller.learner.guard import assert_finite
 from tiller.learner import checkpoint
 from tiller.learner.metrics import (
     MetricsSink, first_last_tenth, keep_steps_up_to, plot_judges, plot_reward, reward_table,
@@ -50,7 +51,12 @@ def prepare_model(cfg: Config) -> Path:
 
 
 def snapshot(trainer: PolicyTrainer, version: int, bucket_mb: int) -> WeightSnapshot:
-    buckets = [([n for n, _ in b], [t for _, t in b]) for b in trainer.weight_buckets(bucket_mb << 20)]
+    """Version `version` of the policy, bucketed for the weight server; non-finite weights are never
+    published (`NonFiniteTraining` stops the run instead)."""
+    buckets = []
+    for bucket in trainer.weight_buckets(bucket_mb << 20):
+        assert_finite(bucket, f"publish policy version {version}")
+        buckets.append(([n for n, _ in bucket], [t for _, t in bucket]))
     return WeightSnapshot(version, buckets)
 
 

@@ -68,7 +68,9 @@ class MetricsSink:
 
     def log(self, metrics: dict[str, Any]) -> None:
         self.history.append(metrics)
-        self._file.write(json.dumps(metrics) + "\n")
+        # strict JSON: a NaN (e.g. the gradient norm of a skipped step) is written as null
+        self._file.write(json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v
+                                     for k, v in metrics.items()}) + "\n")
         self._file.flush()
         print(progress_line(metrics), flush=True)
         if self._wandb is not None:

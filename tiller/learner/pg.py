@@ -150,15 +150,14 @@ def _minibatch(trainer, batch: SampleBatch, mb, prox_logp, ref_logp, advantages,
         loss = loss + pc.kl_coef * kl_term
     entropy = pg.masked_mean(pg.token_entropy(logits[:, :-1]), mask)
     loss = loss - pc.ent_coef * entropy
-    trainer.engine.backward(loss)
-    trainer.engine.step()
+    m.update(trainer.guard.step(trainer.engine, loss))  # skipped when loss or gradient is not finite
     m.update({"loss": loss.item(), "entropy": entropy.item()})
     if trainer.critic is not None:
         new_values = trainer.critic(input_ids=ids, attention_mask=attn).logits[:, :-1, 0]
         value_loss, vm = pg.clipped_value_loss(new_values, values[mb], returns[mb], mask, pc.cliprange_value)
-        trainer.critic.backward(pc.vf_coef * value_loss)
-        trainer.critic.step()
+        critic_step = trainer.guard.step(trainer.critic, pc.vf_coef * value_loss)
         m.update(vm)
+        m.update({"critic/grad_norm": critic_step["grad_norm"], "critic/skipped": critic_step["skipped"]})
         m["loss/value"] = value_loss.item()
     return m
 

@@ -23,9 +23,14 @@ from tiller.protocol.messages import (
     Heartbeat, HeartbeatAck, JudgeFailed, Lease, LeaseRequest, Rollout, Scores, Shutdown, WeightsBucket, WeightsGone,
     WeightsRequest, WorkRequest,
 )
+from tiller.protocol.logbudget import LogBudget
 from tiller.protocol.transport import RouterEndpoint
 
 log = logging.getLogger(__name__)
+
+# Peers tracked at once (heartbeats, socket identities). Names cost nothing without CURVE, so the
+# tables are bounded; past the cap a new name is ignored (and counted) until others die off.
+MAX_PEERS = 4096
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,9 @@ class LearnerServer:
         self.judge_work: dict[str, int] = {}  # judge name -> leases scored
         self.judges = JudgeBook()  # read by the training loop too (it locks)
         self.actor_work: dict[str, int] = {}
+        self.handler_errors = 0  # exceptions while handling a decoded message: logged, survived
+        self.peers_refused = 0  # messages ignored because the peer tables were full
+        self._logs = LogBudget()
         self._thread = threading.Thread(target=self._loop, name="tiller-learner-server", daemon=True)
         self.failure: BaseException | None = None
 
@@ -126,8 +134,15 @@ class LearnerServer:
             if not self.endpoint.poll(0):
                 return
             received = self.endpoint.recv()
-            if received is not None:
+            if received is None:
+                continue
+            try:
                 self._handle(*received)
+            except Exception:  # the frame boundary: whatever a peer sent, this thread keeps serving
+                self.handler_errors += 1
+                if self._logs.allow("handler error"):
+                    log.exception("error while handling %s from peer %s%s", type(received[1]).KIND,
+                                  received[0].hex(), self._logs.note("handler error"))
 
     def _bury_silent_peers(self) -> None:
         """Peers silent for `missed_beats` heartbeats are dead: their work goes to others at once."""
@@ -136,46 +151,77 @@ class LearnerServer:
             del self._last_seen[peer]
             self.dead_peers.append(peer)
             released = self.coordinator.peer_died(peer)
-            log.warning("%s missed its heartbeats: declared dead (%d leases handed on)", peer, released)
+            if released or self._logs.allow("declared dead"):  # one that held work is always worth a line
+                log.warning("%s missed its heartbeats: declared dead (%d leases handed on)%s", peer, released,
+                            self._logs.note("declared dead"))
             for identity in [i for i, name in self._peers.items() if name == peer]:
                 del self._peers[identity]  # shutdown no longer waits for it
                 if identity in self._parked_judges:
                     self._parked_judges.remove(identity)
 
-    def _seen(self, name: str) -> None:
-        if name not in self._last_seen and name in self.dead_peers:
-            log.info("%s is back after being declared dead", name)
+    def _seen(self, name: str) -> bool:
+        """Note that `name` is alive; False if the peer table is full and it is not in it."""
+        if name not in self._last_seen:
+            if len(self._last_seen) >= MAX_PEERS:
+                return self._table_full(name)
+            if name in self.dead_peers and self._logs.allow("back"):
+                log.info("%s is back after being declared dead%s", name, self._logs.note("back"))
         self._last_seen[name] = time.monotonic()
+        return True
+
+    def _table_full(self, name: str) -> bool:
+        self.peers_refused += 1
+        if self._logs.allow("table full"):
+            log.warning("ignoring %s: %d peers are tracked already%s", name[:80], MAX_PEERS, self._logs.note("table full"))
+        return False
+
+    def _register(self, identity: bytes, name: str) -> bool:
+        """Remember which worker speaks through `identity` (shutdown waits for each)."""
+        if identity not in self._peers and len(self._peers) >= MAX_PEERS:
+            return self._table_full(name)
+        self._peers[identity] = name
+        return True
+
+    def _log_refusal(self, what: str, sender: str, refused_before: int) -> None:
+        if self.coordinator.refused > refused_before and self._logs.allow("refused"):
+            log.warning("refused %s from %s: %s%s", what, sender[:80], self.coordinator.last_problem,
+                        self._logs.note("refused"))
 
     def _handle(self, identity: bytes, message: Any) -> None:
         c = self.coordinator
         if isinstance(message, Heartbeat):
-            self._seen(f"{message.worker_id}#{message.incarnation}")
-            self.endpoint.send(identity, HeartbeatAck(c.version, c.incarnation))
+            if self._seen(f"{message.worker_id}#{message.incarnation}"):
+                self.endpoint.send(identity, HeartbeatAck(c.version, c.incarnation))
             return
-        sender = getattr(message, "actor_id", None) or getattr(message, "judge_id", None)
-        if sender is not None:
-            self._seen(f"{sender}#{message.incarnation}")
+        sender_id = getattr(message, "actor_id", None) or getattr(message, "judge_id", None)
+        sender = f"{sender_id}#{message.incarnation}" if sender_id is not None else ""
+        if sender and not self._seen(sender):
+            return
+        refused_before = c.refused
         if isinstance(message, LeaseRequest):
-            self._peers[identity] = f"{message.actor_id}#{message.incarnation}"
+            if not self._register(identity, sender):
+                return
             reply = c.on_lease_request(message)
             if not self._reply(identity, reply) and isinstance(reply, Lease):
                 c.cancel_lease(reply.lease_id)  # the asker is gone: its prompts go to the next actor now
         elif isinstance(message, Rollout):
             if c.on_rollout(message):
                 self.actor_work[message.actor_id] = self.actor_work.get(message.actor_id, 0) + 1
+            self._log_refusal("a rollout", sender, refused_before)
         elif isinstance(message, WorkRequest):
-            self._peers[identity] = f"{message.judge_id}#{message.incarnation}"
+            if not self._register(identity, sender):
+                return
             refusal = c.judge_refusal(message.judge_kind)
             if c.done:
                 self._reply(identity, Shutdown("training finished"))
             elif refusal is not None:
-                log.warning("refusing %s: %s", message.judge_id, refusal)
+                log.warning("refusing %s: %s", message.judge_id[:80], refusal)
                 self._reply(identity, Shutdown(refusal))
             elif identity not in self._parked_judges:
                 self._parked_judges.append(identity)
         elif isinstance(message, Scores):
             scored = c.on_scores(message)
+            self._log_refusal("scores", sender, refused_before)
             if scored is not None:
                 self.judge_work[message.judge_id] = self.judge_work.get(message.judge_id, 0) + 1
                 self.judges.record(message.judge_id, message.incarnation, len(scored), len(message.scores),
@@ -186,11 +232,14 @@ class LearnerServer:
             if c.on_judge_failed(message):
                 log.warning("%s gave up on lease %d (%s); its prompts will be generated again",
                             message.judge_id, message.lease_id, message.reason[:200])
+            self._log_refusal("a judge failure", sender, refused_before)
         elif isinstance(message, WeightsRequest):
             self._serve_weights(identity, message)
         else:
             self.endpoint.stats.reject(f"unexpected message kind {type(message).KIND}")
-            log.warning("peer %s sent %s, which only the learner sends", identity.hex(), type(message).KIND)
+            if self._logs.allow("unexpected kind"):
+                log.warning("peer %s sent %s, which only the learner sends%s", identity.hex(), type(message).KIND,
+                            self._logs.note("unexpected kind"))
 
     def _reply(self, identity: bytes, message: Any) -> bool:
         sent = self.endpoint.send(identity, message)

@@ -11,13 +11,20 @@ travels as its raw bytes with the dtype name "bfloat16" and comes back as a torc
 (numpy has no bf16); every other dtype comes back as a read-only numpy view of the frame.
 
 Decoding trusts nothing: the kind must be registered, every field is type-checked against
-the dataclass annotation, dtypes come from a whitelist, and frame counts, sizes and shapes
-are bounded. Anything else raises `ProtocolError`. No pickle, eval or import happens here.
+the dataclass annotation, dtypes come from a whitelist (and, where a field is annotated
+`Annotated[np.ndarray, Array(...)]`, from that field's kind and rank), float scalars must be
+finite, and frame counts, sizes and shapes are bounded. (What array values mean, e.g. finite
+log-probs, is the receiver's to check: it knows which lease to give back.)
+Every check is written so that it cannot itself raise or overflow (sizes are Python integers,
+dtypes are checked before any view), and `Decoder.decode` turns anything unforeseen into a
+`ProtocolError` too: a hostile frame can only ever become a counted reject. No pickle, eval or
+import happens here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -31,6 +38,22 @@ ARRAY_INLINE_EXT = 2  # ext payload: msgpack([dtype, shape, raw_bytes])
 INLINE_LIMIT = 512  # bytes; smaller arrays ride inside the body
 
 DTYPES = ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64", "bfloat16")
+DTYPE_KINDS = {
+    "bool": ("bool",),
+    "int": ("uint8", "int8", "int16", "int32", "int64"),
+    "float": ("float16", "float32", "float64", "bfloat16"),
+    "any": DTYPES,
+}
+MAX_DIM = 1 << 40  # per dimension; the byte count is checked against the frame as well
+
+
+@dataclass(frozen=True)
+class Array:
+    """What an array field may carry, as `Annotated[np.ndarray, Array("int", ndim=1)]` in a message:
+    checked while decoding, before the bytes are viewed, so later code can trust dtype and rank."""
+
+    kind: str = "any"  # a key of DTYPE_KINDS
+    ndim: int | None = None
 
 
 class ProtocolError(ValueError):
@@ -123,7 +146,7 @@ def _ext_hook(limits: Limits):
             raise ProtocolError(f"dtype {dtype!r} is not allowed on the wire")
         if not isinstance(shape, list) or len(shape) > limits.max_ndim:
             raise ProtocolError(f"array shape must be a list of at most {limits.max_ndim} dims")
-        if not all(type(d) is int and 0 <= d < (1 << 40) for d in shape):
+        if not all(type(d) is int and 0 <= d < MAX_DIM for d in shape):
             raise ProtocolError(f"bad array shape {shape!r}")
         valid_source = isinstance(source, bytes) if code == ARRAY_INLINE_EXT else type(source) is int
         if not valid_source:
@@ -133,7 +156,12 @@ def _ext_hook(limits: Limits):
     return hook
 
 
-def _materialise(ref: _ArrayRef, frames: Sequence[Any], used: set[int]) -> Any:
+def _byte_count(dtype: str, shape: tuple[int, ...]) -> int:
+    """Bytes an array of this dtype and shape needs, in Python integers (no int64 wrap-around)."""
+    return math.prod(shape) * (2 if dtype == "bfloat16" else np.dtype(dtype).itemsize)
+
+
+def _materialise(ref: _ArrayRef, frames: Sequence[Any], used: set[int], limits: Limits) -> Any:
     if isinstance(ref.source, bytes):
         buffer: Any = ref.source
     else:
@@ -142,23 +170,43 @@ def _materialise(ref: _ArrayRef, frames: Sequence[Any], used: set[int]) -> Any:
         used.add(ref.source)
         frame = frames[ref.source]
         buffer = frame.buffer if hasattr(frame, "buffer") else frame
-    itemsize = 2 if ref.dtype == "bfloat16" else np.dtype(ref.dtype).itemsize
-    expected = int(np.prod(ref.shape, dtype=np.int64)) * itemsize
-    if memoryview(buffer).nbytes != expected:
-        raise ProtocolError(
-            f"array {ref.dtype}{list(ref.shape)} needs {expected} bytes, frame has {memoryview(buffer).nbytes}"
-        )
+    # An empty array may still declare huge dimensions, which numpy refuses to shape: bound the
+    # product of the non-zero ones as well as the byte count.
+    if math.prod(d for d in ref.shape if d) > limits.max_frame_bytes:
+        raise ProtocolError(f"array shape {list(ref.shape)} is over the size limit")
+    expected, actual = _byte_count(ref.dtype, ref.shape), memoryview(buffer).nbytes
+    if actual != expected:
+        raise ProtocolError(f"array {ref.dtype}{list(ref.shape)} needs {expected} bytes, frame has {actual}")
     if ref.dtype == "bfloat16":
         import torch
 
+        if expected == 0:  # torch cannot view an empty byte tensor as bf16
+            return torch.empty(ref.shape, dtype=torch.bfloat16)
         raw = np.frombuffer(buffer, dtype=np.uint8).copy()
         return torch.from_numpy(raw).view(torch.bfloat16).reshape(ref.shape)
+    if ref.dtype == "bool":  # bytes other than 0/1 are not valid numpy bools: normalise them
+        return np.frombuffer(buffer, dtype=np.uint8).reshape(ref.shape) != 0
     return np.frombuffer(buffer, dtype=ref.dtype).reshape(ref.shape)
+
+
+def _check_array(ref: _ArrayRef, spec: Array, where: str) -> None:
+    """The field's own rules, checked on the descriptor before any byte is looked at."""
+    if ref.dtype not in DTYPE_KINDS[spec.kind]:
+        raise ProtocolError(f"{where}: dtype {ref.dtype} is not allowed here (expected {spec.kind})")
+    if spec.ndim is not None and len(ref.shape) != spec.ndim:
+        raise ProtocolError(f"{where}: expected {spec.ndim} dimension(s), got shape {list(ref.shape)}")
 
 
 def _check(value: Any, hint: Any, where: str, frames: Sequence[Any], used: set[int], limits: Limits) -> Any:
     """Type-check one decoded value against its annotation, resolving array refs."""
     origin = typing.get_origin(hint)
+    if origin is typing.Annotated:
+        base, *extras = typing.get_args(hint)
+        spec = next((e for e in extras if isinstance(e, Array)), Array())
+        if base is not np.ndarray or not isinstance(value, _ArrayRef):
+            return _check(value, base, where, frames, used, limits)
+        _check_array(value, spec, where)
+        return _materialise(value, frames, used, limits)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
         if value is None and type(None) in options:
@@ -184,9 +232,11 @@ def _check(value: Any, hint: Any, where: str, frames: Sequence[Any], used: set[i
     if hint is np.ndarray:
         if not isinstance(value, _ArrayRef):
             raise ProtocolError(f"{where}: expected an array, got {type(value).__name__}")
-        return _materialise(value, frames, used)
+        return _materialise(value, frames, used, limits)
     if hint is float and type(value) is int:
         return float(value)
+    if hint is float and type(value) is float and not math.isfinite(value):
+        raise ProtocolError(f"{where}: {value} is not a finite number")
     if hint in (int, float, str, bool, bytes) and type(value) is hint:
         return value
     raise ProtocolError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {type(value).__name__}")
@@ -198,9 +248,18 @@ class Decoder:
     def __init__(self, registry: dict[str, type], limits: Limits = DEFAULT_LIMITS) -> None:
         self.registry = registry
         self.limits = limits
-        self._hints = {kind: typing.get_type_hints(cls) for kind, cls in registry.items()}
+        self._hints = {kind: typing.get_type_hints(cls, include_extras=True) for kind, cls in registry.items()}
 
     def decode(self, frames: Sequence[Any]) -> Any:
+        """The message in `frames`; anything wrong with them raises `ProtocolError`, nothing else."""
+        try:
+            return self._decode(frames)
+        except ProtocolError:
+            raise
+        except Exception as exc:  # a case no check foresaw: still only a reject, never a crash
+            raise ProtocolError(f"undecodable message: {type(exc).__name__}: {str(exc)[:200]}") from None
+
+    def _decode(self, frames: Sequence[Any]) -> Any:
         limits = self.limits
         if not frames or len(frames) > limits.max_frames:
             raise ProtocolError(f"message has {len(frames)} frames (allowed 1..{limits.max_frames})")

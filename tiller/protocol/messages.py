@@ -18,8 +18,17 @@ Conversation (every worker talks only to the learner, over one DEALER socket):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
+
+from tiller.protocol.codec import Array
+
+# Array fields say what they may carry; the codec rejects anything else before looking at the bytes.
+Ints = Annotated[np.ndarray, Array("int", ndim=1)]
+Flags = Annotated[np.ndarray, Array("bool", ndim=1)]
+Floats = Annotated[np.ndarray, Array("float", ndim=1)]  # finite and in range: the learner checks (validation.py)
+Weights = Annotated[np.ndarray, Array()]  # any whitelisted dtype: a model may keep integer buffers
 
 
 def unflatten(flat: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
@@ -56,9 +65,9 @@ class Lease:
 
     lease_id: int
     latest_version: int  # the actor fetches this version first if its engine is older
-    prompt_ids: np.ndarray  # int64 [n]: position of each prompt in the learner's stream
-    prompt_tokens: np.ndarray  # int32 [sum(prompt_lengths)]
-    prompt_lengths: np.ndarray  # int32 [n]
+    prompt_ids: Ints  # int64 [n]: position of each prompt in the learner's stream
+    prompt_tokens: Ints  # int32 [sum(prompt_lengths)]
+    prompt_lengths: Ints  # int32 [n]
     samples_per_prompt: int
     max_new_tokens: int
     temperature: float
@@ -92,10 +101,10 @@ class Rollout:
     lease_id: int
     seq: int  # per-incarnation counter, so redelivered work can be told apart
     policy_version: int  # weights the engine held while generating
-    response_tokens: np.ndarray  # int32 [sum(response_lengths)]
-    response_lengths: np.ndarray  # int32 [n*k]
-    logprobs: np.ndarray  # float32 [sum(response_lengths)]: behaviour logprob of each sampled token
-    truncated: np.ndarray  # bool [n*k]: hit max_new_tokens without an end-of-sequence token
+    response_tokens: Ints  # int32 [sum(response_lengths)]
+    response_lengths: Ints  # int32 [n*k]
+    logprobs: Floats  # float32 [sum(response_lengths)]: behaviour logprob of each sampled token
+    truncated: Flags  # bool [n*k]: hit max_new_tokens without an end-of-sequence token
     generate_seconds: float
 
 
@@ -112,11 +121,11 @@ class WorkRequest:
 class ScoreTask:
     lease_id: int
     samples_per_prompt: int
-    prompt_tokens: np.ndarray  # int32, flat
-    prompt_lengths: np.ndarray  # int32 [n]
-    response_tokens: np.ndarray  # int32, flat
-    response_lengths: np.ndarray  # int32 [n*k]
-    truncated: np.ndarray  # bool [n*k]
+    prompt_tokens: Ints  # int32, flat
+    prompt_lengths: Ints  # int32 [n]
+    response_tokens: Ints  # int32, flat
+    response_lengths: Ints  # int32 [n*k]
+    truncated: Flags  # bool [n*k]
     max_new_tokens: int  # the learner's bound on a response; a judge's revisions must respect it too
 
 
@@ -133,12 +142,12 @@ class Scores:
     judge_id: str
     incarnation: int
     lease_id: int
-    scores: np.ndarray  # float32 [n*k]
-    pair_prompts: np.ndarray  # int32 [m]: prompt index of each pair
-    chosen: np.ndarray  # int32 [m]: candidate index, see above
-    rejected: np.ndarray  # int32 [m]
-    revision_tokens: np.ndarray  # int32 [sum of the non-negative revision_lengths]
-    revision_lengths: np.ndarray  # int32 [n*k]: -1 where sample j was not revised
+    scores: Floats  # float32 [n*k]
+    pair_prompts: Ints  # int32 [m]: prompt index of each pair
+    chosen: Ints  # int32 [m]: candidate index, see above
+    rejected: Ints  # int32 [m]
+    revision_tokens: Ints  # int32 [sum of the non-negative revision_lengths]
+    revision_lengths: Ints  # int32 [n*k]: -1 where sample j was not revised
     judge_seconds: float
     stats: dict[str, float]  # the judge's running counters (tasks, ties, timeouts, ...) for the learner's metrics
 
@@ -169,7 +178,7 @@ class WeightsBucket:
     bucket: int
     num_buckets: int
     names: list[str]
-    tensors: list[np.ndarray]  # bf16 arrives as a torch tensor, see codec
+    tensors: list[Weights]  # bf16 arrives as a torch tensor, see codec
     learner_incarnation: int
 
 

@@ -71,7 +71,7 @@ class RouterEndpoint:
         identity = frames[0].bytes
         try:
             message = self.decoder.decode(frames[1:])
-        except ProtocolError as exc:
+        except Exception as exc:  # decode raises only ProtocolError; anything else is still just a reject
             if self.stats.reject(str(exc)):
                 log.warning("rejected message from peer %s: %s (%d rejected so far)", identity.hex(), exc,
                             self.stats.rejected)

@@ -1,0 +1,86 @@
+"""Nothing non-finite trains: NaN losses and gradients are skipped, a run of them stops the learner,
+and NaN weights are never published or saved. Real DeepSpeed engines on a tiny model."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tiller.config import Config, LearnerConfig, ModelConfig, PGConfig
+from tiller.learner.coordinator import ScoredPrompt
+from tiller.learner.dpo import dpo_step
+from tiller.learner.engine import PolicyTrainer
+from tiller.learner.guard import NonFiniteTraining
+from tiller.learner.main import snapshot
+from tiller.learner.pg import pg_step
+
+pytestmark = pytest.mark.slow
+
+
+def judged(n=4, k=2, seed=0, logprob_fill: float | None = None) -> list[ScoredPrompt]:
+    rng = np.random.default_rng(seed)
+    items = []
+    for i in range(n):
+        responses = [rng.integers(3, 34, int(rng.integers(3, 8))).astype(np.int32) for _ in range(k)]
+        logprobs = [-rng.random(len(r)).astype(np.float32) for r in responses]
+        if logprob_fill is not None:
+            logprobs = [np.full(len(r), logprob_fill, np.float32) for r in responses]
+        items.append(ScoredPrompt(i, 1, 0, rng.integers(3, 34, 5).astype(np.int32), responses, logprobs,
+                                  np.array([1.0, 0.0], np.float32), np.zeros(k, bool), pairs=((0, 1),)))
+    return items
+
+
+def weights(trainer) -> dict[str, torch.Tensor]:
+    return {n: t for b in trainer.weight_buckets(1 << 20) for n, t in b}
+
+
+def test_grpo_with_nan_behaviour_logprobs_skips_every_step_then_stops(tiny_policy_dir):
+    """What a NaN-returning actor did before the door checked: GRPO's loss was NaN on every step."""
+    cfg = Config(model=ModelConfig(path=str(tiny_policy_dir)),
+                 learner=LearnerConfig(algorithm="grpo", lr=1e-3, batch_size=4, max_nonfinite_steps=3,
+                                       pg=PGConfig(ppo_epochs=1)))
+    trainer = PolicyTrainer(cfg, tiny_policy_dir)
+    before = weights(trainer)
+    for _ in range(2):
+        metrics = pg_step(trainer, judged(logprob_fill=math.nan), cfg, pad_id=0)
+        assert metrics["skipped"] == 1.0 and math.isnan(metrics["loss"])
+    after = weights(trainer)
+    assert all(torch.equal(before[n], after[n]) for n in before), "a NaN loss moved the weights"
+    with pytest.raises(NonFiniteTraining, match="3 optimizer steps in a row"):
+        pg_step(trainer, judged(logprob_fill=math.nan), cfg, pad_id=0)
+    assert trainer.guard.skipped == 3
+    metrics = pg_step(trainer, judged(), cfg, pad_id=0)  # finite data trains again and resets the count
+    assert metrics["skipped"] == 0.0 and trainer.guard.in_a_row == 0
+
+
+@pytest.mark.parametrize("zero_stage", [0, 2])
+def test_a_nan_gradient_from_a_finite_loss_is_not_applied(tiny_policy_dir, zero_stage):
+    cfg = Config(model=ModelConfig(path=str(tiny_policy_dir)),
+                 learner=LearnerConfig(lr=1e-3, batch_size=4, zero_stage=zero_stage))
+    trainer = PolicyTrainer(cfg, tiny_policy_dir)
+    first = next(trainer.module.parameters())
+    hook = first.register_hook(lambda grad: grad * math.nan)  # poisons one gradient, not the loss
+    before = weights(trainer)
+    metrics = dpo_step(trainer, judged(), cfg, pad_id=0)
+    assert math.isfinite(metrics["loss"]) and metrics["skipped"] == 1.0
+    assert all(torch.equal(before[n], after) for n, after in weights(trainer).items())
+    hook.remove()
+    metrics = dpo_step(trainer, judged(), cfg, pad_id=0)
+    assert metrics["skipped"] == 0.0 and math.isfinite(metrics["grad_norm"]) and metrics["grad_norm"] > 0
+    assert any(not torch.equal(before[n], after) for n, after in weights(trainer).items())
+
+
+def test_nan_weights_are_never_published_or_saved(tiny_policy_dir, tmp_path):
+    cfg = Config(model=ModelConfig(path=str(tiny_policy_dir)), learner=LearnerConfig(batch_size=4))
+    trainer = PolicyTrainer(cfg, tiny_policy_dir)
+    assert snapshot(trainer, 1, 1).version == 1
+    with torch.no_grad():
+        trainer.module.model.norm.weight[0] = math.nan
+    with pytest.raises(NonFiniteTraining, match="publish policy version 2: weight model.norm.weight"):
+        snapshot(trainer, 2, 1)
+    with pytest.raises(NonFiniteTraining, match="save"):
+        trainer.save(tmp_path / "final")
+    assert not (tmp_path / "final" / "config.json").exists()

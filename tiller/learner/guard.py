@@ -1,0 +1,79 @@
+"""Non-finite numbers never train: every optimizer step of the learner goes through `FiniteGuard`.
+
+    guard = FiniteGuard(max_in_a_row=5)
+    metrics = guard.step(engine, loss)   # backward + step, or a skip when loss or gradient is not finite
+
+A NaN or infinite loss is skipped before its backward pass. A finite loss can still give a
+non-finite gradient: without ZeRO (stage 0, fp32) DeepSpeed would apply it, so the guard takes
+the pre-clip gradient norm itself and skips the step; ZeRO stages 1-3 detect it in their own
+step (they report an infinite norm and leave the weights alone), which the guard reads back.
+Each skip is counted and warned about; `max_in_a_row` skips in a row raise `NonFiniteTraining`,
+because a run that only skips is not training. `assert_finite` is the last line of defence:
+weights are checked before they are published to actors or saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Iterable
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteTraining(RuntimeError):
+    """Training produced non-finite numbers the guard could not step around."""
+
+
+def grad_norm(parameters: Iterable[torch.nn.Parameter]) -> float | None:
+    """The L2 norm of all gradients (inf or NaN if any entry is), or None when no parameter holds one
+    (ZeRO keeps gradients in its own partitions)."""
+    grads = [p.grad.detach() for p in parameters if p.grad is not None]
+    if not grads:
+        return None
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+
+
+def assert_finite(named: Iterable[tuple[str, torch.Tensor]], what: str) -> None:
+    """Raise `NonFiniteTraining` naming the first tensor with a NaN or infinity."""
+    for name, tensor in named:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise NonFiniteTraining(f"refusing to {what}: weight {name} holds NaN or infinity")
+
+
+class FiniteGuard:
+    def __init__(self, max_in_a_row: int = 5):
+        self.max_in_a_row = max_in_a_row
+        self.skipped = 0  # over the whole run
+        self.in_a_row = 0
+
+    def step(self, engine, loss: torch.Tensor) -> dict[str, float]:
+        """Backward and optimizer step of a DeepSpeed `engine` on `loss`, unless something is not
+        finite. Returns {"grad_norm": pre-clip norm (NaN when unknown), "skipped": 0 or 1}."""
+        if not bool(torch.isfinite(loss.detach()).all()):
+            return self._skip(f"loss is {loss.item()}")
+        engine.backward(loss)
+        norm = grad_norm(engine.module.parameters())
+        if norm is not None and not math.isfinite(norm):
+            engine.zero_grad()  # drop the poisoned gradient; the weights stay as they were
+            return self._skip(f"gradient norm is {norm}")
+        engine.step()
+        if norm is None:  # ZeRO computed it (and skipped the update itself if it was not finite)
+            reported = engine.get_global_grad_norm()
+            norm = float(reported) if reported is not None else math.nan
+            if math.isinf(norm):
+                return self._skip("ZeRO found a non-finite gradient and skipped the update")
+        self.in_a_row = 0
+        return {"grad_norm": norm, "skipped": 0.0}
+
+    def _skip(self, why: str) -> dict[str, float]:
+        self.skipped += 1
+        self.in_a_row += 1
+        log.warning("skipped an optimizer step: %s (%d skipped in a row, %d in all)", why, self.in_a_row,
+                    self.skipped)
+        if self.in_a_row >= self.max_in_a_row:
+            raise NonFiniteTraining(f"{self.in_a_row} optimizer steps in a row had non-finite numbers ({why}); "
+                                    "stopping rather than training on them (learner.max_nonfinite_steps)")
+        return {"grad_norm": math.nan, "skipped": 1.0}
