@@ -20,7 +20,8 @@ from tiller.config import SecurityConfig
 from tiller.learner.coordinator import Coordinator
 from tiller.learner.judge_metrics import JudgeBook
 from tiller.protocol.messages import (
-    Heartbeat, HeartbeatAck, JudgeFailed, Lease, LeaseRequest, Rollout, Scores, Shutdown, WeightsBucket, WeightsGone,
+    Heartbeat, HeartbeatAck, JudgeFailed, Lease, LeaseRequest, Rollout, Scores, Shutdown, Wait, WeightsBucket,
+    WeightsGone,
     WeightsRequest, WorkRequest,
 )
 from tiller.protocol.logbudget import LogBudget
@@ -196,6 +197,8 @@ class LearnerServer:
         sender_id = getattr(message, "actor_id", None) or getattr(message, "judge_id", None)
         sender = f"{sender_id}#{message.incarnation}" if sender_id is not None else ""
         if sender and not self._seen(sender):
+            if isinstance(message, LeaseRequest):  # an honest actor among a flood of names backs off and asks again
+                self._reply(identity, Wait("the learner is tracking too many peers", 1.0, c.version, c.incarnation))
             return
         refused_before = c.refused
         if isinstance(message, LeaseRequest):
