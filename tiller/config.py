@@ -171,6 +171,8 @@ class RunConfig:
     placement: Literal["auto", "manual", "off"] = "auto"
     cores: dict[str, list[int]] = field(default_factory=dict)  # manual: {"learner": [0], "actor0": [1]}
     timeout_s: float = 1800.0
+    max_restarts: int = 5  # per actor or judge: a worker that dies is started again, up to this many times
+    restart_backoff_s: float = 1.0  # wait before the first restart; doubles with each (at most 60 s)
 
 
 @dataclass(frozen=True)

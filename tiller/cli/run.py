@@ -1,8 +1,11 @@
 """`tiller run`: the whole system on this machine, each part its own OS process.
 
 Plans placement (printed), starts the learner, the rollout actors and the judges as
-separate processes on loopback, streams the learner's progress, and stops everything
-when the learner finishes or a part fails. Worker logs go to runs/<name>/logs/.
+separate processes on loopback and streams the learner's progress. It supervises: an actor or
+judge that dies is started again in its slot (after a back-off that doubles, up to
+`run.max_restarts` times per worker), and the learner hands the dead one's work on meanwhile.
+The run ends when the learner ends, or fails when the learner dies or every worker of a kind
+has used up its restarts. Worker logs go to runs/<name>/logs/ (a restart appends).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -22,9 +26,9 @@ from tiller.cli.common import DryRun, Overrides, resolve
 from tiller.config import Config, dump_config
 
 
-def _spawn(slot: placement.Slot, args: list[str], log_path: Path | None) -> subprocess.Popen:
+def _spawn(slot: placement.Slot, args: list[str], log_path: Path | None, append: bool = False) -> subprocess.Popen:
     env = {**os.environ, **slot.env(), "PYTHONUNBUFFERED": "1"}
-    out = log_path.open("w") if log_path else None
+    out = log_path.open("a" if append else "w") if log_path else None
     cores = set(slot.cores)
     return subprocess.Popen(
         [sys.executable, "-m", "tiller", *args], env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
@@ -39,21 +43,39 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def _stop(processes: dict[str, subprocess.Popen], timeout: float = 10.0) -> None:
-    for p in processes.values():
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
+@dataclass
+class Child:
+    """One supervised process of the run, and what it takes to start it again."""
+
+    role: str
+    slot: placement.Slot
+    args: list[str]
+    log: Path | None
+    process: subprocess.Popen
+    restarts: int = 0
+    restart_at: float | None = None  # a restart is due then
+    gave_up: bool = False
+
+    @property
+    def kind(self) -> str:
+        return "learner" if self.role == "learner" else "actor" if self.role.startswith("actor") else "judge"
+
+
+def _stop(children: list[Child], timeout: float = 10.0) -> None:
+    for child in children:
+        if child.process.poll() is None:
+            child.process.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    for p in processes.values():
+    for child in children:
         try:
-            p.wait(max(0.1, deadline - time.monotonic()))
+            child.process.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+            child.process.kill()
+            child.process.wait()
 
 
 def launch(cfg: Config) -> int:
-    """Start every part, wait for the learner, return the exit code of the run."""
+    """Start every part, supervise them until the learner ends, return the exit code of the run."""
     from tiller.learner.main import prepare_model
 
     run_dir = cfg.run_dir
@@ -69,45 +91,70 @@ def launch(cfg: Config) -> int:
         gpus=torch.cuda.device_count(), manual=rc.cores if rc.placement == "manual" else None,
     ) if rc.placement != "off" else [placement.Slot(r, ()) for r in placement.roles(rc.actors, rc.judges)]
     typer.echo(placement.describe(slots))
-    processes: dict[str, subprocess.Popen] = {}
-    logs: dict[str, Path] = {}
+    children: list[Child] = []
     for slot in slots:
         command = "learner" if slot.role == "learner" else "actor" if slot.role.startswith("actor") else "judge"
-        args = [command, "--config", str(launch_config)]
-        if command != "learner":
-            args += ["--id", slot.role]
-            logs[slot.role] = run_dir / "logs" / f"{slot.role}.log"
-        processes[slot.role] = _spawn(slot, args, logs.get(slot.role))
-    typer.echo(f"started {len(processes)} processes; worker logs in {run_dir / 'logs'}")
-    return _supervise(cfg, processes, logs)
-
-
-def _supervise(cfg: Config, processes: dict[str, subprocess.Popen], logs: dict[str, Path]) -> int:
-    learner = processes["learner"]
-    deadline = time.monotonic() + cfg.run.timeout_s
+        args = [command, "--config", str(launch_config)] + (["--id", slot.role] if command != "learner" else [])
+        log = run_dir / "logs" / f"{slot.role}.log" if command != "learner" else None
+        children.append(Child(slot.role, slot, args, log, _spawn(slot, args, log)))
+    pids = ", ".join(f"{c.role} {c.process.pid}" for c in children)
+    typer.echo(f"started {len(children)} processes ({pids}); worker logs in {run_dir / 'logs'}")
     try:
-        while learner.poll() is None:
-            if time.monotonic() > deadline:
-                typer.echo(f"run.timeout_s ({cfg.run.timeout_s:.0f} s) reached; stopping", err=True)
-                _stop(processes)
-                return 1
-            for kind in ("actor", "judge"):
-                group = {r: p for r, p in processes.items() if r.startswith(kind)}
-                if group and all(p.poll() not in (None, 0) for p in group.values()):
-                    for role in group:
-                        typer.echo(f"--- {role} failed; last lines of {logs[role]}:\n{_tail(logs[role])}", err=True)
-                    _stop(processes)
-                    return 1
-            time.sleep(0.5)
-        workers = {r: p for r, p in processes.items() if r != "learner"}
-        grace = time.monotonic() + cfg.learner.shutdown_grace_s + 30
-        while any(p.poll() is None for p in workers.values()) and time.monotonic() < grace:
-            time.sleep(0.2)
-        _stop(workers)
+        return _supervise(cfg, children)
     except KeyboardInterrupt:
-        _stop(processes)
+        _stop(children)
         return 130
-    return learner.returncode or 0
+
+
+def _supervise(cfg: Config, children: list[Child]) -> int:
+    learner = next(c for c in children if c.role == "learner")
+    workers = [c for c in children if c is not learner]
+    deadline = time.monotonic() + cfg.run.timeout_s
+    while learner.process.poll() is None:
+        if time.monotonic() > deadline:
+            typer.echo(f"run.timeout_s ({cfg.run.timeout_s:.0f} s) reached; stopping", err=True)
+            _stop(children)
+            return 1
+        for child in workers:
+            _tend(cfg, child)
+        for kind in ("actor", "judge"):
+            group = [c for c in workers if c.kind == kind]
+            if group and all(c.gave_up for c in group):
+                typer.echo(f"every {kind} failed {cfg.run.max_restarts + 1} times; stopping the run", err=True)
+                _stop(children)
+                return 1
+        time.sleep(0.5)
+    grace = time.monotonic() + cfg.learner.shutdown_grace_s + 30
+    while any(c.process.poll() is None for c in workers) and time.monotonic() < grace:
+        time.sleep(0.2)
+    _stop(workers)
+    return learner.process.returncode or 0
+
+
+def _tend(cfg: Config, child: Child) -> None:
+    """Restart a worker that died (a clean exit 0 means the learner told it to stop: leave it)."""
+    now = time.monotonic()
+    if child.restart_at is not None:
+        if now >= child.restart_at:
+            child.restart_at = None
+            child.process = _spawn(child.slot, child.args, child.log, append=True)
+            typer.echo(f"--- {child.role} restarted (pid {child.process.pid}, restart {child.restarts} of "
+                       f"{cfg.run.max_restarts})", err=True)
+        return
+    code = child.process.poll()
+    if code in (None, 0) or child.gave_up:
+        return
+    tail = _tail(child.log) if child.log else ""
+    if child.restarts >= cfg.run.max_restarts:
+        child.gave_up = True
+        typer.echo(f"--- {child.role} died (exit {code}) with no restarts left; last lines of {child.log}:\n{tail}",
+                   err=True)
+        return
+    backoff = min(cfg.run.restart_backoff_s * 2 ** child.restarts, 60.0)
+    child.restarts += 1
+    child.restart_at = now + backoff
+    typer.echo(f"--- {child.role} died (exit {code}); restarting it in {backoff:.0f} s "
+               f"({child.restarts} of {cfg.run.max_restarts}); last lines of {child.log}:\n{tail}", err=True)
 
 
 def run(
