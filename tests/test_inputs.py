@@ -59,3 +59,36 @@ def test_the_learner_refuses_bad_inputs_in_one_line(override, message, tmp_path,
     )
     assert done.returncode == 2, done.stderr[-2000:]
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+# ----------------------------------------------------------------------------- `tiller run` refuses before starting anything
+
+BAD_RUNS = [  # (overrides, the one line expected, files to write: name -> text)
+    (["data.source=jsonl", "data.path={tmp}/p.jsonl"], r"p.jsonl:2: not valid JSON", {"p.jsonl": '{"prompt": "ab"}\n{oops\n'}),
+    (["learner.address=tcp://0.0.0.0:5999"], r"is not loopback and no CURVE keys are configured", {}),
+    (["rollout.max_model_len=4096"], r"rollout.max_model_len: 4096 is more than the 256 positions", {}),
+    (["learner.lease_prompts=64", "learner.max_inflight_prompts=32"], r"learner.lease_prompts: 64 is more than", {}),
+    (["learner.algorithm=grpo", "rollout.samples_per_prompt=1"], r"rollout.samples_per_prompt: grpo with 1 sample", {}),
+    (["judge.constitution_path={tmp}/missing.yaml"], r"judge.constitution_path: .*missing.yaml does not exist", {}),
+]
+
+
+@pytest.mark.parametrize("overrides,expected,files", BAD_RUNS, ids=[b[1][:30] for b in BAD_RUNS])
+def test_tiller_run_refuses_bad_setups_in_seconds_before_any_process(overrides, expected, files, tmp_path,
+                                                                     tiny_policy_dir):
+    import re
+    import time
+
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "tiller", "run", "configs/demo.yaml", f"output_dir={tmp_path}",
+         f"model.path={tiny_policy_dir}", *[o.format(tmp=tmp_path) for o in overrides]],
+        capture_output=True, text=True, timeout=60, cwd=ROOT)
+    seconds = time.monotonic() - started
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and re.search(expected, errors[0]), done.stderr
+    assert "started" not in done.stdout and not (tmp_path / "demo" / "logs" / "actor0.log").exists()
+    assert seconds < 10, f"took {seconds:.1f} s"

@@ -333,6 +333,16 @@ def _check_combination(cfg: Config) -> Config:
                           f"pairs to online_dpo; learner.algorithm {cfg.learner.algorithm} needs on-policy scores")
     if cfg.judge.principles_per_sample < 1:
         raise ConfigError("judge.principles_per_sample: must be at least 1")
+    lc, k = cfg.learner, cfg.rollout.samples_per_prompt
+    if lc.lease_prompts > lc.max_inflight_prompts:
+        raise ConfigError(f"learner.lease_prompts: {lc.lease_prompts} is more than learner.max_inflight_prompts "
+                          f"({lc.max_inflight_prompts}), so no lease could ever be given")
+    if k < 2 and (lc.algorithm in ("grpo", "rloo") or (lc.algorithm == "online_dpo" and cfg.judge.kind != "cai")):
+        why = "a group baseline needs" if lc.algorithm != "online_dpo" else "a preference pair needs"
+        raise ConfigError(f"rollout.samples_per_prompt: {lc.algorithm} with {k} sample per prompt: {why} at least 2")
+    if cfg.rollout.max_new_tokens >= cfg.rollout.max_model_len:
+        raise ConfigError(f"rollout.max_new_tokens: {cfg.rollout.max_new_tokens} leaves no room for a prompt in "
+                          f"rollout.max_model_len {cfg.rollout.max_model_len}")
     return cfg
 
 

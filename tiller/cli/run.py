@@ -22,7 +22,8 @@ from typing import Annotated, Optional
 import typer
 
 from tiller.cli import placement
-from tiller.cli.common import DryRun, Overrides, resolve
+from tiller.cli.common import DryRun, Overrides, resolve, run_or_explain
+from tiller.cli.preflight import check_everything
 from tiller.config import Config, dump_config
 
 
@@ -78,11 +79,18 @@ def launch(cfg: Config) -> int:
     """Start every part, supervise them until the learner ends, return the exit code of the run."""
     from tiller.learner.main import prepare_model
 
+    from tiller.protocol.security import check_bind
+
+    check_bind(cfg.learner.address, cfg.security)  # first: the cheapest refusal
     run_dir = cfg.run_dir
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     launch_config = run_dir / "launch.yaml"
     launch_config.write_text(dump_config(cfg))
     prepare_model(cfg)  # once, here, so the children never race to build it
+    started = time.monotonic()
+    prompts = check_everything(cfg)  # what the parts would refuse after their engines start, refused now
+    typer.echo(f"preflight: config, bind, model, judge files and {prompts} prompts checked "
+               f"in {time.monotonic() - started:.1f} s")
     rc = cfg.run
     import torch
 
@@ -167,4 +175,4 @@ def run(
     """Run learner, actors and judges together on this machine."""
     extra = [f"run.actors={actors}"] * (actors is not None) + [f"run.judges={judges}"] * (judges is not None)
     cfg = resolve(config, (overrides or []) + extra, dry_run)
-    raise typer.Exit(launch(cfg))
+    raise typer.Exit(run_or_explain(launch, cfg))

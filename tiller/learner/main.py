@@ -46,6 +46,11 @@ def prepare_model(cfg: Config) -> Path:
         if not cfg.model.build_tiny:
             raise ConfigError(f"model.path: {path} has no config.json (point it at a transformers model "
                               "directory, or set model.build_tiny: true to build a tiny one there)")
+        # Loud on purpose: with a typo in model.path this would otherwise train a random model quietly.
+        log.warning("model.path %s has no model: BUILDING A RANDOM-INIT TINY MODEL there (model.build_tiny: true)",
+                    path.resolve())
+        print(f"model.path {path} has no model: building a random-init tiny model there (model.build_tiny: true)",
+              flush=True)
         ensure_tiny_policy(path, seed=cfg.model.seed)
     return path
 

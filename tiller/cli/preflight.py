@@ -1,0 +1,63 @@
+"""Everything `tiller run` can check before it starts a process: one clear line and exit 2, in seconds.
+
+The learner, actors and judges check their own inputs again when they start (each may run on
+its own), but by then two vLLM engines may have been built: a broken prompt file was once
+reported after 66 s, a refused bind after 50 s. So the launcher checks the same things first:
+the bind address, the model directory and its context length, the prompt data (read and
+tokenized in full, as the learner will), the judge's files, and the rules that span sections.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tiller.config import Config, ConfigError
+
+
+def check_everything(cfg: Config) -> int:
+    """Raise ConfigError (or SecurityError) for the first problem; returns the number of prompts."""
+    from tiller.protocol.security import check_bind
+
+    check_bind(cfg.learner.address, cfg.security)
+    _check_model(cfg)
+    _check_judge_files(cfg)
+    from tiller.learner.prompts import load_prompts
+    from tiller.models import load_tokenizer
+
+    tokenizer = load_tokenizer(Path(cfg.model.path))
+    prompts = load_prompts(cfg.data, tokenizer, cfg.rollout.max_model_len - cfg.rollout.max_new_tokens)
+    return len(prompts)
+
+
+def _check_model(cfg: Config) -> None:
+    config_file = Path(cfg.model.path) / "config.json"
+    if not config_file.exists():
+        raise ConfigError(f"model.path: {cfg.model.path} has no config.json")
+    try:
+        model_config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model.path: {config_file} is not readable JSON ({exc})") from None
+    positions = model_config.get("max_position_embeddings")
+    if isinstance(positions, int) and cfg.rollout.max_model_len > positions:
+        raise ConfigError(f"rollout.max_model_len: {cfg.rollout.max_model_len} is more than the "
+                          f"{positions} positions of the model at {cfg.model.path}")
+
+
+def _check_judge_files(cfg: Config) -> None:
+    j = cfg.judge
+    files = {"judge.constitution_path": j.constitution_path, "judge.template_path": j.template_path,
+             "judge.critique_template_path": j.critique_template_path,
+             "judge.revision_template_path": j.revision_template_path}
+    if j.kind == "reward_model":
+        files["judge.reward_model_path"] = j.reward_model_path
+    if j.kind in ("llm_pairwise", "cai") and not j.build_tiny:
+        files["judge.model_path"] = j.model_path
+    for i, scorer in enumerate(j.scorers):
+        if scorer.kind == "reward_model":
+            files[f"judge.scorers[{i}].reward_model_path"] = scorer.reward_model_path
+    for key, path in files.items():
+        if key.endswith(("model_path", "reward_model_path")) and path is None:
+            raise ConfigError(f"{key}: required for judge.kind {j.kind}")
+        if path is not None and not Path(path).exists():
+            raise ConfigError(f"{key}: {path} does not exist")
