@@ -202,7 +202,11 @@ def test_a_nan_returning_actor_is_refused_and_its_prompts_leased_again(live):
 
 
 def test_a_flood_of_made_up_names_costs_bounded_credit_and_log_lines(live, caplog):
+    from tiller.actors.worker import HeartbeatThread
+
     caplog.set_level(logging.INFO, logger="tiller.learner.server")
+    beats = HeartbeatThread(live.address, "honest", 1, "actor", interval_s=0.5, missed_beats=10)  # alive throughout
+    beats.start()
     honest = live.client()
     proven = lease_for(honest, "honest")
     honest.send(honest_rollout(proven, "honest"))
@@ -245,4 +249,5 @@ def test_a_flood_of_made_up_names_costs_bounded_credit_and_log_lines(live, caplo
     # dead ones are forgotten by the metrics (list() copies the dict the server thread changes)
     wait_for(lambda: not [n for n in list(live.coordinator.actor_versions) if n.startswith("made-up")], timeout_s=20)
     still_serving(live)
+    beats.stop()
     honest.close()
