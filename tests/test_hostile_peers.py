@@ -43,7 +43,7 @@ class LiveLearner:
     def counters(self) -> dict:
         return self.server.coordinator_state(timeout_s=10)["counters"]
 
-    def client(self, name: str = "honest") -> LearnerClient:
+    def client(self) -> LearnerClient:
         return LearnerClient(self.address)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -28,14 +29,25 @@ def _free_port() -> int:
 
 
 def init_single_process_distributed() -> None:
-    """Set the rank variables DeepSpeed needs (else it tries MPI discovery) and init gloo."""
+    """Set the rank variables DeepSpeed needs (else it tries MPI discovery) and init gloo.
+
+    Unless a launcher set them, the process group meets through a file, not a TCP port: a port
+    found free here can be taken by a process starting beside this one (each vLLM engine picks
+    one the same way) before the store binds it, which failed a `tiller run` with EADDRINUSE.
+    """
+    launched = all(key in os.environ for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
     for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(key, value)
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))  # unused with the file store; DeepSpeed checks it is set
     import deepspeed
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # an 85 s compile on cold machines
-    deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
+    backend = "gloo" if not torch.cuda.is_available() else "nccl"
+    if launched:
+        deepspeed.init_distributed(dist_backend=backend)
+        return
+    store = Path(tempfile.mkdtemp(prefix="tiller-dist-")) / "store"
+    deepspeed.init_distributed(dist_backend=backend, init_method=f"file://{store}", rank=0, world_size=1)
 
 
 def _ds_config(cfg: Config, lr: float) -> dict:
