@@ -83,3 +83,20 @@ def test_placement_manual_and_gpu():
         plan(1, 1, False, manual={"learner": [0], "actor0": [1]})
     gpu = plan(2, 1, True, gpus=4)
     assert [s.device for s in gpu] == ["0", "1", "2", "3"]
+
+
+def test_relative_paths_resolve_against_the_config_folder_when_they_exist_there(tmp_path):
+    """`tiller run /elsewhere/configs/cai.yaml` works from any directory: the constitution named
+    beside the config is found; a path that exists only from the working directory is kept."""
+    import os
+    import subprocess
+    import sys
+
+    cfg = load_config(ROOT / "configs" / "cai.yaml")
+    assert cfg.judge.constitution_path == str(ROOT / "configs" / "constitutions" / "default.yaml")
+    assert cfg.model.path == "runs/tiny-policy"  # not beside the config: left to the working directory
+    done = subprocess.run([sys.executable, "-m", "tiller", "run", str(ROOT / "configs" / "cai.yaml"), "--dry-run"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert f"constitution_path: {ROOT / 'configs' / 'constitutions' / 'default.yaml'}" in done.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
@@ -33,16 +34,19 @@ def test_binding_beyond_loopback_needs_keys_or_the_loud_flag(tmp_path):
 def keyring(tmp_path):
     _, server_secret = create_keys(tmp_path / "learner", "learner")
     worker_public, worker_secret = create_keys(tmp_path / "worker", "worker")
+    other_public, other_secret = create_keys(tmp_path / "other", "other")
     _, stranger_secret = create_keys(tmp_path / "stranger", "stranger")
     authorized = tmp_path / "authorized"
     authorized.mkdir()
     (authorized / "worker.key").write_bytes(worker_public.read_bytes())
+    (authorized / "other.key").write_bytes(other_public.read_bytes())
     server = SecurityConfig(server_secret_key=str(server_secret), authorized_keys_dir=str(authorized))
     learner_public = str(tmp_path / "learner" / "learner.key")
     return {
         "server": server,
         "worker": SecurityConfig(client_secret_key=str(worker_secret), server_public_key=learner_public),
         "stranger": SecurityConfig(client_secret_key=str(stranger_secret), server_public_key=learner_public),
+        "other": SecurityConfig(client_secret_key=str(other_secret), server_public_key=learner_public),
     }
 
 
@@ -88,3 +92,39 @@ def test_tiller_keys_writes_key_pairs(tmp_path):
         assert (tmp_path / f"{name}.key").exists() and (tmp_path / f"{name}.key_secret").exists()
     assert "secret-key" not in (tmp_path / "actor7.key").read_text()  # the public file holds no secret
     assert "secret-key" in (tmp_path / "actor7.key_secret").read_text()
+
+
+def test_a_name_belongs_to_its_key_and_plaintext_attempts_are_counted(keyring, free_address):
+    """Under CURVE an authorized key cannot act under a name another key uses, and clients that do
+    not speak CURVE at all (dropped silently by ZeroMQ) are counted and logged."""
+    import numpy as np
+
+    from tiller.config import LearnerConfig, RolloutConfig
+    from tiller.learner.coordinator import Coordinator
+    from tiller.learner.prompts import PromptStream
+    from tiller.learner.server import LearnerServer, WeightSnapshot
+    from tiller.protocol.messages import Lease
+
+    prompts = PromptStream([np.array([3, 4], np.int32)] * 100, [""] * 100)
+    coordinator = Coordinator(prompts, LearnerConfig(lease_prompts=2, max_inflight_prompts=16), RolloutConfig())
+    server = LearnerServer(coordinator, free_address, security=keyring["server"])
+    server.publish(WeightSnapshot(0, []))
+    server.start()
+    worker = LearnerClient(free_address, security=keyring["worker"])
+    other = LearnerClient(free_address, security=keyring["other"])
+    plain = [LearnerClient(free_address) for _ in range(3)]
+    try:
+        assert isinstance(worker.request(LeaseRequest("worker", 1, 0), timeout_s=10), Lease)
+        assert other.request(LeaseRequest("worker", 2, 0), timeout_s=2) is None  # another key, the same name
+        assert isinstance(other.request(LeaseRequest("other", 1, 0), timeout_s=10), Lease)  # its own name is fine
+        for client in plain:
+            client.send(LeaseRequest("plain", 1, 0))
+        deadline = time.monotonic() + 10
+        while server.endpoint.stats.handshakes_failed < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert server.impersonations == 1 and server.endpoint.stats.handshakes_failed >= 3
+        assert server.alive and server.handler_errors == 0
+    finally:
+        for client in (worker, other, *plain):
+            client.close()
+        server.close()

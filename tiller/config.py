@@ -320,10 +320,45 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         _apply_override(raw, override)
         origin[override.partition("=")[0].strip()] = f"override {override!r}"
     try:
-        return _check_combination(_build(Config, raw, ""))
+        cfg = _build(Config, raw, "")
+        if path is not None:
+            cfg = _resolve_paths(cfg, Path(path).resolve().parent)
+        return _check_combination(cfg)
     except ConfigError as exc:
         key = str(exc).split(":")[0].split("[")[0]
         raise ConfigError(f"{origin.get(key, source)}: {exc}") from None
+
+
+# Fields that name files or directories. Relative ones resolve against the config file's folder
+# when they exist there, so `tiller run /elsewhere/configs/cai.yaml` works from any directory.
+PATH_FIELDS = {
+    "model": ("path",), "data": ("path",), "learner.pg": ("critic_path",),
+    "judge": ("reward_model_path", "model_path", "template_path", "constitution_path", "critique_template_path",
+              "revision_template_path"),
+    "security": ("server_secret_key", "authorized_keys_dir", "client_secret_key", "server_public_key"),
+}
+
+
+def _near(value: str | None, base: Path) -> str | None:
+    if value is None or Path(value).is_absolute() or not (base / value).exists():
+        return value
+    return str((base / value).resolve())
+
+
+def _resolve_paths(cfg: Config, base: Path) -> Config:
+    def section(node: Any, dotted: str) -> Any:
+        changes = {name: _near(getattr(node, name), base) for name in PATH_FIELDS.get(dotted, ())}
+        for f in dataclasses.fields(node):
+            value = getattr(node, f.name)
+            sub = f"{dotted}.{f.name}" if dotted else f.name
+            if dataclasses.is_dataclass(value):
+                changes[f.name] = section(value, sub)
+        if dotted == "judge":
+            changes["scorers"] = [dataclasses.replace(s, reward_model_path=_near(s.reward_model_path, base))
+                                  for s in node.scorers]
+        return dataclasses.replace(node, **changes)
+
+    return section(cfg, "")
 
 
 def _check_combination(cfg: Config) -> Config:

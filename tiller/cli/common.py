@@ -38,11 +38,16 @@ def run_or_explain(fn, *args, **kwargs):
     """Run a part; a bad config, data file or key becomes one clear line and exit code 2."""
     from tiller.protocol.security import SecurityError
 
+    from tiller.learner.guard import NonFiniteTraining
+
     try:
         return fn(*args, **kwargs)
     except (ConfigError, SecurityError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    except NonFiniteTraining as exc:  # the run failed, not its inputs
+        typer.echo(f"training stopped: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def setup_process(role: str) -> list[int] | None:

@@ -141,8 +141,16 @@ def step_metrics(server: LearnerServer, step: int, version: int, staleness: list
         "leases/issued": c.leases_issued,
         "leases/expired": c.leases_expired,
         "leases/duplicates_dropped": c.duplicates_dropped,
+        "leases/wrong_sender": c.wrong_sender,
+        "leases/rollouts_invalid": c.rollouts_invalid,
+        "leases/scores_invalid": c.scores_invalid,
+        "leases/waits_peer_credit": c.waits_peer_credit,
         "prompts/released": c.prompts_released,
         "protocol/rejected": server.endpoint.stats.rejected,
+        "protocol/handler_errors": server.handler_errors,
+        "protocol/handshakes_failed": server.endpoint.stats.handshakes_failed,
+        "protocol/peers_refused": server.peers_refused,
+        "security/impersonations": server.impersonations,
         "actors/oldest_version": min(server.coordinator.actor_versions.values(), default=-1),
         "judge/pairs_invalid": c.pairs_invalid,
         "judge/failures": c.judge_failures,
@@ -205,12 +213,19 @@ def run(cfg: Config, resume: bool = False) -> dict | None:
         record.close()
         sink.close()
         return None
+    except Exception:
+        # A failed run (non-finite training, a dead socket thread) still tells the workers to stop,
+        # so hand-started actors and judges do not wait for a learner that is not coming back.
+        server.shutdown(min(cfg.learner.shutdown_grace_s, 5.0))
+        record.close()
+        sink.close()
+        raise
     print("training finished; telling workers to stop", flush=True)
     server.shutdown(cfg.learner.shutdown_grace_s)
     record.close()
     sink.close()
     trainer.save(run_dir / "final", tokenizer_dir=model_dir)
-    return summarise(cfg, sink.history, server)
+    return summarise(cfg, sink.history, server, trainer.guard.skipped)
 
 
 def train(cfg: Config, algorithm: Algorithm, trainer: PolicyTrainer, server: LearnerServer, sink: MetricsSink,
@@ -233,7 +248,7 @@ def train(cfg: Config, algorithm: Algorithm, trainer: PolicyTrainer, server: Lea
             save_checkpoint(cfg, step, version, trainer, server, sink, record)
 
 
-def summarise(cfg: Config, history: list[dict], server: LearnerServer) -> dict:
+def summarise(cfg: Config, history: list[dict], server: LearnerServer, trainer_skipped: int = 0) -> dict:
     first, last = first_last_tenth(history)
     plot = plot_reward(history, cfg.run_dir / "reward.png", f"{cfg.name}: {cfg.learner.algorithm}, mean judge reward")
     judges_plot = plot_judges(history, cfg.run_dir / "judges.png", f"{cfg.name}: the work of each judge")
@@ -248,6 +263,8 @@ def summarise(cfg: Config, history: list[dict], server: LearnerServer) -> dict:
         "judges": server.judges.summary(),
         "actor_versions": dict(server.coordinator.actor_versions),
         "protocol_rejected": server.endpoint.stats.rejected,
+        "refusals": dict(server.coordinator.problems),  # validation.py's reasons, counted
+        "skipped_nonfinite_steps": trainer_skipped,
         "dead_peers": list(server.dead_peers),
         "curve_refused": server.endpoint.authorized.denied if server.endpoint.authorized else 0,
         "final_checkpoint": str(cfg.run_dir / "final"),

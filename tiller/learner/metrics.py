@@ -96,6 +96,7 @@ def progress_line(m: dict[str, Any]) -> str:
         f"step {m['step']:>4} | v{m['policy_version']:<4} | reward {m['reward/mean']:.3f} "
         f"| loss {m['loss']:.4f} | {detail} "
         f"| {m['samples_per_s']:.1f} samples/s | staleness {m['staleness/mean']:.2f}"
+        + (" | SKIPPED: non-finite loss or gradient" if m.get("skipped") else "")
     )
 
 

@@ -63,6 +63,8 @@ class LearnerServer:
         self.actor_work: dict[str, int] = {}
         self.handler_errors = 0  # exceptions while handling a decoded message: logged, survived
         self.peers_refused = 0  # messages ignored because the peer tables were full
+        self.impersonations = 0  # CURVE: messages under a name another key owns
+        self._name_keys: dict[str, str] = {}  # worker name -> the z85 key that first used it
         self._logs = LogBudget()
         self._thread = threading.Thread(target=self._loop, name="tiller-learner-server", daemon=True)
         self.failure: BaseException | None = None
@@ -116,6 +118,7 @@ class LearnerServer:
                 if time.monotonic() - last_expiry > 0.5:
                     last_expiry = time.monotonic()
                     self._bury_silent_peers()
+                    self._note_failed_handshakes()
                     for lease_id in self.coordinator.expire():
                         log.warning("lease %d expired; its prompts will be leased again", lease_id)
                 self._dispatch_judges()
@@ -160,6 +163,31 @@ class LearnerServer:
                 if identity in self._parked_judges:
                     self._parked_judges.remove(identity)
 
+    def _note_failed_handshakes(self) -> None:
+        failed = self.endpoint.failed_handshakes()
+        if failed and self._logs.allow("handshake"):
+            log.warning("%d connection attempt(s) failed the CURVE handshake (plaintext client or wrong server "
+                        "key; %d in all)%s", failed, self.endpoint.stats.handshakes_failed, self._logs.note("handshake"))
+
+    def _key_owns(self, name: str) -> bool:
+        """Under CURVE a worker name belongs to the first key that used it: another key's message under
+        that name is refused (and counted), so one authorized worker cannot act as another."""
+        key = self.endpoint.sender_key
+        if key is None:
+            return True
+        owner = self._name_keys.get(name)
+        if owner is None:
+            if len(self._name_keys) >= MAX_PEERS:
+                return self._table_full(name)
+            self._name_keys[name] = owner = key
+        if owner == key:
+            return True
+        self.impersonations += 1
+        if self._logs.allow("impersonation"):
+            log.warning("refused a message under the name %s from a key that does not own it (%s...)%s", name[:80],
+                        key[:8], self._logs.note("impersonation"))
+        return False
+
     def _seen(self, name: str) -> bool:
         """Note that `name` is alive; False if the peer table is full and it is not in it."""
         if name not in self._last_seen:
@@ -190,6 +218,9 @@ class LearnerServer:
 
     def _handle(self, identity: bytes, message: Any) -> None:
         c = self.coordinator
+        name = getattr(message, "worker_id", None) or getattr(message, "actor_id", None) or getattr(message, "judge_id", None)
+        if name is not None and not self._key_owns(name):
+            return
         if isinstance(message, Heartbeat):
             if self._seen(f"{message.worker_id}#{message.incarnation}"):
                 self.endpoint.send(identity, HeartbeatAck(c.version, c.incarnation))

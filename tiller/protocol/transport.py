@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from tiller.config import SecurityConfig
 from tiller.protocol.codec import DEFAULT_LIMITS, Decoder, Limits, ProtocolError, encode
@@ -22,6 +23,9 @@ from tiller.protocol.security import check_bind, secure_client, secure_server
 
 log = logging.getLogger(__name__)
 
+HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                      | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+
 
 @dataclass
 class Stats:
@@ -29,6 +33,7 @@ class Stats:
     sent: int = 0
     rejected: int = 0
     unroutable: int = 0
+    handshakes_failed: int = 0  # CURVE learner: clients that did not speak CURVE (plaintext) or broke the handshake
     rejected_reasons: dict[str, int] = field(default_factory=dict)
 
     def reject(self, reason: str) -> bool:
@@ -53,10 +58,14 @@ class RouterEndpoint:
         # Raise on unknown peers instead of dropping silently; a dead peer is counted, not fatal.
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.socket.setsockopt(zmq.MAXMSGSIZE, limits.max_total_bytes)
+        # With CURVE, a socket monitor reports handshakes that fail before authentication (a plaintext
+        # client, a wrong server key): ZeroMQ drops those silently, so they are counted here.
+        self._monitor = self.socket.get_monitor_socket(HANDSHAKE_FAILURES) if self.authorized is not None else None
         self.socket.bind(address)
         self.address = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.decoder = Decoder(REGISTRY, limits)
         self.stats = Stats()
+        self.sender_key: str | None = None  # CURVE: the z85 public key of the last message's sender
 
     def poll(self, timeout_ms: int) -> bool:
         return bool(self.socket.poll(timeout_ms, zmq.POLLIN))
@@ -69,6 +78,8 @@ class RouterEndpoint:
                 log.warning("rejected a message without a body frame (%d rejected so far)", self.stats.rejected)
             return None
         identity = frames[0].bytes
+        # the ZAP handler's User-Id: the client's z85 public key (only set under CURVE)
+        self.sender_key = frames[1].get("User-Id") if self.authorized is not None else None
         try:
             message = self.decoder.decode(frames[1:])
         except Exception as exc:  # decode raises only ProtocolError; anything else is still just a reject
@@ -78,6 +89,16 @@ class RouterEndpoint:
             return None
         self.stats.received += 1
         return identity, message
+
+    def failed_handshakes(self) -> int:
+        """Count the failed handshakes reported since the last call (non-blocking); returns how many."""
+        count = 0
+        while self._monitor is not None and self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)
+            if event["event"] & HANDSHAKE_FAILURES:
+                count += 1
+        self.stats.handshakes_failed += count
+        return count
 
     def send(self, identity: bytes, message: Any) -> bool:
         try:
@@ -90,6 +111,9 @@ class RouterEndpoint:
         return True
 
     def close(self) -> None:
+        if self._monitor is not None:
+            self.socket.disable_monitor()
+            self._monitor.close(linger=0)
         self.socket.close(linger=0)
         if self.authorized is not None:
             self.authorized.authenticator.stop()
