@@ -44,8 +44,10 @@ def test_kl_estimators():
     assert pg.kl_estimate(logp, ref, "k1").tolist() == pytest.approx([0.5, -1.0])
     k3 = [math.exp(-0.5) - 1 + 0.5, math.exp(1.0) - 1 - 1.0]  # r - 1 - log r, r = pi_ref / pi
     assert pg.kl_estimate(logp, ref, "k3").tolist() == pytest.approx(k3, abs=1e-6)
+    k2 = [0.5 * 0.5 ** 2, 0.5 * 1.0 ** 2]  # 1/2 (log pi - log pi_ref)^2
+    assert pg.kl_estimate(logp, ref, "k2").tolist() == pytest.approx(k2)
     with pytest.raises(ValueError):
-        pg.kl_estimate(logp, ref, "k2")
+        pg.kl_estimate(logp, ref, "k4")
 
 
 def test_grpo_and_rloo_advantages():

@@ -90,3 +90,30 @@ def test_seeded_sampled_completions_repeat(engine):
     a = engine.complete(PROMPTS, MAX_NEW, temperature=1.0, seeds=[1, 2, 3])
     assert a == engine.complete(PROMPTS, MAX_NEW, temperature=1.0, seeds=[1, 2, 3])
     assert a != engine.complete(PROMPTS, MAX_NEW, temperature=1.0, seeds=[4, 5, 6])
+
+
+def test_fresh_samples_at_temperature_0_7_have_importance_ratio_one(engine, tiny_policy_dir):
+    """vLLM reports the log-probs of the distribution it sampled from (softmax(logits / T)); the
+    learner scores the same tokens the same way, so a fresh sample's ratio is 1 (it was 0.61-13.4
+    when the learner scored softmax(logits))."""
+    from transformers import AutoModelForCausalLM
+
+    from tiller.learner.pg import build_sample_batch, token_logprobs
+    from tiller.learner.coordinator import ScoredPrompt
+    from tiller.protocol.messages import unflatten
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_policy_dir), dtype=torch.float32).eval()
+    engine.load_weights([(n, p.detach().clone()) for n, p in model.named_parameters(remove_duplicate=False)])
+    k, temperature = 4, 0.7
+    gen = engine.generate(PROMPTS, k=k, max_new_tokens=10, temperature=temperature, seed=3)
+    responses, logprobs = unflatten(gen.tokens, gen.lengths), unflatten(gen.logprobs, gen.lengths)
+    items = [ScoredPrompt(i, 0, 0, p, responses[i * k:(i + 1) * k], logprobs[i * k:(i + 1) * k],
+                          np.zeros(k, np.float32), gen.truncated[i * k:(i + 1) * k]) for i, p in enumerate(PROMPTS)]
+    batch = build_sample_batch(items, pad_id=0)
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    mask = batch.mask.bool()
+    log_ratio = (token_logprobs(logits, batch.input_ids, temperature) - batch.behaviour_logp)[mask]
+    assert mask.sum() > 20 and log_ratio.abs().max() < 1e-3, log_ratio.abs().max()
+    untempered = (token_logprobs(logits, batch.input_ids) - batch.behaviour_logp)[mask]
+    assert untempered.abs().max() > 0.05  # scoring softmax(logits) instead: the old, wrong weights

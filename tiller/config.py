@@ -62,10 +62,13 @@ class PGConfig:
     minibatches: int = 1  # per epoch
     gamma: float = 1.0
     lam: float = 0.95
-    kl_coef: float = 0.05  # weight of KL(policy || reference)
-    kl_estimator: Literal["k1", "k3"] = "k1"
-    kl_in_reward: bool = True  # True: per-token penalty folded into the reward; False: a loss term
-    whiten_advantages: bool = True
+    kl_coef: float = 0.05  # weight of the KL penalty to the reference
+    # Where the KL penalty goes and how it is estimated (learner/pg_losses.py: kl_penalty). In the reward
+    # only k1 is right; as a loss term k2 follows grad KL(policy || reference) and k3 grad KL(reference ||
+    # policy). Unset (null/auto): ppo puts k1 in the reward; grpo and rloo (no per-token reward) use a k2 loss.
+    kl_estimator: Literal["auto", "k1", "k2", "k3"] = "auto"
+    kl_in_reward: bool | None = None
+    whiten_advantages: bool | None = None  # unset: on for ppo; off for grpo/rloo (their groups are already centred)
     group_std: bool = True  # GRPO: divide by the group's std (False: Dr. GRPO style)
     is_cap: float | None = 2.0  # truncated importance weight cap for behaviour-vs-learner mismatch
     truncation_penalty: float = 0.0  # subtracted from the score of responses cut at max_new_tokens
@@ -361,8 +364,46 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
     return section(cfg, "")
 
 
+def resolve_pg(cfg: Config) -> Config:
+    """Fill the policy-gradient settings left unset with the algorithm's own defaults (the loader does
+    this; code handed a Config built by hand calls it too)."""
+    pg, ppo = cfg.learner.pg, cfg.learner.algorithm == "ppo"
+    in_reward = ppo if pg.kl_in_reward is None else pg.kl_in_reward
+    resolved = dataclasses.replace(
+        pg, kl_in_reward=in_reward,
+        kl_estimator=pg.kl_estimator if pg.kl_estimator != "auto" else "k1" if in_reward else "k2",
+        whiten_advantages=ppo if pg.whiten_advantages is None else pg.whiten_advantages)
+    return dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, pg=resolved))
+
+
+def _check_policy_gradient(cfg: Config) -> None:
+    """KL forms without the gradient they promise, and sampling the learner cannot reproduce."""
+    lc, pg, ro = cfg.learner, cfg.learner.pg, cfg.rollout
+    if lc.algorithm in ("grpo", "rloo") and pg.kl_in_reward:
+        raise ConfigError(f"learner.pg.kl_in_reward: {lc.algorithm} has no per-token reward to fold a KL into; "
+                          "use a loss term (kl_in_reward: false, kl_estimator: k2 or k3)")
+    if pg.kl_in_reward and pg.kl_estimator != "k1":
+        raise ConfigError(f"learner.pg.kl_estimator: {pg.kl_estimator} in the reward is not a KL penalty; only k1 "
+                          "is (or put the KL in the loss: kl_in_reward: false)")
+    if not pg.kl_in_reward and pg.kl_estimator == "k1" and pg.kl_coef:
+        raise ConfigError("learner.pg.kl_estimator: k1 as a loss term has no gradient in expectation (score-function "
+                          "identity); use k2 (grad KL(policy || reference)) or k3 (grad KL(reference || policy))")
+    if ro.temperature <= 0:
+        raise ConfigError(f"rollout.temperature: {lc.algorithm} needs sampled responses (temperature > 0)")
+    if ro.top_p < 1:
+        raise ConfigError(f"rollout.top_p: {ro.top_p}: the learner scores the full distribution at the sampling "
+                          f"temperature, so importance weights for {lc.algorithm} would be wrong; use top_p: 1")
+    samples = lc.batch_size * ro.samples_per_prompt
+    if not 1 <= pg.minibatches <= samples:
+        raise ConfigError(f"learner.pg.minibatches: {pg.minibatches} for {samples} samples per step "
+                          f"(batch_size x samples_per_prompt); each minibatch needs at least one")
+
+
 def _check_combination(cfg: Config) -> Config:
     """Rules that span sections."""
+    cfg = resolve_pg(cfg)
+    if cfg.learner.algorithm != "online_dpo":
+        _check_policy_gradient(cfg)
     if cfg.judge.kind == "cai" and cfg.learner.algorithm != "online_dpo":
         raise ConfigError(f"judge.kind: cai prefers revisions the policy never sampled, so it feeds preference "
                           f"pairs to online_dpo; learner.algorithm {cfg.learner.algorithm} needs on-policy scores")

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import torch
 
-from tiller.config import Config
+from tiller.config import Config, resolve_pg
 from tiller.learner import pg_losses as pg
 from tiller.learner.coordinator import ScoredPrompt
 
@@ -57,9 +57,11 @@ def build_sample_batch(items: list[ScoredPrompt], pad_id: int) -> SampleBatch:
     return SampleBatch(input_ids, attention, mask, behaviour, scores, flags, k=len(items[0].responses))
 
 
-def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """[N, T, V] logits over [N, T] ids -> [N, T-1] log-prob of each next token."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """[N, T, V] logits over [N, T] ids -> [N, T-1] log-prob of each next token under the sampling
+    distribution softmax(logits / temperature): the one vLLM sampled from and reports log-probs of
+    (its processed log-probs), so fresh samples get importance weight 1 at any temperature."""
+    logp = torch.log_softmax(logits[:, :-1].float() / temperature, dim=-1)
     return logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
 
 
@@ -90,18 +92,20 @@ def advantages_and_returns(algorithm: str, batch: SampleBatch, scores: torch.Ten
 
 def pg_step(trainer, items: list[ScoredPrompt], cfg: Config, pad_id: int) -> dict[str, float]:
     """One learner step of cfg.learner.algorithm (ppo, grpo or rloo) on all samples of `items`."""
+    cfg = resolve_pg(cfg)
     pc = cfg.learner.pg
     algorithm = cfg.learner.algorithm
     kl_in_reward = algorithm == "ppo" and pc.kl_in_reward
     batch = build_sample_batch(items, pad_id)
     ids, attn, mask = batch.input_ids, batch.attention_mask, batch.mask
+    temperature = cfg.rollout.temperature
     with torch.no_grad():
-        prox_logp = token_logprobs(trainer.engine(input_ids=ids, attention_mask=attn).logits, ids)
-        ref_logp = token_logprobs(trainer.reference(input_ids=ids, attention_mask=attn).logits, ids)
+        prox_logp = token_logprobs(trainer.engine(input_ids=ids, attention_mask=attn).logits, ids, temperature)
+        ref_logp = token_logprobs(trainer.reference(input_ids=ids, attention_mask=attn).logits, ids, temperature)
         values = None
         if trainer.critic is not None:
             values = trainer.critic(input_ids=ids, attention_mask=attn).logits[:, :-1, 0] * mask
-        kl = pg.kl_estimate(prox_logp, ref_logp, pc.kl_estimator)
+        kl = pg.kl_estimate(prox_logp, ref_logp, "k1" if kl_in_reward else pc.kl_estimator)
         scores = batch.scores - pc.truncation_penalty * batch.truncated.float()
         advantages, returns = advantages_and_returns(algorithm, batch, scores, kl if kl_in_reward else None,
                                                      values, cfg)
@@ -122,13 +126,11 @@ def _epochs(trainer, batch: SampleBatch, prox_logp, ref_logp, advantages, values
     """The clipped-surrogate epochs; returns each minibatch's metrics."""
     pc = cfg.learner.pg
     n = batch.input_ids.shape[0]
-    size = max(1, n // pc.minibatches)
     history: list[dict[str, float]] = []
     for _ in range(pc.ppo_epochs):
-        order = torch.randperm(n)
         epoch = []
-        for start in range(0, size * pc.minibatches, size):
-            mb = order[start:start + size]
+        # every sample once per epoch: minibatch sizes differ by at most one (the loader keeps minibatches <= n)
+        for mb in torch.tensor_split(torch.randperm(n), min(pc.minibatches, n)):
             epoch.append(_minibatch(trainer, batch, mb, prox_logp, ref_logp, advantages, values, returns, cfg))
         history += epoch
         # early stop, as in OpenAI baselines / cleanrl (https://github.com/vwxyzjn/cleanrl)
@@ -140,15 +142,17 @@ def _epochs(trainer, batch: SampleBatch, prox_logp, ref_logp, advantages, values
 def _minibatch(trainer, batch: SampleBatch, mb, prox_logp, ref_logp, advantages, values, returns, cfg: Config):
     pc = cfg.learner.pg
     ids, attn, mask = batch.input_ids[mb], batch.attention_mask[mb], batch.mask[mb]
+    temperature = cfg.rollout.temperature
     logits = trainer.engine(input_ids=ids, attention_mask=attn).logits
-    logp = token_logprobs(logits, ids)
+    logp = token_logprobs(logits, ids, temperature)
     loss, m = pg.clipped_policy_loss(logp, prox_logp[mb], batch.behaviour_logp[mb], advantages[mb], mask,
                                      pc.clip_eps, pc.is_cap)
     m["loss/policy"] = loss.item()
     if ref_logp is not None:  # KL as a loss term (GRPO, RLOO, or PPO with kl_in_reward: false)
-        kl_term = pg.masked_mean(pg.kl_estimate(logp, ref_logp[mb], pc.kl_estimator), mask)
+        kl_term, km = pg.kl_penalty(logp, ref_logp[mb], batch.behaviour_logp[mb], mask, pc.kl_estimator, pc.is_cap)
         loss = loss + pc.kl_coef * kl_term
-    entropy = pg.masked_mean(pg.token_entropy(logits[:, :-1]), mask)
+        m.update(km)
+    entropy = pg.masked_mean(pg.token_entropy(logits[:, :-1] / temperature), mask)
     loss = loss - pc.ent_coef * entropy
     m.update(trainer.guard.step(trainer.engine, loss))  # skipped when loss or gradient is not finite
     m.update({"loss": loss.item(), "entropy": entropy.item()})

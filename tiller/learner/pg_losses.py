@@ -24,17 +24,42 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, 
 
 
 def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:
-    """Per-token estimate of KL(pi || pi_ref) from samples of pi (http://joschu.net/blog/kl-approx.html).
+    """Per-token estimates of KL(pi || pi_ref) from samples of pi (http://joschu.net/blog/kl-approx.html).
 
     k1 = log pi - log pi_ref (unbiased, high variance, can be negative);
-    k3 = (r - 1) - log r with r = pi_ref / pi (unbiased, always >= 0, low variance).
+    k2 = 1/2 (log pi - log pi_ref)^2 (biased, low variance, >= 0);
+    k3 = (r - 1) - log r with r = pi_ref / pi (unbiased, low variance, >= 0).
+    As values they all estimate KL(pi || pi_ref); as loss terms their gradients differ: see kl_penalty.
     """
     log_ratio = ref_logp - logp
     if estimator == "k1":
         return -log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio ** 2
     if estimator == "k3":
         return torch.expm1(log_ratio) - log_ratio
-    raise ValueError(f"unknown KL estimator {estimator!r} (k1 or k3)")
+    raise ValueError(f"unknown KL estimator {estimator!r} (k1, k2 or k3)")
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, behaviour_logp: torch.Tensor, mask: torch.Tensor,
+               estimator: str, is_cap: float | None) -> tuple[torch.Tensor, Metrics]:
+    """KL to the reference as a loss term, on tokens the actors sampled from their behaviour policy mu.
+
+    Differentiated through log pi (the samples are fixed), each estimator has its own gradient:
+      k2: (log pi - log pi_ref) grad log pi, whose expectation under pi is grad KL(pi || pi_ref);
+      k3: (1 - pi_ref / pi) grad log pi, whose expectation under pi is grad KL(pi_ref || pi), the
+          reverse KL (what GRPO's k3 loss term optimises, Shao et al. 2024, eq. 4);
+      k1: grad log pi, expectation 0 (the score-function identity): no penalty at all, which is
+          why the config loader refuses k1 as a loss term.
+    The tokens come from mu, not pi, so each is weighted by pi / mu (detached, truncated at is_cap as
+    in the surrogate), which turns the expectation under mu into one under pi.
+    """
+    per_token = kl_estimate(logp, ref_logp, estimator)
+    weight = torch.exp(logp.detach() - behaviour_logp)
+    if is_cap is not None:
+        weight = torch.clamp(weight, max=is_cap)
+    loss = masked_mean(weight * per_token, mask)
+    return loss, {"kl/loss_term": loss.item(), "kl/weight_mean": masked_mean(weight, mask).item()}
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
