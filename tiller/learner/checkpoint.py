@@ -17,6 +17,7 @@ import json
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -63,14 +64,20 @@ def save(run_dir: Path, step: int, trainer, learner_state: dict) -> Path:
         trainer.critic.save_checkpoint(str(tmp), tag="critic")
     state = {**learner_state, "step": step, "rng": _rng_state()}
     (tmp / "learner_state.json").write_text(json.dumps(state))
-    shutil.rmtree(final, ignore_errors=True)
+    if final.exists():  # the same step again (a resumed run): never touch what `latest` may name
+        final = root / f"step-{step}-{time.time_ns()}"
     os.rename(tmp, final)
     pointer = root / ".latest.tmp"
     pointer.write_text(final.name)
     os.replace(pointer, root / "latest")  # atomic: readers see the old or the new name, never half
-    for old in sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-KEEP]:
+    for old in _by_age(root)[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _by_age(root: Path) -> list[Path]:
+    """Complete checkpoint directories, oldest first: by step, then by when they were written."""
+    return sorted(root.glob("step-*"), key=lambda p: (int(p.name.split("-")[1]), p.stat().st_mtime_ns))
 
 
 def latest(run_dir: Path) -> Path | None:

@@ -72,8 +72,12 @@ def dpo_step(trainer, items: list[ScoredPrompt], cfg: Config, pad_id: int) -> di
     loss, metrics = preference_loss(policy_logps, ref_logps, batch.response_lengths, dpo)
     metrics.update(trainer.guard.step(trainer.engine, loss))  # skipped when loss or gradient is not finite
     metrics["loss"] = loss.item()
-    # Sequence-level KL(policy || reference) on the trained responses (k1 estimate).
-    metrics["kl/sequence"] = (policy_logps.detach() - ref_logps).mean().item()
+    b = batch.num_pairs
+    metrics["logps/chosen"] = policy_logps[:b].detach().mean().item()  # summed over each response's tokens
+    metrics["logps/rejected"] = policy_logps[b:].detach().mean().item()
+    if dpo.variant != "simpo":  # SimPO has no reference, so no KL to report
+        # Sequence-level KL(policy || reference) on the trained responses (k1 estimate).
+        metrics["kl/sequence"] = (policy_logps.detach() - ref_logps).mean().item()
     metrics["pairs"] = len(pairs)
     k = len(items[0].responses)
     chosen = [p.scores[c] for p, c, _ in pairs if c < k]  # a revision (c >= k) has no judge score

@@ -19,6 +19,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -128,7 +129,8 @@ def take_batch(cfg: Config, algorithm: Algorithm, server: LearnerServer, version
 def step_metrics(server: LearnerServer, step: int, version: int, staleness: list[int],
                  judged: list[ScoredPrompt], seconds: float) -> dict:
     rewards = np.concatenate([p.scores for p in judged])
-    c = server.coordinator.counters
+    public = server.public  # a snapshot: the socket thread owns the coordinator
+    c = SimpleNamespace(**public["counters"])
     return {
         "step": step,
         "policy_version": version,
@@ -151,7 +153,7 @@ def step_metrics(server: LearnerServer, step: int, version: int, staleness: list
         "protocol/handshakes_failed": server.endpoint.stats.handshakes_failed,
         "protocol/peers_refused": server.peers_refused,
         "security/impersonations": server.impersonations,
-        "actors/oldest_version": min(server.coordinator.actor_versions.values(), default=-1),
+        "actors/oldest_version": min(public["actor_versions"].values(), default=-1),
         "judge/pairs_invalid": c.pairs_invalid,
         "judge/failures": c.judge_failures,
         **server.judges.metrics(seconds),
@@ -261,9 +263,9 @@ def summarise(cfg: Config, history: list[dict], server: LearnerServer, trainer_s
         "actor_work": server.actor_work,
         "judge_work": server.judge_work,
         "judges": server.judges.summary(),
-        "actor_versions": dict(server.coordinator.actor_versions),
+        "actor_versions": server.public["actor_versions"],
         "protocol_rejected": server.endpoint.stats.rejected,
-        "refusals": dict(server.coordinator.problems),  # validation.py's reasons, counted
+        "refusals": server.public["refusals"],  # validation.py's reasons, counted
         "skipped_nonfinite_steps": trainer_skipped,
         "dead_peers": list(server.dead_peers),
         "curve_refused": server.endpoint.authorized.denied if server.endpoint.authorized else 0,

@@ -8,6 +8,7 @@ coordinator owns is touched only from this thread.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -66,6 +67,8 @@ class LearnerServer:
         self.impersonations = 0  # CURVE: messages under a name another key owns
         self._name_keys: dict[str, str] = {}  # worker name -> the z85 key that first used it
         self._logs = LogBudget()
+        self._public: dict = {}
+        self._publish_public()
         self._thread = threading.Thread(target=self._loop, name="tiller-learner-server", daemon=True)
         self.failure: BaseException | None = None
 
@@ -93,14 +96,29 @@ class LearnerServer:
     def close(self) -> None:
         """Stop serving without telling workers anything (pre-emption: they wait and reconnect)."""
         self._commands.put(("close", 0.0))
-        self._thread.join(10)
-        self.endpoint.close()
+        self._join(10)
 
     def shutdown(self, grace_s: float) -> None:
         """Tell every worker to stop as it next calls in; return once all heard it or after grace_s."""
         self._commands.put(("shutdown", grace_s))
-        self._thread.join(grace_s + 5)
-        self.endpoint.close()
+        self._join(grace_s + 5)
+
+    def _join(self, timeout_s: float) -> None:
+        # The socket thread closes its own socket as it ends (a ZeroMQ socket belongs to one thread);
+        # if it does not end in time it is left to die with the process, never closed from here.
+        if not self._thread.is_alive() and not self._thread.ident:
+            self.endpoint.close()  # never started
+            return
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            log.warning("the learner's socket thread did not stop within %.0f s; leaving it to the process exit",
+                        timeout_s)
+
+    @property
+    def public(self) -> dict:
+        """What the training loop may read of the coordinator: a snapshot the socket thread replaces
+        whole (never a dict it is changing), at most 50 ms old."""
+        return self._public
 
     @property
     def alive(self) -> bool:
@@ -110,11 +128,14 @@ class LearnerServer:
 
     def _loop(self) -> None:
         try:
-            last_expiry = 0.0
+            last_expiry = last_public = 0.0
             while not self._finished():
                 if self.endpoint.poll(10):
                     self._receive_all()
                 self._run_commands()
+                if time.monotonic() - last_public > 0.05:
+                    last_public = time.monotonic()
+                    self._publish_public()
                 if time.monotonic() - last_expiry > 0.5:
                     last_expiry = time.monotonic()
                     self._bury_silent_peers()
@@ -125,6 +146,17 @@ class LearnerServer:
         except BaseException as exc:  # surfaced to the training loop, which stops the run
             self.failure = exc
             log.exception("learner server thread failed")
+        finally:
+            self._publish_public()
+            self.endpoint.close()
+
+    def _publish_public(self) -> None:
+        c = self.coordinator
+        self._public = {
+            "counters": dataclasses.asdict(c.counters),
+            "actor_versions": dict(c.actor_versions),
+            "refusals": dict(c.problems),
+        }
 
     def _finished(self) -> bool:
         if self._stop_deadline is None:
