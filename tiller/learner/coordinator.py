@@ -146,10 +146,15 @@ class Coordinator:
             max_new_tokens=self.rollout.max_new_tokens,
             temperature=self.rollout.temperature,
             top_p=self.rollout.top_p,
-            seed=self.seed * 1_000_003 + lease_id,
+            seed=self.sampling_seed(self.counters.leases_issued - 1),
             deadline_s=self.learner.lease_timeout_s,
             learner_incarnation=self.incarnation,
         )
+
+    def sampling_seed(self, lease_number: int) -> int:
+        """The vLLM seed of the run's n-th lease: from `seed` and the lease's place in the run (which a
+        resumed run continues), never from lease ids, which start at the wall clock."""
+        return (self.seed * 1_000_003 + lease_number) % (1 << 63)
 
     def _peer_may_lease(self, actor: str) -> bool:
         """Per-peer credit: an actor generates one lease at a time (two, if a rollout of its was lost
