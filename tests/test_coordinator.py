@@ -278,7 +278,7 @@ def test_a_scores_algorithm_refuses_judges_that_only_give_pairs():
 def test_sampling_seeds_follow_the_config_seed_not_the_clock():
     def seeds(seed: int) -> list[int]:
         prompts = PromptStream([np.array([3, 4], np.int32)] * 10, [""] * 10)
-        c = Coordinator(prompts, LearnerConfig(lease_prompts=2, max_inflight_prompts=8), RolloutConfig(), seed=seed)
+        c = Coordinator(prompts, LearnerConfig(lease_prompts=2, max_inflight_prompts=16), RolloutConfig(), seed=seed)
         return [c.on_lease_request(LeaseRequest(f"a{i}", 1, 0)).seed for i in range(3)]
 
     first = seeds(7)
