@@ -47,6 +47,9 @@ class DPOConfig:
     beta: float = 0.1
     label_smoothing: float = 0.0  # conservative DPO (sigmoid only)
     simpo_gamma: float = 0.5  # SimPO target reward margin
+    # sigmoid: a response's log-prob summed over its tokens (the DPO paper) or averaged per token (so a
+    # short response is not cheaper in KL than a long one); IPO and SimPO always average, as TRL does
+    logprob: Literal["sum", "mean"] = "sum"
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,7 @@ class RunConfig:
 class MetricsConfig:
     wandb: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online if logged in
     wandb_project: str = "tiller"
+    kl_warn_nats: float = 20.0  # the progress line warns when kl/sequence (KL to the reference per response) passes it; 0: never
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,8 @@ def preference_loss(policy: torch.Tensor, reference: torch.Tensor, lengths: torc
     b = policy.shape[0] // 2
     pc, pr, rc, rr, lc, lr = policy[:b], policy[b:], reference[:b], reference[b:], lengths[:b], lengths[b:]
     if cfg.variant == "sigmoid":
+        if cfg.logprob == "mean":  # per-token averages instead of sums (dpo.logprob)
+            pc, pr, rc, rr = pc / lc, pr / lr, rc / lc, rr / lr
         return losses.dpo_sigmoid_loss(pc, pr, rc, rr, cfg.beta, cfg.label_smoothing)
     if cfg.variant == "ipo":
         return losses.ipo_loss(pc, pr, rc, rr, lc, lr, cfg.beta)

@@ -46,6 +46,7 @@ def keep_steps_up_to(path: Path, step: int) -> list[dict[str, Any]]:
 class MetricsSink:
     def __init__(self, cfg: Config, run_dir: Path, resume_step: int = 0, wandb_id: str | None = None):
         self.run_dir = run_dir
+        self.kl_warn_nats = cfg.metrics.kl_warn_nats
         run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / "metrics.jsonl"
         self.history: list[dict[str, Any]] = keep_steps_up_to(self.path, resume_step) if resume_step else []
@@ -72,7 +73,7 @@ class MetricsSink:
         self._file.write(json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v
                                      for k, v in metrics.items()}) + "\n")
         self._file.flush()
-        print(progress_line(metrics), flush=True)
+        print(progress_line(metrics, self.kl_warn_nats), flush=True)
         if self._wandb is not None:
             try:
                 self._wandb.log(metrics, step=metrics["step"])
@@ -89,7 +90,7 @@ class MetricsSink:
                 log.warning("W&B finish failed: %s", exc)
 
 
-def progress_line(m: dict[str, Any]) -> str:
+def progress_line(m: dict[str, Any], kl_warn_nats: float = 0.0) -> str:
     detail = (f"margin {m['rewards/margin']:+.3f}" if "rewards/margin" in m  # online DPO
               else f"kl {m.get('kl/mean', float('nan')):.4f} | clipfrac {m.get('policy/clipfrac', float('nan')):.3f}")
     return (
@@ -97,6 +98,8 @@ def progress_line(m: dict[str, Any]) -> str:
         f"| loss {m['loss']:.4f} | {detail} "
         f"| {m['samples_per_s']:.1f} samples/s | staleness {m['staleness/mean']:.2f}"
         + (" | SKIPPED: non-finite loss or gradient" if m.get("skipped") else "")
+        + (f" | WARNING: KL to the reference {m['kl/sequence']:.1f} nats per response (> {kl_warn_nats:g})"
+           if kl_warn_nats and m.get("kl/sequence", 0.0) > kl_warn_nats else "")
     )
 
 

@@ -113,6 +113,8 @@ def pg_step(trainer, items: list[ScoredPrompt], cfg: Config, pad_id: int) -> dic
             advantages = pg.masked_whiten(advantages, mask) * mask
     metrics = {
         "kl/mean": pg.masked_mean(kl, mask).item(),
+        # KL to the reference per response: the k1 sum over its tokens, averaged over responses
+        "kl/sequence": ((prox_logp - ref_logp) * mask).sum(-1).mean().item(),
         "advantage/mean": pg.masked_mean(advantages, mask).item(),
         "advantage/std": pg.masked_mean((advantages - pg.masked_mean(advantages, mask)) ** 2, mask).sqrt().item(),
     }
