@@ -284,3 +284,26 @@ def test_sampling_seeds_follow_the_config_seed_not_the_clock():
     first = seeds(7)
     assert seeds(7) == first and seeds(8) != first  # two starts (two clocks), same seeds
     assert len(set(first)) == 3
+
+
+def test_synchronous_mode_keeps_one_batch_out_and_nothing_while_training():
+    prompts = PromptStream([np.array([3, 4], np.int32)] * 20, [""] * 20)
+    c = Coordinator(prompts, LearnerConfig(mode="sync", batch_size=5, lease_prompts=2, max_inflight_prompts=16),
+                    RolloutConfig(samples_per_prompt=K, max_new_tokens=3))
+    leases = [c.on_lease_request(LeaseRequest(f"a{i}", 1, 0)) for i in range(4)]
+    assert [len(x.prompt_ids) if isinstance(x, Lease) else 0 for x in leases] == [2, 2, 1, 0]  # 5 = one batch
+    for lease in leases[:3]:
+        assert c.on_rollout(rollout_for(lease, actor=lease_owner(c, lease)))
+        c.next_score_task("j#1")
+        assert c.on_scores(scores_for(lease)) is not None
+    assert isinstance(c.on_lease_request(LeaseRequest("b", 1, 0)), Wait)  # judged, in the learner's batch
+    c.consumed([0])  # a prompt without a preference: its credit goes to a new prompt at once
+    assert len(c.on_lease_request(LeaseRequest("b", 1, 0)).prompt_ids) == 1
+    c.publish(1)
+    c.consumed([1, 2, 3, 4])  # the step is trained and published: the next round opens at version 1
+    lease = c.on_lease_request(LeaseRequest("c", 1, 1))
+    assert len(lease.prompt_ids) == 2 and lease.latest_version == 1
+
+
+def lease_owner(c: Coordinator, lease: Lease) -> str:
+    return c._leases[lease.lease_id].actor.split("#")[0]

@@ -83,6 +83,9 @@ class PGConfig:
 class LearnerConfig:
     address: str = "tcp://127.0.0.1:5555"  # where the learner binds; workers connect here
     algorithm: Literal["online_dpo", "ppo", "grpo", "rloo"] = "online_dpo"
+    # async: actors generate while the learner trains (samples up to max_policy_lag versions old);
+    # sync: generate -> judge -> train -> publish strictly in turn, every sample from the current policy
+    mode: Literal["async", "sync"] = "async"
     steps: int = 100
     batch_size: int = 16  # per step: preference pairs (online_dpo) or prompts with k samples (ppo/grpo/rloo)
     lr: float = 1e-5
@@ -414,6 +417,9 @@ def _check_combination(cfg: Config) -> Config:
     if cfg.judge.principles_per_sample < 1:
         raise ConfigError("judge.principles_per_sample: must be at least 1")
     lc, k = cfg.learner, cfg.rollout.samples_per_prompt
+    if lc.mode == "sync" and lc.max_inflight_prompts < lc.batch_size:
+        raise ConfigError(f"learner.max_inflight_prompts: {lc.max_inflight_prompts} is less than one step's "
+                          f"batch_size ({lc.batch_size}), which synchronous mode keeps out at once")
     if lc.lease_prompts > lc.max_inflight_prompts:
         raise ConfigError(f"learner.lease_prompts: {lc.lease_prompts} is more than learner.max_inflight_prompts "
                           f"({lc.max_inflight_prompts}), so no lease could ever be given")

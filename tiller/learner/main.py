@@ -111,16 +111,19 @@ def take_batch(cfg: Config, algorithm: Algorithm, server: LearnerServer, version
                 print(f"step {step}: waiting for judged rollouts ({len(trainable)}/{cfg.learner.batch_size} in hand; "
                       f"{no_preference} judged prompts gave no preference pair)", flush=True)
             continue
-        if version - item.policy_version > cfg.learner.max_policy_lag:
+        lag_bound = 0 if cfg.learner.mode == "sync" else cfg.learner.max_policy_lag
+        if version - item.policy_version > lag_bound:
             server.release([item.prompt_id])  # never train on it; lease the prompt again
             record.write(item, step, version, "stale_released")
             continue
-        server.consumed([item.prompt_id])
         judged.append(item)
         if algorithm.needs == "pairs" and not item.pairs:
+            server.consumed([item.prompt_id])  # its credit goes to a new prompt at once
             no_preference += 1
             record.write(item, step, version, "no_preference")
             continue
+        if cfg.learner.mode == "async":  # synchronous mode keeps the batch counted until it is trained
+            server.consumed([item.prompt_id])
         record.write(item, step, version, "trained")
         trainable.append(item)
     return trainable, judged
@@ -241,6 +244,8 @@ def train(cfg: Config, algorithm: Algorithm, trainer: PolicyTrainer, server: Lea
         if step % cfg.learner.sync_every == 0:
             version += 1
             server.publish(snapshot(trainer, version, cfg.learner.weight_bucket_mb))
+        if cfg.learner.mode == "sync":  # after the publish (commands run in order): the next round opens
+            server.consumed([p.prompt_id for p in trainable])
         now = time.monotonic()
         metrics.update(step_metrics(server, step, version, lags, judged, now - last))
         last = now
