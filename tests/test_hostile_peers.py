@@ -204,7 +204,7 @@ def test_a_nan_returning_actor_is_refused_and_its_prompts_leased_again(live):
 def test_a_flood_of_made_up_names_costs_bounded_credit_and_log_lines(live, caplog):
     from tiller.actors.worker import HeartbeatThread
 
-    caplog.set_level(logging.INFO, logger="tiller.learner.server")
+    caplog.set_level(logging.INFO, logger="tiller.learner")
     beats = HeartbeatThread(live.address, "honest", 1, "actor", interval_s=0.5, missed_beats=10)  # alive throughout
     beats.start()
     honest = live.client()
@@ -235,17 +235,18 @@ def test_a_flood_of_made_up_names_costs_bounded_credit_and_log_lines(live, caplo
     assert all(isinstance(r, Wait) for r in replies if not isinstance(r, Lease))
     # past 4,096 tracked names the rest are told to back off (how many depends on how fast the first die)
     backed_off = sum("too many peers" in r.reason for r in replies if isinstance(r, Wait))
-    assert backed_off <= names - 4096 + 5
+    assert backed_off <= names - 4096 + 20  # + the peers of earlier tests still tracked
     assert min(live.coordinator.actor_versions.values()) >= -1  # not the attacker's -2**63
     for _ in range(3):  # the proven actor still gets work while the strangers hold theirs
         lease = lease_for(honest, "honest")
         honest.send(honest_rollout(lease, "honest"))
     # all 5,000 names go silent: declared dead after 5 s, their leases handed on, few lines logged
-    wait_for(lambda: sum(p.startswith("made-up") for p in live.server.dead_peers) >= 1000, timeout_s=20)
+    wait_for(lambda: sum(p.startswith("made-up") for p in list(live.server.peers.dead)) >= 1000, timeout_s=20)
     time.sleep(1.0)
     lines = [r for r in caplog.records if "made-up" in r.getMessage()]
-    # at most 20 "declared dead" and 21 "tracking too many peers" lines, plus one per stranger that held work
-    assert len(lines) <= 41 + len(leases), f"{len(lines)} log lines for {names} names"
+    # per kind ("declared dead", "peers are tracked already"): the first 20, then every 1000th; plus a
+    # line for each stranger that held work when it died
+    assert len(lines) <= 2 * (20 + names // 1000) + len(leases), f"{len(lines)} log lines for {names} names"
     # dead ones are forgotten by the metrics (list() copies the dict the server thread changes)
     wait_for(lambda: not [n for n in list(live.coordinator.actor_versions) if n.startswith("made-up")], timeout_s=20)
     still_serving(live)

@@ -122,7 +122,7 @@ def test_a_name_belongs_to_its_key_and_plaintext_attempts_are_counted(keyring, f
         deadline = time.monotonic() + 10
         while server.endpoint.stats.handshakes_failed < 3 and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert server.impersonations == 1 and server.endpoint.stats.handshakes_failed >= 3
+        assert server.peers.impersonations == 1 and server.endpoint.stats.handshakes_failed >= 3
         assert server.alive and server.handler_errors == 0
     finally:
         for client in (worker, other, *plain):

@@ -13,13 +13,13 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 from tiller.config import SecurityConfig
 from tiller.learner.coordinator import Coordinator
 from tiller.learner.judge_metrics import JudgeBook
+from tiller.learner.peers import PeerBook
 from tiller.protocol.messages import (
     Heartbeat, HeartbeatAck, JudgeFailed, Lease, LeaseRequest, Rollout, Scores, Shutdown, Wait, WeightsBucket,
     WeightsGone,
@@ -29,10 +29,6 @@ from tiller.protocol.logbudget import LogBudget
 from tiller.protocol.transport import RouterEndpoint
 
 log = logging.getLogger(__name__)
-
-# Peers tracked at once (heartbeats, socket identities). Names cost nothing without CURVE, so the
-# tables are bounded; past the cap a new name is ignored (and counted) until others die off.
-MAX_PEERS = 4096
 
 
 @dataclass(frozen=True)
@@ -47,26 +43,20 @@ class LearnerServer:
     def __init__(self, coordinator: Coordinator, address: str, heartbeat_s: float = 2.0, missed_beats: int = 5,
                  security: SecurityConfig = SecurityConfig()):
         self.coordinator = coordinator
-        self.dead_after_s = heartbeat_s * missed_beats
-        self._last_seen: dict[str, float] = {}  # "name#incarnation" -> monotonic time of its last message
-        self.dead_peers: deque[str] = deque(maxlen=1000)  # the most recent; bounded against made-up names
+        self._logs = LogBudget()
+        self.peers = PeerBook(heartbeat_s * missed_beats, self._logs)
         self.endpoint = RouterEndpoint(address, security=security)
         self.address = self.endpoint.address
         self.scored: queue.Queue = queue.Queue()
         self._commands: queue.Queue = queue.Queue()
         self._snapshot: WeightSnapshot | None = None
         self._parked_judges: list[bytes] = []
-        self._peers: dict[bytes, str] = {}  # socket identity -> "name#incarnation"
         self._told_to_stop: set[bytes] = set()
         self._stop_deadline: float | None = None
         self.judge_work: dict[str, int] = {}  # judge name -> leases scored
         self.judges = JudgeBook()  # read by the training loop too (it locks)
         self.actor_work: dict[str, int] = {}
         self.handler_errors = 0  # exceptions while handling a decoded message: logged, survived
-        self.peers_refused = 0  # messages ignored because the peer tables were full
-        self.impersonations = 0  # CURVE: messages under a name another key owns
-        self._name_keys: dict[str, str] = {}  # worker name -> the z85 key that first used it
-        self._logs = LogBudget()
         self._public: dict = {}
         self._publish_public()
         self._thread = threading.Thread(target=self._loop, name="tiller-learner-server", daemon=True)
@@ -152,17 +142,22 @@ class LearnerServer:
 
     def _publish_public(self) -> None:
         c = self.coordinator
+        stats = self.endpoint.stats
         self._public = {
             "counters": dataclasses.asdict(c.counters),
             "actor_versions": dict(c.actor_versions),
             "refusals": dict(c.problems),
+            "protocol": {"rejected": stats.rejected, "handshakes_failed": stats.handshakes_failed,
+                         "handler_errors": self.handler_errors, "peers_refused": self.peers.refused,
+                         "impersonations": self.peers.impersonations},
+            "dead_peers": list(self.peers.dead),
         }
 
     def _finished(self) -> bool:
         if self._stop_deadline is None:
             return False
         # heartbeat sockets never hear Shutdown (their threads stop with their worker)
-        everyone_told = set(self._peers) <= self._told_to_stop
+        everyone_told = set(self.peers.identities) <= self._told_to_stop
         return everyone_told or time.monotonic() > self._stop_deadline
 
     def _receive_all(self) -> None:
@@ -182,66 +177,18 @@ class LearnerServer:
 
     def _bury_silent_peers(self) -> None:
         """Peers silent for `missed_beats` heartbeats are dead: their work goes to others at once."""
-        now = time.monotonic()
-        for peer in [p for p, seen in self._last_seen.items() if now - seen > self.dead_after_s]:
-            del self._last_seen[peer]
-            self.dead_peers.append(peer)
+        for peer, identities in self.peers.bury_silent():
             released = self.coordinator.peer_died(peer)
             if released or self._logs.allow("declared dead"):  # one that held work is always worth a line
                 log.warning("%s missed its heartbeats: declared dead (%d leases handed on)%s", peer, released,
                             self._logs.note("declared dead"))
-            for identity in [i for i, name in self._peers.items() if name == peer]:
-                del self._peers[identity]  # shutdown no longer waits for it
-                if identity in self._parked_judges:
-                    self._parked_judges.remove(identity)
+            self._parked_judges = [i for i in self._parked_judges if i not in identities]
 
     def _note_failed_handshakes(self) -> None:
         failed = self.endpoint.failed_handshakes()
         if failed and self._logs.allow("handshake"):
             log.warning("%d connection attempt(s) failed the CURVE handshake (plaintext client or wrong server "
                         "key; %d in all)%s", failed, self.endpoint.stats.handshakes_failed, self._logs.note("handshake"))
-
-    def _key_owns(self, name: str) -> bool:
-        """Under CURVE a worker name belongs to the first key that used it: another key's message under
-        that name is refused (and counted), so one authorized worker cannot act as another."""
-        key = self.endpoint.sender_key
-        if key is None:
-            return True
-        owner = self._name_keys.get(name)
-        if owner is None:
-            if len(self._name_keys) >= MAX_PEERS:
-                return self._table_full(name)
-            self._name_keys[name] = owner = key
-        if owner == key:
-            return True
-        self.impersonations += 1
-        if self._logs.allow("impersonation"):
-            log.warning("refused a message under the name %s from a key that does not own it (%s...)%s", name[:80],
-                        key[:8], self._logs.note("impersonation"))
-        return False
-
-    def _seen(self, name: str) -> bool:
-        """Note that `name` is alive; False if the peer table is full and it is not in it."""
-        if name not in self._last_seen:
-            if len(self._last_seen) >= MAX_PEERS:
-                return self._table_full(name)
-            if name in self.dead_peers and self._logs.allow("back"):
-                log.info("%s is back after being declared dead%s", name, self._logs.note("back"))
-        self._last_seen[name] = time.monotonic()
-        return True
-
-    def _table_full(self, name: str) -> bool:
-        self.peers_refused += 1
-        if self._logs.allow("table full"):
-            log.warning("ignoring %s: %d peers are tracked already%s", name[:80], MAX_PEERS, self._logs.note("table full"))
-        return False
-
-    def _register(self, identity: bytes, name: str) -> bool:
-        """Remember which worker speaks through `identity` (shutdown waits for each)."""
-        if identity not in self._peers and len(self._peers) >= MAX_PEERS:
-            return self._table_full(name)
-        self._peers[identity] = name
-        return True
 
     def _log_refusal(self, what: str, sender: str, refused_before: int) -> None:
         if self.coordinator.refused > refused_before and self._logs.allow("refused"):
@@ -251,21 +198,21 @@ class LearnerServer:
     def _handle(self, identity: bytes, message: Any) -> None:
         c = self.coordinator
         name = getattr(message, "worker_id", None) or getattr(message, "actor_id", None) or getattr(message, "judge_id", None)
-        if name is not None and not self._key_owns(name):
+        if name is not None and not self.peers.key_owns(name, self.endpoint.sender_key):
             return
         if isinstance(message, Heartbeat):
-            if self._seen(f"{message.worker_id}#{message.incarnation}"):
+            if self.peers.seen(f"{message.worker_id}#{message.incarnation}"):
                 self.endpoint.send(identity, HeartbeatAck(c.version, c.incarnation))
             return
         sender_id = getattr(message, "actor_id", None) or getattr(message, "judge_id", None)
         sender = f"{sender_id}#{message.incarnation}" if sender_id is not None else ""
-        if sender and not self._seen(sender):
+        if sender and not self.peers.seen(sender):
             if isinstance(message, LeaseRequest):  # an honest actor among a flood of names backs off and asks again
                 self._reply(identity, Wait("the learner is tracking too many peers", 1.0, c.version, c.incarnation))
             return
         refused_before = c.refused
         if isinstance(message, LeaseRequest):
-            if not self._register(identity, sender):
+            if not self.peers.register(identity, sender):
                 return
             reply = c.on_lease_request(message)
             if not self._reply(identity, reply) and isinstance(reply, Lease):
@@ -275,7 +222,7 @@ class LearnerServer:
                 self.actor_work[message.actor_id] = self.actor_work.get(message.actor_id, 0) + 1
             self._log_refusal("a rollout", sender, refused_before)
         elif isinstance(message, WorkRequest):
-            if not self._register(identity, sender):
+            if not self.peers.register(identity, sender):
                 return
             refusal = c.judge_refusal(message.judge_kind)
             if c.done:
@@ -326,7 +273,7 @@ class LearnerServer:
     def _dispatch_judges(self) -> None:
         while self._parked_judges:
             identity = self._parked_judges[0]
-            task = self.coordinator.next_score_task(self._peers[identity])
+            task = self.coordinator.next_score_task(self.peers.identities[identity])
             if task is None:
                 return
             self._parked_judges.pop(0)
