@@ -98,3 +98,28 @@ def test_critic_can_start_from_a_reward_model(tiny_policy_dir, tiny_reward_dir):
     reward_model = AutoModelForSequenceClassification.from_pretrained(str(tiny_reward_dir))
     assert torch.equal(trainer.critic.module.score.weight, reward_model.score.weight)
     assert torch.equal(trainer.critic.module.model.embed_tokens.weight, reward_model.model.embed_tokens.weight)
+
+
+@pytest.mark.parametrize("n,minibatches", [(8, 3), (5, 5), (16, 2)])
+def test_every_sample_is_used_once_per_epoch(monkeypatch, n, minibatches):
+    """8 samples in 3 minibatches used to train on 2+2+2 and drop 2 every epoch."""
+    from tiller.learner import pg
+
+    seen: list[list[int]] = []
+    monkeypatch.setattr(pg, "_minibatch", lambda trainer, batch, mb, *rest: seen.append(mb.tolist()) or
+                        {"policy/approx_kl": 0.0})
+    cfg = Config(learner=LearnerConfig(pg=PGConfig(ppo_epochs=2, minibatches=minibatches, target_kl=0.0)))
+    batch = type("Batch", (), {"input_ids": torch.zeros(n, 4)})()
+    pg._epochs(None, batch, None, None, None, None, None, cfg)
+    assert len(seen) == 2 * minibatches
+    for epoch in (seen[:minibatches], seen[minibatches:]):
+        assert sorted(i for mb in epoch for i in mb) == list(range(n))
+        assert max(map(len, epoch)) - min(map(len, epoch)) <= 1
+
+
+def test_more_minibatches_than_samples_is_a_config_error():
+    from tiller.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="learner.pg.minibatches: 40 for 32 samples"):
+        load_config(None, ["learner.algorithm=grpo", "learner.batch_size=8", "rollout.samples_per_prompt=4",
+                           "learner.pg.minibatches=40"])
