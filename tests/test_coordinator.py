@@ -307,3 +307,15 @@ def test_synchronous_mode_keeps_one_batch_out_and_nothing_while_training():
 
 def lease_owner(c: Coordinator, lease: Lease) -> str:
     return c._leases[lease.lease_id].actor.split("#")[0]
+
+
+def test_no_prompt_is_leased_that_would_be_too_stale_to_train():
+    # lag 1, a version per step of 2 prompts: at most (1 + 1) x 2 = 4 prompts may be out, whatever
+    # max_inflight_prompts allows; the 5th would come up for training two versions late
+    prompts = PromptStream([np.array([3, 4], np.int32)] * 20, [""] * 20)
+    c = Coordinator(prompts, LearnerConfig(batch_size=2, max_policy_lag=1, sync_every=1, lease_prompts=1,
+                                           max_inflight_prompts=64), RolloutConfig(samples_per_prompt=K))
+    replies = [c.on_lease_request(LeaseRequest(f"a{i}", 1, 0)) for i in range(6)]
+    assert [isinstance(r, Lease) for r in replies] == [True] * 4 + [False] * 2
+    c.cancel_lease(replies[0].lease_id)  # one lease fewer out: one more may go
+    assert isinstance(c.on_lease_request(LeaseRequest("b", 1, 0)), Lease)

@@ -33,7 +33,7 @@ class LiveLearner:
     def __init__(self, address: str):
         prompts = PromptStream([np.array([3 + i % 20, 4], np.int32) for i in range(100_000)], [""] * 100_000)
         self.coordinator = Coordinator(
-            prompts, LearnerConfig(lease_prompts=4, max_inflight_prompts=64, lease_timeout_s=60),
+            prompts, LearnerConfig(batch_size=32, lease_prompts=4, max_inflight_prompts=64, lease_timeout_s=60),
             RolloutConfig(samples_per_prompt=K, max_new_tokens=8), vocab_size=64)
         self.server = LearnerServer(self.coordinator, address, heartbeat_s=0.5, missed_beats=10)  # dead after 5 s
         self.server.publish(WeightSnapshot(0, []))

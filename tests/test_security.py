@@ -103,6 +103,9 @@ def test_a_name_belongs_to_its_key_and_plaintext_attempts_are_counted(keyring, f
     from tiller.learner.coordinator import Coordinator
     from tiller.learner.prompts import PromptStream
     from tiller.learner.server import LearnerServer, WeightSnapshot
+    import zmq
+
+    from tiller.protocol import encode
     from tiller.protocol.messages import Lease
 
     prompts = PromptStream([np.array([3, 4], np.int32)] * 100, [""] * 100)
@@ -117,8 +120,11 @@ def test_a_name_belongs_to_its_key_and_plaintext_attempts_are_counted(keyring, f
         assert isinstance(worker.request(LeaseRequest("worker", 1, 0), timeout_s=10), Lease)
         assert other.request(LeaseRequest("worker", 2, 0), timeout_s=2) is None  # another key, the same name
         assert isinstance(other.request(LeaseRequest("other", 1, 0), timeout_s=10), Lease)  # its own name is fine
-        for client in plain:
-            client.send(LeaseRequest("plain", 1, 0))
+        for client in plain:  # their handshakes fail at connect; a send may find no connection to leave by
+            try:
+                client.socket.send_multipart(encode(LeaseRequest("plain", 1, 0)), flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass
         deadline = time.monotonic() + 10
         while server.endpoint.stats.handshakes_failed < 3 and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -127,4 +133,24 @@ def test_a_name_belongs_to_its_key_and_plaintext_attempts_are_counted(keyring, f
     finally:
         for client in (worker, other, *plain):
             client.close()
+        server.close()
+
+
+def test_a_worker_send_that_cannot_leave_gives_up_instead_of_hanging(keyring, free_address, monkeypatch):
+    """A plaintext DEALER whose handshake the CURVE learner refused has no connection to send on and
+    used to block forever in send(); now it drops the message after SEND_TIMEOUT_S and goes on."""
+    from tiller.protocol import transport
+
+    monkeypatch.setattr(transport, "SEND_TIMEOUT_S", 0.3)
+    server = RouterEndpoint(free_address, security=keyring["server"])
+    plain = LearnerClient(free_address)
+    try:
+        started = time.monotonic()
+        for _ in range(5):
+            plain.send(LeaseRequest("plain", 1, 0))
+            time.sleep(0.2)
+        assert time.monotonic() - started < 10
+        assert not server.poll(500)
+    finally:
+        plain.close()
         server.close()

@@ -205,7 +205,7 @@ def run(cfg: Config, resume: bool = False) -> dict | None:
     sink = MetricsSink(cfg, run_dir, resume_step=state["step"], wandb_id=state["wandb_id"])
     record = SampleRecord(run_dir / "samples.jsonl", resume_step=state["step"])
     preempted = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: preempted.set())
+    previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.set())
     try:
         train(cfg, algorithm, trainer, server, sink, record, state["step"], version, tokenizer.pad_token_id,
               preempted)
@@ -225,6 +225,8 @@ def run(cfg: Config, resume: bool = False) -> dict | None:
         record.close()
         sink.close()
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)  # after training, SIGTERM stops the process again
     print("training finished; telling workers to stop", flush=True)
     server.shutdown(cfg.learner.shutdown_grace_s)
     record.close()

@@ -23,6 +23,8 @@ from tiller.protocol.security import check_bind, secure_client, secure_server
 
 log = logging.getLogger(__name__)
 
+SEND_TIMEOUT_S = 10.0  # a worker's send that cannot leave (no connection) gives up after this
+
 HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                       | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
@@ -139,6 +141,7 @@ class LearnerClient:
     def _connect(self) -> zmq.Socket:
         socket = self.context.socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.SNDTIMEO, int(SEND_TIMEOUT_S * 1000))
         socket.setsockopt(zmq.MAXMSGSIZE, self.limits.max_total_bytes)
         if self.security.client_enabled:
             secure_client(socket, self.security)
@@ -177,8 +180,16 @@ class LearnerClient:
         self.socket = self._connect()
 
     def send(self, message: Any) -> None:
-        """Fire-and-forget (results): the learner's lease table makes lost ones visible."""
-        self.socket.send_multipart(encode(message), copy=False)
+        """Fire-and-forget (results): the learner's lease table makes lost ones visible. A DEALER with
+        no live connection (e.g. right after a refused handshake) blocks on send: after SEND_TIMEOUT_S
+        the message is dropped, logged, and the socket replaced, rather than the worker hanging."""
+        try:
+            self.socket.send_multipart(encode(message), copy=False)
+        except zmq.Again:
+            log.warning("could not send %s to %s within %.0f s; dropped", type(message).KIND, self.address,
+                        SEND_TIMEOUT_S)
+            self.reset()
+            return
         self.stats.sent += 1
 
     def close(self) -> None:
