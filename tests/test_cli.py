@@ -100,3 +100,9 @@ def test_relative_paths_resolve_against_the_config_folder_when_they_exist_there(
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr
     assert f"constitution_path: {ROOT / 'configs' / 'constitutions' / 'default.yaml'}" in done.stdout
+
+
+def test_a_lease_larger_than_what_can_be_trained_in_time_is_refused():
+    with pytest.raises(ConfigError, match=r"learner.lease_prompts: 8 is more than the 2 prompts"):
+        load_config(None, ["learner.batch_size=2", "learner.max_policy_lag=0", "learner.lease_prompts=8"])
+    assert load_config(None, ["learner.batch_size=2", "learner.max_policy_lag=3", "learner.lease_prompts=8"])

@@ -423,6 +423,10 @@ def _check_combination(cfg: Config) -> Config:
     if lc.lease_prompts > lc.max_inflight_prompts:
         raise ConfigError(f"learner.lease_prompts: {lc.lease_prompts} is more than learner.max_inflight_prompts "
                           f"({lc.max_inflight_prompts}), so no lease could ever be given")
+    in_time = (lc.max_policy_lag + 1) * lc.sync_every * lc.batch_size  # coordinator.py: staleness-aware admission
+    if lc.mode == "async" and lc.lease_prompts > in_time:
+        raise ConfigError(f"learner.lease_prompts: {lc.lease_prompts} is more than the {in_time} prompts that can be "
+                          "trained within learner.max_policy_lag ((max_policy_lag + 1) x sync_every x batch_size)")
     if k < 2 and (lc.algorithm in ("grpo", "rloo") or (lc.algorithm == "online_dpo" and cfg.judge.kind != "cai")):
         why = "a group baseline needs" if lc.algorithm != "online_dpo" else "a preference pair needs"
         raise ConfigError(f"rollout.samples_per_prompt: {lc.algorithm} with {k} sample per prompt: {why} at least 2")
