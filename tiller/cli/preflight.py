@@ -16,10 +16,9 @@ from tiller.config import Config, ConfigError
 
 
 def check_everything(cfg: Config) -> int:
-    """Raise ConfigError (or SecurityError) for the first problem; returns the number of prompts."""
-    from tiller.protocol.security import check_bind
-
-    check_bind(cfg.learner.address, cfg.security)
+    """Raise ConfigError for the first problem; returns the number of prompts. The bind address is
+    checked before this, first of all (`security.check_bind`), since building the demo model
+    (`prepare_model`) comes between the two."""
     _check_model(cfg)
     _check_judge_files(cfg)
     from tiller.learner.prompts import load_prompts
