@@ -188,7 +188,7 @@ class RunConfig:
 class MetricsConfig:
     wandb: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online if logged in
     wandb_project: str = "tiller"
-    kl_warn_nats: float = 20.0  # the progress line warns when kl/sequence (KL to the reference per response) passes it; 0: never
+    kl_warn_nats: float = 20.0  # the progress line warns when kl/sequence (KL per response) passes it; 0: never
 
 
 @dataclass(frozen=True)

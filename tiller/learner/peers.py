@@ -83,5 +83,6 @@ class PeerBook:
     def _full(self, name: str) -> bool:
         self.refused += 1
         if self._logs.allow("table full"):
-            log.warning("ignoring %s: %d peers are tracked already%s", name[:80], MAX_PEERS, self._logs.note("table full"))
+            log.warning("ignoring %s: %d peers are tracked already%s", name[:80], MAX_PEERS,
+                        self._logs.note("table full"))
         return False

@@ -188,7 +188,8 @@ class LearnerServer:
         failed = self.endpoint.failed_handshakes()
         if failed and self._logs.allow("handshake"):
             log.warning("%d connection attempt(s) failed the CURVE handshake (plaintext client or wrong server "
-                        "key; %d in all)%s", failed, self.endpoint.stats.handshakes_failed, self._logs.note("handshake"))
+                        "key; %d in all)%s", failed, self.endpoint.stats.handshakes_failed,
+                        self._logs.note("handshake"))
 
     def _log_refusal(self, what: str, sender: str, refused_before: int) -> None:
         if self.coordinator.refused > refused_before and self._logs.allow("refused"):
@@ -197,15 +198,15 @@ class LearnerServer:
 
     def _handle(self, identity: bytes, message: Any) -> None:
         c = self.coordinator
-        name = getattr(message, "worker_id", None) or getattr(message, "actor_id", None) or getattr(message, "judge_id", None)
-        if name is not None and not self.peers.key_owns(name, self.endpoint.sender_key):
+        # the worker a message speaks for (heartbeats, actor and judge messages; weight fetches name none)
+        worker = next((getattr(message, f) for f in ("worker_id", "actor_id", "judge_id") if hasattr(message, f)), None)
+        if worker is not None and not self.peers.key_owns(worker, self.endpoint.sender_key):
             return
+        sender = f"{worker}#{message.incarnation}" if worker is not None else ""
         if isinstance(message, Heartbeat):
-            if self.peers.seen(f"{message.worker_id}#{message.incarnation}"):
+            if self.peers.seen(sender):
                 self.endpoint.send(identity, HeartbeatAck(c.version, c.incarnation))
             return
-        sender_id = getattr(message, "actor_id", None) or getattr(message, "judge_id", None)
-        sender = f"{sender_id}#{message.incarnation}" if sender_id is not None else ""
         if sender and not self.peers.seen(sender):
             if isinstance(message, LeaseRequest):  # an honest actor among a flood of names backs off and asks again
                 self._reply(identity, Wait("the learner is tracking too many peers", 1.0, c.version, c.incarnation))
