@@ -109,8 +109,8 @@ def test_every_sample_is_used_once_per_epoch(monkeypatch, n, minibatches):
     monkeypatch.setattr(pg, "_minibatch", lambda trainer, batch, mb, *rest: seen.append(mb.tolist()) or
                         {"policy/approx_kl": 0.0})
     cfg = Config(learner=LearnerConfig(pg=PGConfig(ppo_epochs=2, minibatches=minibatches, target_kl=0.0)))
-    batch = type("Batch", (), {"input_ids": torch.zeros(n, 4)})()
-    pg._epochs(None, batch, None, None, None, None, None, cfg)
+    batch = type("Batch", (), {"input_ids": torch.zeros(n, 4), "mask": torch.zeros(n, 3)})()
+    pg._epochs(None, batch, None, cfg)
     assert len(seen) == 2 * minibatches
     for epoch in (seen[:minibatches], seen[minibatches:]):
         assert sorted(i for mb in epoch for i in mb) == list(range(n))

@@ -104,6 +104,12 @@ class LearnerConfig:
     heartbeat_s: float = 2.0  # workers beat this often; the learner acknowledges each beat
     missed_beats: int = 5  # a peer silent this many beats is dead: its leases expire at once
     max_nonfinite_steps: int = 5  # optimizer steps skipped in a row (NaN/inf loss or gradient) before the run stops
+    # auto: bf16 on a GPU (DeepSpeed's bf16: fp32 master weights and optimizer states), fp32 on a CPU
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    micro_batch_size: int = 0  # sequences per forward/backward pass (a DPO pair is two); 0: a step's whole batch
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% more time
+    reference_offload: bool = False  # keep the frozen reference model in host memory and run it on the CPU
+    logprob_chunk_mb: int = 256  # float32 working memory for log-probs over the vocabulary, per chunk of positions
     dpo: DPOConfig = field(default_factory=DPOConfig)
     pg: PGConfig = field(default_factory=PGConfig)
 
@@ -420,6 +426,11 @@ def _check_combination(cfg: Config) -> Config:
     if lc.mode == "sync" and lc.max_inflight_prompts < lc.batch_size:
         raise ConfigError(f"learner.max_inflight_prompts: {lc.max_inflight_prompts} is less than one step's "
                           f"batch_size ({lc.batch_size}), which synchronous mode keeps out at once")
+    if lc.micro_batch_size < 0 or lc.micro_batch_size == 1 and lc.algorithm == "online_dpo":
+        raise ConfigError(f"learner.micro_batch_size: {lc.micro_batch_size}: a micro-batch holds at least one "
+                          "sequence (two for online_dpo: a chosen and a rejected response); 0 means the whole batch")
+    if lc.logprob_chunk_mb < 1:
+        raise ConfigError(f"learner.logprob_chunk_mb: {lc.logprob_chunk_mb}: must be at least 1")
     if lc.lease_prompts > lc.max_inflight_prompts:
         raise ConfigError(f"learner.lease_prompts: {lc.lease_prompts} is more than learner.max_inflight_prompts "
                           f"({lc.max_inflight_prompts}), so no lease could ever be given")

@@ -1,8 +1,15 @@
-"""Online DPO: one optimizer step on (prompt, chosen, rejected) pairs built from judge preferences."""
+"""Online DPO: one optimizer step on (prompt, chosen, rejected) pairs built from judge preferences.
+
+The pairs are cut into micro-batches of whole pairs (`learner.micro_batch_size` sequences, a pair
+being two); each micro-batch's loss is weighted by its share of the pairs, so the accumulated
+gradient is the full batch's. The reported loss and metrics come from the whole batch's
+sequence log-probs, gathered from the micro-batches, through the same pure loss function.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -10,6 +17,7 @@ import torch
 from tiller.config import Config, DPOConfig
 from tiller.learner import losses
 from tiller.learner.coordinator import ScoredPrompt
+from tiller.learner.micro_batches import row_chunks, trimmed
 
 
 @dataclass
@@ -24,6 +32,10 @@ class PairBatch:
     @property
     def num_pairs(self) -> int:
         return self.input_ids.shape[0] // 2
+
+    def to(self, device: torch.device) -> "PairBatch":
+        return PairBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.response_mask,
+                                                 self.response_lengths)))
 
 
 def build_pair_batch(pairs: list[tuple], pad_id: int) -> PairBatch:
@@ -57,24 +69,40 @@ def preference_loss(policy: torch.Tensor, reference: torch.Tensor, lengths: torc
     return losses.simpo_loss(pc, pr, lc, lr, cfg.beta, cfg.simpo_gamma)
 
 
+def _sequence_logprobs(logprob_fn, batch: PairBatch, rows: torch.Tensor) -> torch.Tensor:
+    """Summed response log-probs [len(rows)] of `rows`, from `logprob_fn(ids, attn, mask) -> [n, T-1]`."""
+    ids, attn, mask = trimmed(batch.input_ids[rows], batch.attention_mask[rows], batch.response_mask[rows, 1:])
+    return logprob_fn(ids, attn, mask).sum(-1)
+
+
 def dpo_step(trainer, items: list[ScoredPrompt], cfg: Config, pad_id: int) -> dict[str, float]:
     """One optimizer step of the configured DPO variant on every pair of `items` (each has at least one:
     best over worst sample for scoring judges, revision over original for a CAI judge)."""
     pairs = [(p, c, r) for p in items for c, r in p.pairs]
     batch = build_pair_batch([(p.prompt, p.candidate(c), p.candidate(r)) for p, c, r in pairs], pad_id)
+    batch = batch.to(trainer.device)
     dpo = cfg.learner.dpo
-    logits = trainer.engine(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    policy_logps = losses.sequence_logprobs(logits, batch.input_ids, batch.response_mask)
-    with torch.no_grad():
-        if dpo.variant == "simpo":  # reference-free: skip the reference forward
-            ref_logps = torch.zeros_like(policy_logps)
-        else:
-            ref_logits = trainer.reference(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            ref_logps = losses.sequence_logprobs(ref_logits, batch.input_ids, batch.response_mask)
-    loss, metrics = preference_loss(policy_logps, ref_logps, batch.response_lengths, dpo)
-    metrics.update(trainer.guard.step(trainer.engine, loss))  # skipped when loss or gradient is not finite
-    metrics["loss"] = loss.item()
     b = batch.num_pairs
+    # whole pairs per micro-batch: row i (chosen) and row b + i (rejected) go together
+    pair_chunks = row_chunks(torch.arange(b, device=trainer.device), cfg.learner.micro_batch_size // 2)
+    rows_of = [torch.cat([chunk, chunk + b]) for chunk in pair_chunks]
+    ref_logps = torch.zeros(2 * b, device=trainer.device)
+    if dpo.variant != "simpo":  # reference-free: skip the reference forward
+        for rows in rows_of:
+            ref_logps[rows] = _sequence_logprobs(trainer.reference_logprobs, batch, rows)
+    policy_logps = torch.full((2 * b,), float("nan"), device=trainer.device)  # filled as micro-batches run
+
+    def micro_loss(rows: torch.Tensor) -> torch.Tensor:
+        logps = _sequence_logprobs(lambda *args: trainer.policy_logprobs(*args)[0], batch, rows)
+        policy_logps[rows] = logps.detach()
+        loss, _ = preference_loss(logps, ref_logps[rows], batch.response_lengths[rows], dpo)
+        return loss * (len(rows) // 2) / b  # the batch loss is the mean over pairs
+
+    step = trainer.guard.step(trainer.engine, [partial(micro_loss, rows) for rows in rows_of])
+    with torch.no_grad():  # the whole batch's loss and metrics, from the gathered log-probs
+        loss, metrics = preference_loss(policy_logps, ref_logps, batch.response_lengths, dpo)
+    metrics.update(step)
+    metrics["loss"] = loss.item()
     metrics["logps/chosen"] = policy_logps[:b].detach().mean().item()  # summed over each response's tokens
     metrics["logps/rejected"] = policy_logps[b:].detach().mean().item()
     if dpo.variant != "simpo":  # SimPO has no reference, so no KL to report

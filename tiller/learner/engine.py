@@ -20,6 +20,7 @@ import torch
 
 from tiller.config import Config
 from tiller.learner.guard import FiniteGuard, assert_finite
+from tiller.learner.logprobs import taken_logprobs
 
 
 def _free_port() -> int:
@@ -50,11 +51,48 @@ def init_single_process_distributed() -> None:
     deepspeed.init_distributed(dist_backend=backend, init_method=f"file://{store}", rank=0, world_size=1)
 
 
-def _ds_config(cfg: Config, lr: float) -> dict:
+def resolve_precision(precision: str) -> str:
+    """learner.precision `auto`: bf16 where there is a GPU, fp32 on a CPU (where bf16 matmuls are slow
+    on most processors and fp32 keeps the tiny demos on-policy)."""
+    if precision != "auto":
+        return precision
+    return "bf16" if torch.cuda.is_available() else "fp32"
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _without_dropout(config) -> None:
+    """Dropout off everywhere, as TRL and OpenRLHF do: with it on, the learner's own log-probs
+    differ between two forward passes, so the first PPO epoch's ratio is not 1 and the KL to the
+    reference is noisy."""
+    for key, value in config.to_dict().items():
+        if "dropout" in key and isinstance(value, float):
+            setattr(config, key, 0.0)
+
+
+def _load(auto_class, path: str, dtype: torch.dtype, **config_kwargs) -> torch.nn.Module:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, **config_kwargs)
+    _without_dropout(config)
+    model = auto_class.from_pretrained(path, config=config, dtype=dtype)
+    for module in model.modules():  # dropout layers that read no config field
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
+
+
+def _ds_config(cfg: Config, lr: float, precision: str) -> dict:
     lc = cfg.learner
+    # DeepSpeed's own batch bookkeeping only: the learner sets the accumulation boundary itself
+    # (micro_batches.py), because how many micro-batches a step has depends on the step's data.
+    micro = lc.micro_batch_size or lc.batch_size
     return {
-        "train_micro_batch_size_per_gpu": lc.batch_size,
-        "gradient_accumulation_steps": 1,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": max(1, -(-lc.batch_size // micro)),
+        # bf16: the module in bf16, fp32 master weights and optimizer states kept by DeepSpeed
+        "bf16": {"enabled": precision == "bf16"},
         "gradient_clipping": lc.max_grad_norm,
         # torch's AdamW: DeepSpeed's own CPU FusedAdam is a 110 s JIT compile on a cold machine
         "optimizer": {"type": "AdamW", "params": {"lr": lr, "weight_decay": lc.weight_decay, "torch_adam": True}},
@@ -73,30 +111,62 @@ class PolicyTrainer:
 
     def __init__(self, cfg: Config, model_dir: str | Path, with_critic: bool = False,
                  reference_dir: str | Path | None = None):
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification
+        from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
         import deepspeed
 
         init_single_process_distributed()
+        lc = cfg.learner
         self.cfg = cfg
-        self.guard = FiniteGuard(cfg.learner.max_nonfinite_steps)  # every optimizer step goes through it
+        self.precision = resolve_precision(lc.precision)
+        self.dtype = DTYPES[self.precision]
+        self.guard = FiniteGuard(lc.max_nonfinite_steps)  # every optimizer step goes through it
         torch.manual_seed(cfg.seed)
-        policy = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-        self.reference = AutoModelForCausalLM.from_pretrained(str(reference_dir or model_dir), dtype=torch.float32)
-        self.reference.eval().requires_grad_(False)
+        policy = _load(AutoModelForCausalLM, str(model_dir), self.dtype)
+        if lc.gradient_checkpointing:
+            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.engine, *_ = deepspeed.initialize(
-            model=policy, model_parameters=policy.parameters(), config=_ds_config(cfg, cfg.learner.lr))
+            model=policy, model_parameters=policy.parameters(), config=_ds_config(cfg, lc.lr, self.precision))
         self.engine.train()
+        self.device = self.engine.device  # every batch goes here (cuda:N under a GPU, cpu otherwise)
+        # The frozen reference sits beside the policy, in the same dtype, unless offloaded to host memory
+        # by config (learner.reference_offload): then it runs on the CPU and only log-probs move.
+        self.reference = _load(AutoModelForCausalLM, str(reference_dir or model_dir), self.dtype)
+        self.reference.eval().requires_grad_(False)
+        self.reference_device = torch.device("cpu") if lc.reference_offload else self.device
+        self.reference.to(self.reference_device)
         self.critic = None
         if with_critic:
             # From the policy (a fresh value head) or from a reward model, whose one-logit `score`
             # head becomes the per-token value head (both are `score` on transformers' classifiers).
-            critic_dir = str(cfg.learner.pg.critic_path or model_dir)
-            config = AutoConfig.from_pretrained(critic_dir, num_labels=1)
-            config.classifier_dropout = 0.0  # dropout would make values (and the value clip) noisy
-            critic = AutoModelForTokenClassification.from_pretrained(critic_dir, config=config, dtype=torch.float32)
+            critic_dir = str(lc.pg.critic_path or model_dir)
+            critic = _load(AutoModelForTokenClassification, critic_dir, self.dtype, num_labels=1)
+            if lc.gradient_checkpointing:
+                critic.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             self.critic, *_ = deepspeed.initialize(
-                model=critic, model_parameters=critic.parameters(), config=_ds_config(cfg, cfg.learner.pg.critic_lr))
+                model=critic, model_parameters=critic.parameters(),
+                config=_ds_config(cfg, lc.pg.critic_lr, self.precision))
             self.critic.train()
+        print(f"learner: policy on {self.device} in {self.precision}"
+              f"{', gradient checkpointing' if lc.gradient_checkpointing else ''}; reference on "
+              f"{self.reference_device}; micro-batches of {lc.micro_batch_size or 'the whole batch'} sequences",
+              flush=True)
+
+    def reference_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor,
+                           temperature: float = 1.0) -> torch.Tensor:
+        """[N, T-1] log-probs of the taken tokens under the frozen reference, on the policy's device."""
+        device = self.reference_device
+        with torch.no_grad():
+            logits = self.reference(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+            logp, _ = taken_logprobs(logits, input_ids.to(device), mask.to(device), temperature,
+                                     chunk_bytes=self.cfg.learner.logprob_chunk_mb << 20)
+        return logp.to(self.device)
+
+    def policy_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor,
+                        temperature: float = 1.0, with_entropy: bool = False):
+        """(log-probs [N, T-1], entropy or None) of the taken tokens under the policy being trained."""
+        logits = self.engine(input_ids=input_ids, attention_mask=attention_mask).logits
+        return taken_logprobs(logits, input_ids, mask, temperature, with_entropy,
+                              chunk_bytes=self.cfg.learner.logprob_chunk_mb << 20)
 
     @property
     def module(self) -> torch.nn.Module:

@@ -2,8 +2,17 @@
 
     guard = FiniteGuard(max_in_a_row=5)
     metrics = guard.step(engine, loss)   # backward + step, or a skip when loss or gradient is not finite
+    metrics = guard.step(engine, [lambda: loss_of(chunk) for chunk in chunks])  # gradient accumulation
 
-A NaN or infinite loss is skipped before its backward pass. A finite loss can still give a
+With micro-batches, each callable computes one chunk's loss (weighted so that the chunks' losses
+sum to the batch loss); its backward runs before the next chunk's forward, so only one chunk's
+activations are alive at a time, and the optimizer steps once, at the last chunk (DeepSpeed's
+accumulation boundary is set by hand, because the number of chunks varies from step to step).
+
+A NaN or infinite single loss is skipped before its backward pass. Under accumulation, earlier
+chunks' gradients are already summed in when a later chunk's loss turns out non-finite: the
+remaining chunks are skipped and the last one's backward is multiplied by NaN, so the summed
+gradient is non-finite and the gradient check below (ours or ZeRO's) drops it. A finite loss can still give a
 non-finite gradient: without ZeRO (stage 0, fp32) DeepSpeed would apply it, so the guard takes
 the pre-clip gradient norm itself and skips the step; ZeRO stages 1-3 detect it in their own
 step (they report an infinite norm and leave the weights alone), which the guard reads back.
@@ -16,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -49,12 +58,20 @@ class FiniteGuard:
         self.skipped = 0  # over the whole run
         self.in_a_row = 0
 
-    def step(self, engine, loss: torch.Tensor) -> dict[str, float]:
-        """Backward and optimizer step of a DeepSpeed `engine` on `loss`, unless something is not
-        finite. Returns {"grad_norm": pre-clip norm (NaN when unknown), "skipped": 0 or 1}."""
-        if not bool(torch.isfinite(loss.detach()).all()):
-            return self._skip(f"loss is {loss.item()}")
-        engine.backward(loss)
+    def step(self, engine, loss: torch.Tensor | Sequence[Callable[[], torch.Tensor]]) -> dict[str, float]:
+        """Backward and optimizer step of a DeepSpeed `engine` on `loss` (or on micro-batch losses summed),
+        unless something is not finite. Returns {"grad_norm": pre-clip norm (NaN when unknown), "skipped": 0 or 1}."""
+        poisoned = None
+        if isinstance(loss, torch.Tensor):
+            if not bool(torch.isfinite(loss.detach()).all()):
+                return self._skip(f"loss is {loss.item()}")
+            engine.set_gradient_accumulation_boundary(True)
+            engine.backward(loss, scale_wrt_gas=False)
+        else:
+            poisoned = self._accumulate(engine, loss)
+            if poisoned and engine.zero_optimization_stage() == 0:
+                engine.zero_grad()
+                return self._skip(poisoned)
         norm = grad_norm(engine.module.parameters())
         if norm is not None and not math.isfinite(norm):
             engine.zero_grad()  # drop the poisoned gradient; the weights stay as they were
@@ -64,9 +81,27 @@ class FiniteGuard:
             reported = engine.get_global_grad_norm()
             norm = float(reported) if reported is not None else math.nan
             if math.isinf(norm):
-                return self._skip("ZeRO found a non-finite gradient and skipped the update")
+                return self._skip(poisoned or "ZeRO found a non-finite gradient and skipped the update")
         self.in_a_row = 0
         return {"grad_norm": norm, "skipped": 0.0}
+
+    @staticmethod
+    def _accumulate(engine, chunks: Sequence[Callable[[], torch.Tensor]]) -> str | None:
+        """Backward of every chunk's loss; returns why the summed gradient is poisoned, or None."""
+        poisoned = None
+        last = len(chunks) - 1
+        zero = engine.zero_optimization_stage() > 0
+        for index, compute in enumerate(chunks):
+            if poisoned and (index < last or not zero):
+                continue  # the step is lost; ZeRO still needs the boundary's backward, stage 0 drops .grad itself
+            engine.set_gradient_accumulation_boundary(index == last)
+            loss = compute()
+            if poisoned is None and not bool(torch.isfinite(loss.detach()).all()):
+                poisoned = f"loss of micro-batch {index + 1}/{len(chunks)} is {loss.item()}"
+                if not zero:
+                    continue
+            engine.backward(loss * float("nan") if poisoned else loss, scale_wrt_gas=False)
+        return poisoned
 
     def _skip(self, why: str) -> dict[str, float]:
         self.skipped += 1

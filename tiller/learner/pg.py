@@ -16,11 +16,14 @@ The recipe, following cleanrl's ppo.py:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+
 import torch
 
 from tiller.config import Config, resolve_pg
 from tiller.learner import pg_losses as pg
 from tiller.learner.coordinator import ScoredPrompt
+from tiller.learner.micro_batches import row_chunks, trimmed
 
 
 @dataclass
@@ -35,6 +38,11 @@ class SampleBatch:
     scores: torch.Tensor  # [N]
     truncated: torch.Tensor  # [N] bool
     k: int
+
+    def to(self, device: torch.device) -> "SampleBatch":
+        moved = {f: getattr(self, f).to(device) for f in ("input_ids", "attention_mask", "mask", "behaviour_logp",
+                                                           "scores", "truncated")}
+        return SampleBatch(**moved, k=self.k)
 
 
 def build_sample_batch(items: list[ScoredPrompt], pad_id: int) -> SampleBatch:
@@ -66,7 +74,7 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: f
 
 
 def _last_token_index(mask: torch.Tensor) -> torch.Tensor:
-    positions = torch.arange(mask.shape[1]).expand_as(mask)
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
     return (positions * mask).argmax(dim=1)
 
 
@@ -79,7 +87,7 @@ def advantages_and_returns(algorithm: str, batch: SampleBatch, scores: torch.Ten
         rewards = torch.zeros_like(batch.mask)
         if kl is not None:
             rewards = rewards - pc.kl_coef * kl * batch.mask
-        rows = torch.arange(len(scores))
+        rows = torch.arange(len(scores), device=scores.device)
         rewards[rows, _last_token_index(batch.mask)] += scores  # the judge's score lands on the last token
         return pg.gae(rewards, values, batch.mask, pc.gamma, pc.lam)
     grouped = scores.view(-1, batch.k)
@@ -90,21 +98,33 @@ def advantages_and_returns(algorithm: str, batch: SampleBatch, scores: torch.Ten
     return sequence.reshape(-1, 1) * batch.mask, None
 
 
+def _no_grad_per_row(batch: SampleBatch, micro: int, fn) -> torch.Tensor:
+    """[N, T-1] from `fn(ids, attn, mask) -> [n, t-1]` run over micro-batches of rows (zero past each's width)."""
+    out = torch.zeros_like(batch.mask)
+    with torch.no_grad():
+        for rows in row_chunks(torch.arange(len(out), device=out.device), micro):
+            ids, attn, mask = trimmed(batch.input_ids[rows], batch.attention_mask[rows], batch.mask[rows])
+            part = fn(ids, attn, mask)
+            out[rows, :part.shape[1]] = part.float()
+    return out
+
+
 def pg_step(trainer, items: list[ScoredPrompt], cfg: Config, pad_id: int) -> dict[str, float]:
     """One learner step of cfg.learner.algorithm (ppo, grpo or rloo) on all samples of `items`."""
     cfg = resolve_pg(cfg)
     pc = cfg.learner.pg
     algorithm = cfg.learner.algorithm
     kl_in_reward = algorithm == "ppo" and pc.kl_in_reward
-    batch = build_sample_batch(items, pad_id)
-    ids, attn, mask = batch.input_ids, batch.attention_mask, batch.mask
-    temperature = cfg.rollout.temperature
+    batch = build_sample_batch(items, pad_id).to(trainer.device)
+    mask = batch.mask
+    temperature, micro = cfg.rollout.temperature, cfg.learner.micro_batch_size
+    prox_logp = _no_grad_per_row(batch, micro, lambda i, a, m: trainer.policy_logprobs(i, a, m, temperature)[0])
+    ref_logp = _no_grad_per_row(batch, micro, lambda i, a, m: trainer.reference_logprobs(i, a, m, temperature))
+    values = None
+    if trainer.critic is not None:
+        values = _no_grad_per_row(
+            batch, micro, lambda i, a, m: trainer.critic(input_ids=i, attention_mask=a).logits[:, :-1, 0] * m)
     with torch.no_grad():
-        prox_logp = token_logprobs(trainer.engine(input_ids=ids, attention_mask=attn).logits, ids, temperature)
-        ref_logp = token_logprobs(trainer.reference(input_ids=ids, attention_mask=attn).logits, ids, temperature)
-        values = None
-        if trainer.critic is not None:
-            values = trainer.critic(input_ids=ids, attention_mask=attn).logits[:, :-1, 0] * mask
         kl = pg.kl_estimate(prox_logp, ref_logp, "k1" if kl_in_reward else pc.kl_estimator)
         scores = batch.scores - pc.truncation_penalty * batch.truncated.float()
         advantages, returns = advantages_and_returns(algorithm, batch, scores, kl if kl_in_reward else None,
@@ -118,13 +138,25 @@ def pg_step(trainer, items: list[ScoredPrompt], cfg: Config, pad_id: int) -> dic
         "advantage/mean": pg.masked_mean(advantages, mask).item(),
         "advantage/std": pg.masked_mean((advantages - pg.masked_mean(advantages, mask)) ** 2, mask).sqrt().item(),
     }
-    history = _epochs(trainer, batch, prox_logp, None if kl_in_reward else ref_logp, advantages, values, returns, cfg)
+    targets = Targets(prox_logp, None if kl_in_reward else ref_logp, advantages, values, returns)
+    history = _epochs(trainer, batch, targets, cfg)
     metrics.update({key: sum(h[key] for h in history) / len(history) for key in history[0]})
     metrics["ppo/updates"] = len(history)
     return metrics
 
 
-def _epochs(trainer, batch: SampleBatch, prox_logp, ref_logp, advantages, values, returns, cfg: Config):
+@dataclass
+class Targets:
+    """What an update's epochs are measured against, all [N, T-1], fixed at the start of the update."""
+
+    prox_logp: torch.Tensor  # the learner's own policy before the update
+    ref_logp: torch.Tensor | None  # None: no KL loss term (PPO with the KL in the reward)
+    advantages: torch.Tensor
+    values: torch.Tensor | None  # the critic's (PPO)
+    returns: torch.Tensor | None
+
+
+def _epochs(trainer, batch: SampleBatch, targets: Targets, cfg: Config):
     """The clipped-surrogate epochs; returns each minibatch's metrics."""
     pc = cfg.learner.pg
     n = batch.input_ids.shape[0]
@@ -132,8 +164,8 @@ def _epochs(trainer, batch: SampleBatch, prox_logp, ref_logp, advantages, values
     for _ in range(pc.ppo_epochs):
         epoch = []
         # every sample once per epoch: minibatch sizes differ by at most one (the loader keeps minibatches <= n)
-        for mb in torch.tensor_split(torch.randperm(n), min(pc.minibatches, n)):
-            epoch.append(_minibatch(trainer, batch, mb, prox_logp, ref_logp, advantages, values, returns, cfg))
+        for mb in torch.tensor_split(torch.randperm(n).to(batch.mask.device), min(pc.minibatches, n)):
+            epoch.append(_minibatch(trainer, batch, mb, targets, cfg))
         history += epoch
         # early stop, as in OpenAI baselines / cleanrl (https://github.com/vwxyzjn/cleanrl)
         if pc.target_kl > 0 and sum(m["policy/approx_kl"] for m in epoch) / len(epoch) > 1.5 * pc.target_kl:
@@ -141,29 +173,73 @@ def _epochs(trainer, batch: SampleBatch, prox_logp, ref_logp, advantages, values
     return history
 
 
-def _minibatch(trainer, batch: SampleBatch, mb, prox_logp, ref_logp, advantages, values, returns, cfg: Config):
-    pc = cfg.learner.pg
-    ids, attn, mask = batch.input_ids[mb], batch.attention_mask[mb], batch.mask[mb]
-    temperature = cfg.rollout.temperature
-    logits = trainer.engine(input_ids=ids, attention_mask=attn).logits
-    logp = token_logprobs(logits, ids, temperature)
-    loss, m = pg.clipped_policy_loss(logp, prox_logp[mb], batch.behaviour_logp[mb], advantages[mb], mask,
-                                     pc.clip_eps, pc.is_cap)
+def _policy_objective(logp, entropy, rows, mask, batch: SampleBatch, targets: Targets, cfg: Config):
+    """The policy's loss on `rows` (their first mask.shape[1] token columns): clipped surrogate, KL loss
+    term, entropy bonus; token means over `mask`. Returns (loss, metrics)."""
+    pc, w = cfg.learner.pg, mask.shape[1]
+    behaviour = batch.behaviour_logp[rows, :w]
+    loss, m = pg.clipped_policy_loss(logp, targets.prox_logp[rows, :w], behaviour, targets.advantages[rows, :w],
+                                     mask, pc.clip_eps, pc.is_cap)
     m["loss/policy"] = loss.item()
-    if ref_logp is not None:  # KL as a loss term (GRPO, RLOO, or PPO with kl_in_reward: false)
-        kl_term, km = pg.kl_penalty(logp, ref_logp[mb], batch.behaviour_logp[mb], mask, pc.kl_estimator, pc.is_cap)
+    if targets.ref_logp is not None:  # KL as a loss term (GRPO, RLOO, or PPO with kl_in_reward: false)
+        kl_term, km = pg.kl_penalty(logp, targets.ref_logp[rows, :w], behaviour, mask, pc.kl_estimator, pc.is_cap)
         loss = loss + pc.kl_coef * kl_term
         m.update(km)
-    entropy = pg.masked_mean(pg.token_entropy(logits[:, :-1] / temperature), mask)
-    loss = loss - pc.ent_coef * entropy
-    m.update(trainer.guard.step(trainer.engine, loss))  # skipped when loss or gradient is not finite
-    m.update({"loss": loss.item(), "entropy": entropy.item()})
+    mean_entropy = pg.masked_mean(entropy, mask)
+    m["entropy"] = mean_entropy.item()
+    return loss - pc.ent_coef * mean_entropy, m
+
+
+def _minibatch(trainer, batch: SampleBatch, mb: torch.Tensor, targets: Targets, cfg: Config):
+    """One optimizer step (policy, then critic) on the samples `mb`, accumulated over micro-batches: each
+    micro-batch's token-mean loss is weighted by its share of the minibatch's tokens, so the sum is the
+    minibatch's token-mean loss. Metrics come from the whole minibatch's gathered outputs."""
+    pc, temperature = cfg.learner.pg, cfg.rollout.temperature
+    tokens = batch.mask[mb].sum().clamp(min=1)
+    chunks = row_chunks(mb, cfg.learner.micro_batch_size)
+    logp_all, entropy_all = torch.zeros_like(batch.mask[mb]), torch.zeros_like(batch.mask[mb])
+    offsets = [0]
+    for chunk in chunks:
+        offsets.append(offsets[-1] + len(chunk))
+
+    def policy_loss(i: int) -> torch.Tensor:
+        rows = chunks[i]
+        ids, attn, mask = trimmed(batch.input_ids[rows], batch.attention_mask[rows], batch.mask[rows])
+        logp, entropy = trainer.policy_logprobs(ids, attn, mask, temperature, with_entropy=True)
+        logp_all[offsets[i]:offsets[i + 1], :mask.shape[1]] = logp.detach()
+        entropy_all[offsets[i]:offsets[i + 1], :mask.shape[1]] = entropy.detach()
+        loss, _ = _policy_objective(logp, entropy, rows, mask, batch, targets, cfg)
+        return loss * mask.sum() / tokens
+
+    step = trainer.guard.step(trainer.engine, [partial(policy_loss, i) for i in range(len(chunks))])
+    with torch.no_grad():
+        loss, m = _policy_objective(logp_all, entropy_all, mb, batch.mask[mb], batch, targets, cfg)
+    m.update(step)
+    m["loss"] = loss.item()
     if trainer.critic is not None:
-        new_values = trainer.critic(input_ids=ids, attention_mask=attn).logits[:, :-1, 0]
-        value_loss, vm = pg.clipped_value_loss(new_values, values[mb], returns[mb], mask, pc.cliprange_value)
-        critic_step = trainer.guard.step(trainer.critic, pc.vf_coef * value_loss)
-        m.update(vm)
-        m.update({"critic/grad_norm": critic_step["grad_norm"], "critic/skipped": critic_step["skipped"]})
-        m["loss/value"] = value_loss.item()
+        m.update(_critic_step(trainer, batch, mb, chunks, offsets, tokens, targets, cfg))
     return m
 
+
+def _critic_step(trainer, batch: SampleBatch, mb, chunks, offsets, tokens, targets: Targets,
+                 cfg: Config) -> dict[str, float]:
+    """The critic's optimizer step on the same micro-batches, weighted the same way."""
+    pc = cfg.learner.pg
+    new_values = torch.zeros_like(batch.mask[mb])
+
+    def value_loss(i: int) -> torch.Tensor:
+        rows = chunks[i]
+        ids, attn, mask = trimmed(batch.input_ids[rows], batch.attention_mask[rows], batch.mask[rows])
+        values = trainer.critic(input_ids=ids, attention_mask=attn).logits[:, :-1, 0].float()
+        new_values[offsets[i]:offsets[i + 1], :mask.shape[1]] = values.detach()
+        w = mask.shape[1]
+        loss, _ = pg.clipped_value_loss(values, targets.values[rows, :w], targets.returns[rows, :w], mask,
+                                        pc.cliprange_value)
+        return pc.vf_coef * loss * mask.sum() / tokens
+
+    step = trainer.guard.step(trainer.critic, [partial(value_loss, i) for i in range(len(chunks))])
+    with torch.no_grad():
+        loss, m = pg.clipped_value_loss(new_values, targets.values[mb], targets.returns[mb], batch.mask[mb],
+                                        pc.cliprange_value)
+    m.update({"critic/grad_norm": step["grad_norm"], "critic/skipped": step["skipped"], "loss/value": loss.item()})
+    return m
