@@ -14,7 +14,7 @@ from tiller.learner.coordinator import ScoredPrompt
 from tiller.learner.dpo import dpo_step
 from tiller.learner.engine import PolicyTrainer
 from tiller.learner.guard import NonFiniteTraining
-from tiller.learner.main import snapshot
+from tiller.learner.publish import WeightPublisher
 from tiller.learner.pg import pg_step
 
 pytestmark = pytest.mark.slow
@@ -76,11 +76,12 @@ def test_a_nan_gradient_from_a_finite_loss_is_not_applied(tiny_policy_dir, zero_
 def test_nan_weights_are_never_published_or_saved(tiny_policy_dir, tmp_path):
     cfg = Config(model=ModelConfig(path=str(tiny_policy_dir)), learner=LearnerConfig(batch_size=4))
     trainer = PolicyTrainer(cfg, tiny_policy_dir)
-    assert snapshot(trainer, 1, 1).version == 1
+    publisher = WeightPublisher(trainer, torch.float32, 1 << 20)
+    assert publisher.snapshot(1)[0].version == 1
     with torch.no_grad():
         trainer.module.model.norm.weight[0] = math.nan
     with pytest.raises(NonFiniteTraining, match="publish policy version 2: weight model.norm.weight"):
-        snapshot(trainer, 2, 1)
+        publisher.snapshot(2)
     with pytest.raises(NonFiniteTraining, match="save"):
         trainer.save(tmp_path / "final")
     assert not (tmp_path / "final" / "config.json").exists()

@@ -14,7 +14,7 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -177,12 +177,13 @@ class PolicyTrainer:
         """Rows of the reference's embedding table (ZeRO-3 may partition the policy's)."""
         return self.reference.get_input_embeddings().num_embeddings
 
-    def weight_buckets(self, bucket_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
-        """Full weights as (name, cpu tensor) buckets of about `bucket_bytes`.
-
-        Under ZeRO-3 each bucket's parameters are gathered together, never the whole model
-        at once and never one tensor at a time.
-        """
+    def weight_buckets(self, bucket_bytes: int, copy: Callable[[str, torch.Tensor], torch.Tensor] = None
+                       ) -> Iterator[list[tuple[str, torch.Tensor]]]:
+        """Full weights as (name, tensor) buckets of about `bucket_bytes`, each tensor passed through
+        `copy(name, tensor)` while it is whole (default: a CPU clone; the publisher copies into its own
+        buffers). Under ZeRO-3 each bucket's parameters are gathered together, never the whole model
+        at once and never one tensor at a time."""
+        copy = copy or (lambda name, tensor: tensor.detach().cpu().clone())
         # remove_duplicate=False: tied weights (lm_head = embed_tokens) go under both names,
         # as in a checkpoint, so the engine's loader finds every tensor it expects.
         named = list(self.module.named_parameters(remove_duplicate=False))
@@ -195,20 +196,20 @@ class PolicyTrainer:
             bucket.append((name, param))
             size += numel * param.element_size()
             if size >= bucket_bytes:
-                yield self._gather(bucket)
+                yield self._gather(bucket, copy)
                 bucket, size = [], 0
         if bucket:
-            yield self._gather(bucket)
+            yield self._gather(bucket, copy)
         if buffers:
-            yield [(n, b.detach().cpu().clone()) for n, b in buffers]
+            yield [(n, copy(n, b)) for n, b in buffers]
 
-    def _gather(self, bucket: list[tuple[str, torch.nn.Parameter]]) -> list[tuple[str, torch.Tensor]]:
+    def _gather(self, bucket: list[tuple[str, torch.nn.Parameter]], copy) -> list[tuple[str, torch.Tensor]]:
         if self.cfg.learner.zero_stage == 3:
             import deepspeed
 
             with deepspeed.zero.GatheredParameters([p for _, p in bucket], modifier_rank=None):
-                return [(n, p.detach().cpu().clone()) for n, p in bucket]
-        return [(n, p.detach().cpu().clone()) for n, p in bucket]
+                return [(n, copy(n, p)) for n, p in bucket]
+        return [(n, copy(n, p)) for n, p in bucket]
 
     def save(self, path: str | Path, tokenizer_dir: str | Path | None = None) -> None:
         """Write a transformers checkpoint (loads with AutoModelForCausalLM.from_pretrained),

@@ -27,14 +27,14 @@ import torch
 from tiller.config import Config, ConfigError, dump_config
 from tiller.learner.algorithms import ALGORITHMS, Algorithm
 from tiller.learner.coordinator import Coordinator, ScoredPrompt
-from tiller.learner.engine import PolicyTrainer
-from tiller.learner.guard import assert_finite
+from tiller.learner.engine import DTYPES, PolicyTrainer
+from tiller.learner.publish import WeightPublisher
 from tiller.learner import checkpoint
 from tiller.learner.metrics import (
     MetricsSink, first_last_tenth, keep_steps_up_to, plot_judges, plot_reward, reward_table,
 )
 from tiller.learner.prompts import load_prompts
-from tiller.learner.server import LearnerServer, WeightSnapshot
+from tiller.learner.server import LearnerServer
 from tiller.models import ensure_tiny_policy, load_tokenizer
 from tiller.protocol.security import check_bind
 
@@ -54,16 +54,6 @@ def prepare_model(cfg: Config) -> Path:
               flush=True)
         ensure_tiny_policy(path, seed=cfg.model.seed)
     return path
-
-
-def snapshot(trainer: PolicyTrainer, version: int, bucket_mb: int) -> WeightSnapshot:
-    """Version `version` of the policy, bucketed for the weight server; non-finite weights are never
-    published (`NonFiniteTraining` stops the run instead)."""
-    buckets = []
-    for bucket in trainer.weight_buckets(bucket_mb << 20):
-        assert_finite(bucket, f"publish policy version {version}")
-        buckets.append(([n for n, _ in bucket], [t for _, t in bucket]))
-    return WeightSnapshot(version, buckets)
 
 
 class SampleRecord:
@@ -199,7 +189,8 @@ def run(cfg: Config, resume: bool = False) -> dict | None:
     server = LearnerServer(coordinator, cfg.learner.address, cfg.learner.heartbeat_s, cfg.learner.missed_beats,
                            cfg.security)
     version = state["version"]
-    server.publish(snapshot(trainer, version, cfg.learner.weight_bucket_mb))
+    publisher = WeightPublisher(trainer, DTYPES[cfg.rollout.dtype], cfg.learner.weight_bucket_mb << 20)
+    server.publish(publisher.snapshot(version)[0])
     server.start()
     print(f"learner listening on {server.address} ({len(prompts)} prompts, {cfg.learner.steps} steps)", flush=True)
     sink = MetricsSink(cfg, run_dir, resume_step=state["step"], wandb_id=state["wandb_id"])
@@ -207,8 +198,8 @@ def run(cfg: Config, resume: bool = False) -> dict | None:
     preempted = threading.Event()
     previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.set())
     try:
-        train(cfg, algorithm, trainer, server, sink, record, state["step"], version, tokenizer.pad_token_id,
-              preempted)
+        train(cfg, algorithm, trainer, publisher, server, sink, record, state["step"], version,
+              tokenizer.pad_token_id, preempted)
     except Preempted:
         done = sink.history[-1]["step"] if sink.history else 0  # the last step that finished
         save_checkpoint(cfg, done, sink.history[-1]["policy_version"] if sink.history else version,
@@ -235,8 +226,9 @@ def run(cfg: Config, resume: bool = False) -> dict | None:
     return summarise(cfg, sink.history, server, trainer.guard.skipped)
 
 
-def train(cfg: Config, algorithm: Algorithm, trainer: PolicyTrainer, server: LearnerServer, sink: MetricsSink,
-          record: SampleRecord, done_steps: int, version: int, pad_id: int, preempted: threading.Event) -> None:
+def train(cfg: Config, algorithm: Algorithm, trainer: PolicyTrainer, publisher: WeightPublisher,
+          server: LearnerServer, sink: MetricsSink, record: SampleRecord, done_steps: int, version: int, pad_id: int,
+          preempted: threading.Event) -> None:
     """The loop from step `done_steps` + 1 on: batch, step, publish, log, checkpoint."""
     last = time.monotonic()
     for step in range(done_steps + 1, cfg.learner.steps + 1):
@@ -245,7 +237,9 @@ def train(cfg: Config, algorithm: Algorithm, trainer: PolicyTrainer, server: Lea
         metrics = algorithm.step(trainer, trainable, cfg, pad_id)
         if step % cfg.learner.sync_every == 0:
             version += 1
-            server.publish(snapshot(trainer, version, cfg.learner.weight_bucket_mb))
+            snap, publish_metrics = publisher.snapshot(version)
+            server.publish(snap)
+            metrics.update(publish_metrics)
         if cfg.learner.mode == "sync":  # after the publish (commands run in order): the next round opens
             server.consumed([p.prompt_id for p in trainable])
         now = time.monotonic()

@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tiller.config import SecurityConfig
@@ -31,12 +31,16 @@ from tiller.protocol.transport import RouterEndpoint
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass
 class WeightSnapshot:
-    """An immutable published policy: buckets of (names, tensors), served zero-copy."""
+    """A published policy: buckets of (names, tensors), served zero-copy. The socket thread appends a
+    tracker per bucket sent and sets `retired` once a newer version replaces it; the publisher reuses
+    the buffers only when both say nobody reads them (learner/publish.py)."""
 
     version: int
     buckets: list[tuple[list[str], list[Any]]]
+    trackers: list = field(default_factory=list)
+    retired: bool = False
 
 
 class LearnerServer:
@@ -268,8 +272,8 @@ class LearnerServer:
             self._reply(identity, WeightsGone(snap.version if snap else -1, incarnation))
             return
         names, tensors = snap.buckets[request.bucket]
-        self._reply(identity, WeightsBucket(snap.version, request.bucket, len(snap.buckets), names, tensors,
-                                            incarnation))
+        self.endpoint.send(identity, WeightsBucket(snap.version, request.bucket, len(snap.buckets), names, tensors,
+                                                   incarnation), trackers=snap.trackers)
 
     def _dispatch_judges(self) -> None:
         while self._parked_judges:
@@ -288,6 +292,8 @@ class LearnerServer:
             except queue.Empty:
                 return
             if command == "publish":
+                if self._snapshot is not None:
+                    self._snapshot.retired = True  # no new send reads its buffers from now on
                 self._snapshot = arg
                 self.coordinator.publish(arg.version)
             elif command == "release":

@@ -102,9 +102,14 @@ class RouterEndpoint:
         self.stats.handshakes_failed += count
         return count
 
-    def send(self, identity: bytes, message: Any) -> bool:
+    def send(self, identity: bytes, message: Any, trackers: list | None = None) -> bool:
+        """Send zero-copy; with `trackers`, append the send's `zmq.MessageTracker` (done once ZeroMQ has
+        let go of the message's buffers, so their owner may write them again)."""
         try:
-            self.socket.send_multipart([identity, *encode(message)], copy=False)
+            tracker = self.socket.send_multipart([identity, *encode(message)], copy=False,
+                                                 track=trackers is not None)
+            if trackers is not None:
+                trackers.append(tracker)
         except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer is gone; its lease will expire
             self.stats.unroutable += 1
             log.info("could not send %s to peer %s: %s", type(message).KIND, identity.hex(), exc)
