@@ -22,6 +22,16 @@ def test_help_lists_every_part():
         assert command in out
 
 
+def test_judge_help_names_every_judge_kind_the_config_accepts():
+    import typing
+
+    from tiller.config import JudgeConfig
+
+    out = " ".join(runner.invoke(app, ["judge", "--help"], terminal_width=200).output.split())
+    kinds = typing.get_args(typing.get_type_hints(JudgeConfig)["kind"])
+    assert len(kinds) == 5 and all(kind in out for kind in kinds), out
+
+
 def test_dry_run_prints_the_resolved_config_with_overrides():
     result = runner.invoke(app, ["run", str(ROOT / "configs/demo.yaml"), "learner.lr=1e-6", "--dry-run"])
     assert result.exit_code == 0, result.output

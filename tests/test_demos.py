@@ -27,3 +27,21 @@ def test_demo_raises_mean_reward(config, tiny_policy_dir, tmp_path, free_address
     summary = json.loads(next(tmp_path.glob("*/summary.json")).read_text())
     assert summary["steps"] == 120
     assert summary["reward_last_10pct"] - summary["reward_first_10pct"] > 0.3, summary
+
+
+def test_chat_demo_trains_on_conversations_through_the_chat_template(tmp_path, free_address):
+    """configs/chat.yaml: TRL-style conversational prompts, a tiny model built with a chat template."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tiller", "run", "configs/chat.yaml", f"output_dir={tmp_path}",
+         f"model.path={tmp_path / 'chat-policy'}", f"learner.address={free_address}"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    from tiller.models import load_tokenizer
+
+    assert load_tokenizer(tmp_path / "chat-policy").chat_template  # built with one
+    summary = json.loads((tmp_path / "chat" / "summary.json").read_text())
+    assert summary["steps"] == 60
+    assert summary["reward_last_10pct"] - summary["reward_first_10pct"] > 0.1, summary
+    metrics = [json.loads(line) for line in (tmp_path / "chat" / "metrics.jsonl").read_text().splitlines()]
+    assert all(m["weights/publish_gbps"] > 0 for m in metrics)

@@ -23,7 +23,7 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 def test_a_row_without_the_prompt_field_names_file_and_line(tmp_path, tiny_policy_dir):
     data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "abc"}, {"text": "no prompt here"}])
-    with pytest.raises(ConfigError, match=r"p.jsonl:2: no string field 'prompt'"):
+    with pytest.raises(ConfigError, match=r"p.jsonl:2: no field 'prompt'"):
         load_prompts(DataConfig(source="jsonl", path=str(data)), load_tokenizer(tiny_policy_dir), 100)
 
 
@@ -35,7 +35,7 @@ def test_a_row_that_is_not_json_names_file_and_line(tmp_path, tiny_policy_dir):
 
 def test_a_prompt_longer_than_the_context_names_its_row(tmp_path, tiny_policy_dir):
     data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "ab"}, {"prompt": "abcdefghijkl"}])
-    with pytest.raises(ConfigError, match=r"row 2: prompt has 12 tokens, more than the 10"):
+    with pytest.raises(ConfigError, match=r"p.jsonl:2: prompt has 12 tokens, more than the 10"):
         load_prompts(DataConfig(source="jsonl", path=str(data)), load_tokenizer(tiny_policy_dir), 10)
 
 

@@ -52,7 +52,7 @@ def test_judge_task_returns_scores_and_pairs(tiny_policy_dir):
     responses = [tok(r, add_special_tokens=False)["input_ids"] for r in ("aa", "bb", "zz", "ee")]
     task = ScoreTask(1, 2, np.concatenate(prompts).astype(np.int32), np.array([2, 2], np.int32),
                      np.concatenate(responses).astype(np.int32), np.array([2, 2, 2, 2], np.int32),
-                     np.zeros(4, bool), 16)
+                     np.zeros(4, bool), 16, ["", ""])
     judge = build_judge(JudgeConfig(kind="rule", rule="tiller.tasks:vowel_reward"), tiny_policy_dir)
     judgement = judge_task(judge, task, 0.0)
     assert judgement.scores.tolist() == [2 / 16, 0, 0, 2 / 16]
@@ -124,11 +124,11 @@ def test_a_judge_gives_back_a_task_it_fails_on_and_stops_when_it_keeps_failing(t
                  judge=JudgeConfig(kind="rule", max_failures_in_a_row=1))
     actor = JudgeActor(cfg, "tcp://127.0.0.1:9", judge_id="j")  # never sends: answer() is called directly
     task = ScoreTask(7, 2, np.array([3, 4], np.int32), np.array([2], np.int32), np.array([5, 6, 7], np.int32),
-                     np.array([2, 1], np.int32), np.zeros(2, bool), 16)
+                     np.array([2, 1], np.int32), np.zeros(2, bool), 16, [""])
     working = actor.judge
 
     class Broken:
-        def score(self, prompts, responses):
+        def score(self, prompts, responses, conversations=None):
             raise RuntimeError("engine on fire")
 
     actor.judge = Broken()

@@ -134,7 +134,8 @@ def test_llm_judge_on_a_real_vllm_engine(tiny_policy_dir, tiny_judge_dir):
     enc = lambda s: np.asarray(tok(s, add_special_tokens=False)["input_ids"], np.int32)  # noqa: E731
     responses = [enc(r) for r in ("hello", "hi", "hey there", "yo")]
     task = ScoreTask(1, 2, np.concatenate([enc("greet"), enc("wave")]), np.array([5, 4], np.int32),
-                     np.concatenate(responses), np.array([len(r) for r in responses], np.int32), np.zeros(4, bool), 16)
+                     np.concatenate(responses), np.array([len(r) for r in responses], np.int32), np.zeros(4, bool), 16,
+                     ["", ""])
     judgement = judge_task(judge, task, 0.0)
     assert judgement.scores.shape == (4,) and np.all((judgement.scores >= 0) & (judgement.scores <= 1))
     assert judge.stats()["comparisons"] == 4  # 2 prompts x 1 pair x 2 orders

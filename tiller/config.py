@@ -28,13 +28,20 @@ class ModelConfig:
     path: str = "runs/tiny-policy"  # a transformers model directory
     build_tiny: bool = True  # build a random-init tiny model there if the directory is missing
     seed: int = 0  # init seed of the tiny model
+    tiny_chat: bool = False  # the tiny model gets a chat template (and a character set wide enough for one)
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: Literal["letters", "jsonl"] = "letters"  # letters: random lowercase prompts, made on the spot
-    path: str | None = None  # jsonl: one object per line with `prompt_field`
-    prompt_field: str = "prompt"
+    # letters: random lowercase prompts, made on the spot; jsonl: one object per line; dataset: a file or
+    # folder the Hugging Face `datasets` library reads (parquet, json, jsonl, csv, a save_to_disk folder)
+    source: Literal["letters", "jsonl", "dataset"] = "letters"
+    path: str | None = None
+    prompt_field: str = "prompt"  # a string, or a conversation: a list of {role, content} messages (TRL's format)
+    split: str = "train"  # dataset: the split to read when the folder holds several
+    # conversations go through the policy tokenizer's chat template (add_generation_prompt=True);
+    # false (base models): their contents joined by blank lines, as plain text
+    chat_template: bool = True
     num_prompts: int = 100_000  # letters: size of the prompt stream
     prompt_min_chars: int = 4
     prompt_max_chars: int = 10

@@ -22,6 +22,9 @@ from pathlib import Path
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")
 ALPHABET = "abcdefghijklmnopqrstuvwxyz .,?!"  # the demo policy's: small, so a tiny model learns fast
 JUDGE_ALPHABET = ALPHABET + "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:;'\"()[]*-\n"  # enough for judge templates
+# A chat template written in characters the judge alphabet has, for tiny instruct-style models in tests
+TINY_CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                      "{% if add_generation_prompt %}assistant: {% endif %}")
 
 
 @dataclass(frozen=True)
@@ -111,8 +114,9 @@ def _is_complete(model_dir: Path) -> bool:
 
 
 def ensure_tiny_policy(model_dir: str | Path, seed: int = 0, shape: TinyShape = TinyShape(),
-                       alphabet: str = ALPHABET) -> Path:
-    """Write a random-init tiny Qwen2 causal LM and its char tokenizer to `model_dir` (once)."""
+                       alphabet: str = ALPHABET, chat_template: str | None = None) -> Path:
+    """Write a random-init tiny Qwen2 causal LM and its char tokenizer (with `chat_template`, if given)
+    to `model_dir` (once)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -120,6 +124,7 @@ def ensure_tiny_policy(model_dir: str | Path, seed: int = 0, shape: TinyShape = 
     if _is_complete(model_dir):
         return model_dir
     tokenizer = build_char_tokenizer(alphabet)
+    tokenizer.chat_template = chat_template
     config = _qwen2_config(len(tokenizer), shape, tokenizer.eos_token_id, tokenizer.pad_token_id)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -129,7 +134,8 @@ def ensure_tiny_policy(model_dir: str | Path, seed: int = 0, shape: TinyShape = 
     return model_dir
 
 
-def ensure_tiny_reward_model(model_dir: str | Path, seed: int = 0, shape: TinyShape = TinyShape()) -> Path:
+def ensure_tiny_reward_model(model_dir: str | Path, seed: int = 0, shape: TinyShape = TinyShape(),
+                             chat_template: str | None = None) -> Path:
     """Write a random-init tiny Qwen2 sequence classifier (one logit = the reward) to `model_dir`."""
     import torch
     from transformers import AutoModelForSequenceClassification
@@ -137,7 +143,8 @@ def ensure_tiny_reward_model(model_dir: str | Path, seed: int = 0, shape: TinySh
     model_dir = Path(model_dir)
     if _is_complete(model_dir):
         return model_dir
-    tokenizer = build_char_tokenizer()
+    tokenizer = build_char_tokenizer(JUDGE_ALPHABET if chat_template else ALPHABET)
+    tokenizer.chat_template = chat_template
     config = _qwen2_config(len(tokenizer), shape, tokenizer.eos_token_id, tokenizer.pad_token_id, num_labels=1)
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)

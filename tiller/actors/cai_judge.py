@@ -26,7 +26,7 @@ import numpy as np
 from tiller.actors.cache import BoundedCache
 from tiller.actors.constitution import Principle, load_constitution, pick_principles
 from tiller.actors.guarded import GuardedEngine
-from tiller.actors.judges import Judgement
+from tiller.actors.judges import Conversations, Judgement, decode_tokens, prompt_texts
 from tiller.actors.llm_judge import judge_engine, llm_judge_stats, load_template, prepare_judge_model, retry_policy
 from tiller.config import JudgeConfig
 from tiller.models import load_tokenizer
@@ -94,11 +94,10 @@ class ConstitutionalJudge:
         return llm_judge_stats(self._stats, self.engine, self._cache)
 
     def judge(self, prompts: list[np.ndarray], responses: list[np.ndarray], k: int,
-              max_new_tokens: int) -> Judgement:
-        decode = lambda ids: self.policy_tokenizer.decode([int(t) for t in ids], skip_special_tokens=True)  # noqa: E731
-        prompt_texts = [decode(p) for p in prompts]
-        originals = [decode(r) for r in responses]
-        keys = [(prompt_texts[i // k], originals[i], max_new_tokens) for i in range(len(responses))]
+              max_new_tokens: int, conversations: Conversations = None) -> Judgement:
+        prompts_read = prompt_texts(prompts, self.policy_tokenizer, conversations)
+        originals = [decode_tokens(self.policy_tokenizer, r) for r in responses]
+        keys = [(prompts_read[i // k], originals[i], max_new_tokens) for i in range(len(responses))]
         revised: list[Revision | None] = [self._cache.get(key) for key in keys]
         todo = [i for i, r in enumerate(revised) if r is None]
         for i, revision in zip(todo, self._revise([keys[i][:2] for i in todo], max_new_tokens)):

@@ -8,6 +8,7 @@ tasks than a slow one, and a judge that joins mid-run starts taking work at once
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -23,12 +24,35 @@ from tiller.protocol.transport import LearnerClient
 log = logging.getLogger(__name__)
 
 
+def parse_conversations(task: ScoreTask) -> list[list[dict[str, str]] | None]:
+    """The task's chat prompts as messages (None for plain prompts). A malformed entry is read as a plain
+    prompt, logged: the tokens are still there, and one bad string must not cost the whole task."""
+    parsed: list[list[dict[str, str]] | None] = []
+    for n, text in enumerate(task.conversations):
+        messages = None
+        if text:
+            try:
+                value = json.loads(text)
+                if isinstance(value, list) and value and all(
+                        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                        for m in value):
+                    messages = [{"role": m["role"], "content": m["content"]} for m in value]
+            except (ValueError, RecursionError):
+                pass
+            if messages is None:
+                log.warning("lease %d prompt %d: conversation is not a list of {role, content} messages; "
+                            "reading its tokens instead", task.lease_id, n)
+        parsed.append(messages)
+    return parsed
+
+
 def judge_task(judge, task: ScoreTask, min_margin: float) -> Judgement:
     prompts = unflatten(task.prompt_tokens, task.prompt_lengths)
     responses = unflatten(task.response_tokens, task.response_lengths)
+    conversations = parse_conversations(task) if len(task.conversations) == len(prompts) else None
     if hasattr(judge, "judge"):  # makes its own pairs (CAI)
-        return judge.judge(prompts, responses, task.samples_per_prompt, task.max_new_tokens)
-    return best_and_worst(judge.score(prompts, responses), task.samples_per_prompt, min_margin)
+        return judge.judge(prompts, responses, task.samples_per_prompt, task.max_new_tokens, conversations)
+    return best_and_worst(judge.score(prompts, responses, conversations), task.samples_per_prompt, min_margin)
 
 
 def to_scores(judgement: Judgement, judge_id: str, incarnation: int, lease_id: int, seconds: float,

@@ -1,9 +1,12 @@
 """Judge kinds: turn (prompt, k responses) into k scores and preference pairs (a `Judgement`).
 
-Most kinds are scorers, anything with `score(prompts, responses) -> np.ndarray [n*k]` where
-`prompts` are n token arrays and `responses` n*k token arrays, prompt-major; their pairs are
-each prompt's best and worst sample. A kind that makes its own pairs (Constitutional AI, whose
-chosen side is a revision it wrote) has `judge(prompts, responses, k, max_new_tokens) -> Judgement`.
+Most kinds are scorers, anything with `score(prompts, responses, conversations) -> np.ndarray [n*k]`
+where `prompts` are n token arrays and `responses` n*k token arrays, prompt-major, and
+`conversations` the n prompts' messages where they were conversations (else None); their pairs
+are each prompt's best and worst sample. A kind that makes its own pairs (Constitutional AI, whose
+chosen side is a revision it wrote) has `judge(prompts, responses, k, max_new_tokens, conversations)
+-> Judgement`. Judges read a conversation from its messages, never from the policy's templated
+tokens (`prompt_texts`); a reward model with a chat template of its own scores through it.
 Any kind may have `stats() -> dict[str, float]`: running counters for the learner's metrics. Kinds:
   - RuleJudge: a Python function `module:function(prompt: str, response: str) -> float`
     named in the judge's own config (never in a message), for verifiable rewards;
@@ -28,8 +31,29 @@ from tiller.config import ConfigError, JudgeConfig
 from tiller.models import load_tokenizer
 
 
+Conversations = list[list[dict[str, str]] | None] | None
+
+
 class Scorer(Protocol):
-    def score(self, prompts: list[np.ndarray], responses: list[np.ndarray]) -> np.ndarray: ...
+    def score(self, prompts: list[np.ndarray], responses: list[np.ndarray],
+              conversations: Conversations = None) -> np.ndarray: ...
+
+
+def render_conversation(messages: list[dict[str, str]]) -> str:
+    """A conversation as plain text for rules and judge templates: one `role: content` line per message."""
+    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+
+def prompt_texts(prompts: list[np.ndarray], tokenizer, conversations: Conversations = None) -> list[str]:
+    """What a judge reads as each prompt: a conversation rendered from its messages, else the prompt's
+    tokens decoded with the policy's tokenizer."""
+    conversations = conversations or [None] * len(prompts)
+    return [render_conversation(c) if c is not None else decode_tokens(tokenizer, p)
+            for p, c in zip(prompts, conversations)]
+
+
+def decode_tokens(tokenizer, ids) -> str:
+    return tokenizer.decode([int(t) for t in ids], skip_special_tokens=True)
 
 
 @dataclass(frozen=True)
@@ -90,20 +114,22 @@ class RuleJudge:
         self.rule = rule
         self.tokenizer = tokenizer
 
-    def score(self, prompts: list[np.ndarray], responses: list[np.ndarray]) -> np.ndarray:
+    def score(self, prompts: list[np.ndarray], responses: list[np.ndarray],
+              conversations: Conversations = None) -> np.ndarray:
         k = len(responses) // len(prompts)
-        decode = lambda ids: self.tokenizer.decode([int(t) for t in ids], skip_special_tokens=True)  # noqa: E731
-        prompt_texts = [decode(p) for p in prompts]
+        texts = prompt_texts(prompts, self.tokenizer, conversations)
         return np.asarray(
-            [float(self.rule(prompt_texts[i // k], decode(r))) for i, r in enumerate(responses)], np.float32
-        )
+            [float(self.rule(texts[i // k], decode_tokens(self.tokenizer, r))) for i, r in enumerate(responses)],
+            np.float32)
 
 
 class RewardModelJudge:
     """Scores `prompt + response` text with a sequence classifier's single logit.
 
     Text is decoded with the policy tokenizer and re-encoded with the reward model's own, so
-    the two may differ.
+    the two may differ. A reward model whose tokenizer has a chat template scores the conversation
+    (a plain prompt becomes one user message) with the response as the assistant's turn, through
+    that template, as it was trained to read it.
     """
 
     def __init__(self, path: str | Path, policy_tokenizer, batch_size: int = 32):
@@ -118,11 +144,24 @@ class RewardModelJudge:
         self.policy_tokenizer = policy_tokenizer
         self.batch_size = batch_size
 
-    @torch.no_grad()
-    def score(self, prompts: list[np.ndarray], responses: list[np.ndarray]) -> np.ndarray:
+    def texts(self, prompts: list[np.ndarray], responses: list[np.ndarray],
+              conversations: Conversations = None) -> list[str]:
+        """The reward model's input text for every sample."""
         k = len(responses) // len(prompts)
-        decode = lambda ids: self.policy_tokenizer.decode([int(t) for t in ids], skip_special_tokens=True)  # noqa: E731
-        texts = [decode(prompts[i // k]) + decode(r) for i, r in enumerate(responses)]
+        answers = [decode_tokens(self.policy_tokenizer, r) for r in responses]
+        if not getattr(self.tokenizer, "chat_template", None):
+            plain = prompt_texts(prompts, self.policy_tokenizer, conversations)
+            return [plain[i // k] + answer for i, answer in enumerate(answers)]
+        conversations = conversations or [None] * len(prompts)
+        turns = [c if c is not None else [{"role": "user", "content": decode_tokens(self.policy_tokenizer, p)}]
+                 for p, c in zip(prompts, conversations)]
+        return [self.tokenizer.apply_chat_template(turns[i // k] + [{"role": "assistant", "content": answer}],
+                                                   tokenize=False) for i, answer in enumerate(answers)]
+
+    @torch.no_grad()
+    def score(self, prompts: list[np.ndarray], responses: list[np.ndarray],
+              conversations: Conversations = None) -> np.ndarray:
+        texts = self.texts(prompts, responses, conversations)
         scores = []
         for start in range(0, len(texts), self.batch_size):
             enc = self.tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True)
@@ -142,13 +181,16 @@ class ComposedJudge:
     def stats(self) -> dict[str, float]:
         return {"gate_fired": self.gate_fired}
 
-    def score(self, prompts: list[np.ndarray], responses: list[np.ndarray]) -> np.ndarray:
-        total = sum(weight * judge.score(prompts, responses) for weight, judge in self.parts).astype(np.float32)
+    def score(self, prompts: list[np.ndarray], responses: list[np.ndarray],
+              conversations: Conversations = None) -> np.ndarray:
+        total = sum(weight * judge.score(prompts, responses, conversations)
+                    for weight, judge in self.parts).astype(np.float32)
         if self.gate is None:
             return total
         k = len(responses) // len(prompts)
-        decode = lambda ids: self.tokenizer.decode([int(t) for t in ids], skip_special_tokens=True)  # noqa: E731
-        fired = np.array([bool(self.gate(decode(prompts[i // k]), decode(r))) for i, r in enumerate(responses)])
+        texts = prompt_texts(prompts, self.tokenizer, conversations)
+        fired = np.array([bool(self.gate(texts[i // k], decode_tokens(self.tokenizer, r)))
+                          for i, r in enumerate(responses)])
         self.gate_fired += int(fired.sum())
         total[fired] = 0.0 if self.mode == "zero" else total[fired] + self.penalty
         return total

@@ -19,6 +19,7 @@ import numpy as np
 
 from tiller.actors.cache import BoundedCache
 from tiller.actors.guarded import GuardedEngine, RetryPolicy
+from tiller.actors.judges import Conversations, decode_tokens, prompt_texts
 from tiller.actors.pairwise import Verdict, comparisons, debiased, parse_verdict, tournament_scores, wins_to_scores
 from tiller.config import ConfigError, JudgeConfig, RolloutConfig
 from tiller.models import JUDGE_ALPHABET, TinyShape, ensure_tiny_policy, load_tokenizer
@@ -102,19 +103,20 @@ class LLMPairwiseJudge:
             out.append(verdict)
         return out
 
-    def score(self, prompts: list[np.ndarray], responses: list[np.ndarray]) -> np.ndarray:
+    def score(self, prompts: list[np.ndarray], responses: list[np.ndarray],
+              conversations: Conversations = None) -> np.ndarray:
         k = len(responses) // len(prompts)
-        decode = lambda ids: self.policy_tokenizer.decode([int(t) for t in ids], skip_special_tokens=True)  # noqa: E731
-        prompt_texts = [decode(p) for p in prompts]
-        texts = [decode(r) for r in responses]
+        prompts_read = prompt_texts(prompts, self.policy_tokenizer, conversations)
+        texts = [decode_tokens(self.policy_tokenizer, r) for r in responses]
         if self.cfg.compare == "tournament":
             return np.concatenate([
                 tournament_scores(k, lambda matches, n=n: self._debiased(
-                    [(prompt_texts[n], texts[n * k + i], texts[n * k + j]) for i, j in matches]))
+                    [(prompts_read[n], texts[n * k + i], texts[n * k + j]) for i, j in matches]))
                 for n in range(len(prompts))
             ])
         pairs = comparisons(k, "all_pairs")
-        matches = [(prompt_texts[n], texts[n * k + i], texts[n * k + j]) for n in range(len(prompts)) for i, j in pairs]
+        matches = [(prompts_read[n], texts[n * k + i], texts[n * k + j]) for n in range(len(prompts))
+                   for i, j in pairs]
         verdicts = self._debiased(matches)  # every comparison of the task in one batch
         return np.concatenate([
             wins_to_scores(k, [(i, j, v) for (i, j), v in zip(pairs, verdicts[n * len(pairs):(n + 1) * len(pairs)])])

@@ -16,7 +16,10 @@ def judge(
     judge_id: Annotated[Optional[str], typer.Option("--id", help="Judge name (default: judge-HOST-PID).")] = None,
     dry_run: DryRun = False,
 ) -> None:
-    """Score rollouts for the learner at --learner (judge.kind: rule or reward_model)."""
+    """Score rollouts for the learner at --learner, as judge.kind says: rule (a Python function of prompt
+    and response), reward_model (a sequence classifier), llm_pairwise (an LLM served by vLLM compares
+    two responses: RLAIF), cai (Constitutional AI: critique and revise against a constitution, prefer
+    the revision) or composed (a weighted sum of scorers, optionally gated by a rule)."""
     cfg = resolve(config, overrides, dry_run)
     setup_process(judge_id or "judge")
     from tiller.actors.judge import JudgeActor

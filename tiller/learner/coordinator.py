@@ -10,6 +10,8 @@ lease that is no longer live is a late duplicate and is dropped (and counted).
 
 from __future__ import annotations
 
+import json
+
 import dataclasses
 import time
 from collections import deque
@@ -248,8 +250,10 @@ class Coordinator:
             state.judge = judge
             tokens, lengths = self.prompts.pack(state.prompt_ids)
             r = state.rollout
+            conversations = [self.prompts.conversation(i) for i in state.prompt_ids]
             return ScoreTask(lease_id, self.rollout.samples_per_prompt, tokens, lengths,
-                             r.response_tokens, r.response_lengths, r.truncated, self.rollout.max_new_tokens)
+                             r.response_tokens, r.response_lengths, r.truncated, self.rollout.max_new_tokens,
+                             [json.dumps(c) if c is not None else "" for c in conversations])
         return None
 
     def cancel_lease(self, lease_id: int) -> None:

@@ -35,7 +35,7 @@ from tiller.learner.metrics import (
 )
 from tiller.learner.prompts import load_prompts
 from tiller.learner.server import LearnerServer
-from tiller.models import ensure_tiny_policy, load_tokenizer
+from tiller.models import JUDGE_ALPHABET, TINY_CHAT_TEMPLATE, ensure_tiny_policy, load_tokenizer
 from tiller.protocol.security import check_bind
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,8 @@ def prepare_model(cfg: Config) -> Path:
                     path.resolve())
         print(f"model.path {path} has no model: building a random-init tiny model there (model.build_tiny: true)",
               flush=True)
-        ensure_tiny_policy(path, seed=cfg.model.seed)
+        chat = {"alphabet": JUDGE_ALPHABET, "chat_template": TINY_CHAT_TEMPLATE} if cfg.model.tiny_chat else {}
+        ensure_tiny_policy(path, seed=cfg.model.seed, **chat)
     return path
 
 

@@ -16,18 +16,26 @@ import numpy as np
 from tiller.config import ConfigError, DataConfig
 
 
+Message = dict[str, str]
+
+
 class PromptStream:
-    def __init__(self, token_arrays: list[np.ndarray], texts: list[str]):
+    def __init__(self, token_arrays: list[np.ndarray], texts: list[str],
+                 conversations: list[list[Message] | None] | None = None):
         if not token_arrays:
             raise ConfigError("the prompt stream is empty")
         self.tokens = token_arrays
-        self.texts = texts
+        self.texts = texts  # what the policy sees: a conversation after its chat template
+        self.conversations = conversations or [None] * len(texts)  # the messages of chat prompts
 
     def __len__(self) -> int:
         return len(self.tokens)
 
     def get(self, prompt_id: int) -> np.ndarray:
         return self.tokens[prompt_id % len(self.tokens)]
+
+    def conversation(self, prompt_id: int) -> list[Message] | None:
+        return self.conversations[prompt_id % len(self.tokens)]
 
     def pack(self, prompt_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """Flat int32 tokens and int32 lengths for a lease."""
@@ -46,13 +54,19 @@ def _letters(cfg: DataConfig) -> list[str]:
     ]
 
 
-def _jsonl(cfg: DataConfig) -> list[str]:
+def _existing(cfg: DataConfig) -> Path:
     if not cfg.path:
-        raise ConfigError("data.path: required when data.source is jsonl")
+        raise ConfigError(f"data.path: required when data.source is {cfg.source}")
     path = Path(cfg.path)
     if not path.exists():
         raise ConfigError(f"data.path: {path} does not exist")
-    texts = []
+    return path
+
+
+def _jsonl(cfg: DataConfig) -> list[tuple[str, object]]:
+    """(where, prompt value) per row."""
+    path = _existing(cfg)
+    rows = []
     for line_no, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
@@ -60,24 +74,86 @@ def _jsonl(cfg: DataConfig) -> list[str]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get(cfg.prompt_field), str):
-            raise ConfigError(f"{path}:{line_no}: no string field {cfg.prompt_field!r} (set data.prompt_field)")
-        texts.append(row[cfg.prompt_field])
-    return texts
+        if not isinstance(row, dict) or cfg.prompt_field not in row:
+            raise ConfigError(f"{path}:{line_no}: no field {cfg.prompt_field!r} (set data.prompt_field)")
+        rows.append((f"{path}:{line_no}", row[cfg.prompt_field]))
+    return rows
+
+
+def _dataset(cfg: DataConfig) -> list[tuple[str, object]]:
+    """Rows of a parquet/json/jsonl/csv file or a `save_to_disk` folder, read by the `datasets` library."""
+    path = _existing(cfg)
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError("data.source: dataset needs the `datasets` package (pip install 'tiller[data]')") from None
+    builders = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
+    try:
+        if path.is_dir():
+            data = datasets.load_from_disk(str(path))
+            if isinstance(data, datasets.DatasetDict):
+                if cfg.split not in data:
+                    raise ConfigError(f"data.split: {path} has splits {sorted(data)}, not {cfg.split!r}")
+                data = data[cfg.split]
+        elif path.suffix in builders:
+            data = datasets.load_dataset(builders[path.suffix], data_files=str(path), split="train")
+        else:
+            raise ConfigError(f"data.path: {path}: not a folder or a {', '.join(builders)} file")
+    except ConfigError:
+        raise
+    except Exception as exc:  # the library's own errors name the problem; say which file
+        raise ConfigError(f"data.path: {path}: the datasets library could not read it ({exc})") from None
+    if cfg.prompt_field not in data.column_names:
+        raise ConfigError(f"{path}: no column {cfg.prompt_field!r} (columns: {data.column_names}; "
+                          "set data.prompt_field)")
+    return [(f"{path} row {i}", value) for i, value in enumerate(data[cfg.prompt_field], start=1)]
+
+
+def _conversation(value: object, where: str, field: str) -> list[Message] | None:
+    """None for a plain string prompt; the validated messages of a conversation."""
+    if isinstance(value, str):
+        return None
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where}: {field!r} must be a string or a non-empty list of {{role, content}} "
+                          f"messages, got {type(value).__name__}")
+    for n, message in enumerate(value):
+        if (not isinstance(message, dict) or not isinstance(message.get("role"), str)
+                or not isinstance(message.get("content"), str)):
+            raise ConfigError(f"{where}: {field}[{n}] must be {{\"role\": str, \"content\": str}}, got {message!r}")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def render(conversation: list[Message], tokenizer, use_template: bool, where: str) -> str:
+    """The text the policy sees for a conversation: its chat template with the assistant's turn opened,
+    or (templating off, for base models) the messages' contents joined by blank lines."""
+    if not use_template:
+        return "\n\n".join(m["content"] for m in conversation)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(f"{where}: a conversation, but the policy's tokenizer has no chat template "
+                          "(set data.chat_template: false to feed base models the messages as plain text)")
+    return tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
 
 
 def load_prompts(cfg: DataConfig, tokenizer, max_prompt_tokens: int) -> PromptStream:
     """Tokenize every prompt now, so a bad row fails before any expensive work starts."""
-    texts = _letters(cfg) if cfg.source == "letters" else _jsonl(cfg)
-    arrays = []
-    for row, text in enumerate(texts, start=1):
+    if cfg.source == "letters":
+        rows = [(f"data row {i}", text) for i, text in enumerate(_letters(cfg), start=1)]
+    else:
+        rows = _jsonl(cfg) if cfg.source == "jsonl" else _dataset(cfg)
+    arrays, texts, conversations = [], [], []
+    for where, value in rows:
+        conversation = _conversation(value, where, cfg.prompt_field)
+        text = value if conversation is None else render(conversation, tokenizer, cfg.chat_template, where)
+        # the template already holds any special tokens the model wants (BOS and the like)
         ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int32)
         if len(ids) == 0:
-            raise ConfigError(f"{cfg.path or 'data'} row {row}: the prompt is empty")
+            raise ConfigError(f"{where}: the prompt is empty")
         if len(ids) > max_prompt_tokens:
             raise ConfigError(
-                f"{cfg.path or 'data'} row {row}: prompt has {len(ids)} tokens, more than the "
+                f"{where}: prompt has {len(ids)} tokens, more than the "
                 f"{max_prompt_tokens} that fit before rollout.max_new_tokens in rollout.max_model_len"
             )
         arrays.append(ids)
-    return PromptStream(arrays, texts)
+        texts.append(text)
+        conversations.append(conversation)
+    return PromptStream(arrays, texts, conversations)

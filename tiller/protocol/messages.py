@@ -117,7 +117,7 @@ class WorkRequest:
     judge_kind: str
 
 
-@_message("score_task", schema=2)
+@_message("score_task", schema=3)
 class ScoreTask:
     lease_id: int
     samples_per_prompt: int
@@ -127,6 +127,9 @@ class ScoreTask:
     response_lengths: Ints  # int32 [n*k]
     truncated: Flags  # bool [n*k]
     max_new_tokens: int  # the learner's bound on a response; a judge's revisions must respect it too
+    # [n] a chat prompt's messages as JSON ([{"role", "content"}, ...]), "" for a plain prompt: judges
+    # read conversations from their messages, not from the policy's templated tokens
+    conversations: list[str]
 
 
 @_message("scores", schema=2)
