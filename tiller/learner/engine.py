@@ -148,7 +148,8 @@ class PolicyTrainer:
             self.critic.train()
         print(f"learner: policy on {self.device} in {self.precision}"
               f"{', gradient checkpointing' if lc.gradient_checkpointing else ''}; reference on "
-              f"{self.reference_device}; micro-batches of {lc.micro_batch_size or 'the whole batch'} sequences",
+              f"{self.reference_device}; "
+              f"{f'micro-batches of {lc.micro_batch_size} sequences' if lc.micro_batch_size else 'no micro-batches'}",
               flush=True)
 
     def reference_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tiller.learner.guard import assert_finite
+from tiller.learner.guard import NonFiniteTraining, assert_finite
 from tiller.learner.server import WeightSnapshot
 
 log = logging.getLogger(__name__)
@@ -64,9 +64,10 @@ class WeightPublisher:
         started = time.perf_counter()
         buffers = self._free_set()
         buckets: list[tuple[list[str], list[torch.Tensor]]] = []
+        sums: list[torch.Tensor] = []  # one float32 sum per tensor: finite exactly when every entry is
         total = 0
         for index, bucket in enumerate(self.trainer.weight_buckets(self.bucket_bytes, copy=self._on_device)):
-            assert_finite(bucket, f"publish policy version {version}")
+            sums += [t.sum(dtype=torch.float32).reshape(1) for _, t in bucket if t.is_floating_point()]
             flat = self._flat(buffers, index, bucket)
             names, views, offset = [], [], 0
             for name, tensor in bucket:
@@ -82,6 +83,13 @@ class WeightPublisher:
             buckets.append((names, views))
         if self.pinned:
             torch.cuda.synchronize(self.trainer.device)  # every queued copy has landed
+        # A sum is NaN or infinite if any entry is (or, harmlessly, if finite weights near 1e38 overflow it):
+        # one reduction per tensor instead of a boolean copy of every weight. Only then is each tensor
+        # checked, to name the first bad one.
+        if sums and not bool(torch.isfinite(torch.cat(sums)).all()):
+            for names, tensors in buckets:
+                assert_finite(zip(names, tensors), f"publish policy version {version}")
+            raise NonFiniteTraining(f"refusing to publish policy version {version}: weights sum to a non-finite value")
         snap = WeightSnapshot(version, buckets)
         if buffers is not None:
             buffers.snapshot = snap
