@@ -95,7 +95,7 @@ def still_serving(live: LiveLearner) -> None:
 def raw_rollout(lease_id: int, name: str, arrays: list[tuple], extra_frames: list[bytes] = ()) -> list[bytes]:
     """A Rollout body written by hand: each array as (ext code, dtype, shape, source)."""
     exts = [msgpack.ExtType(code, msgpack.packb([dtype, shape, source])) for code, dtype, shape, source in arrays]
-    body = msgpack.packb(["rollout", 1, name, 1, lease_id, 1, 0, *exts, 0.1])
+    body = msgpack.packb(["rollout", Rollout.SCHEMA, name, 1, lease_id, 1, 0, *exts, 0.1, 0.0, 0.0])
     return [body, *extra_frames]
 
 

@@ -67,6 +67,9 @@ class RolloutActor:
         self.version = -1  # weights on disk are not a published version: fetch before generating
         self.learner_incarnation = -1
         self.seq = 0
+        # where time went since the last rollout, reported with the next one (the learner's phase metrics)
+        self.load_seconds = 0.0  # fetching and loading weights
+        self.idle_seconds = 0.0  # asking for work and waiting for it
         self.heartbeat = HeartbeatThread(address, self.actor_id, self.incarnation, "actor",
                                          cfg.learner.heartbeat_s, cfg.learner.missed_beats, cfg.security)
 
@@ -75,6 +78,7 @@ class RolloutActor:
         learner, version, named = fetch_weights(self.client, learner, version, self.cfg.rollout.learner_timeout_s)
         self.engine.load_weights(named)
         self.learner_incarnation, self.version = learner, version
+        self.load_seconds += time.monotonic() - start
         log.info("%s loaded policy version %d in %.2f s", self.actor_id, version, time.monotonic() - start)
 
     def run(self) -> int:
@@ -86,7 +90,9 @@ class RolloutActor:
         timeout = self.cfg.rollout.learner_timeout_s
         sent = 0
         while True:
+            asked = time.monotonic()
             reply = request_patiently(self.client, LeaseRequest(self.actor_id, self.incarnation, self.version), timeout)
+            self.idle_seconds += time.monotonic() - asked
             if isinstance(reply, Shutdown):
                 log.info("%s stopping: %s", self.actor_id, reply.reason)
                 return sent
@@ -95,6 +101,7 @@ class RolloutActor:
                 self.sync(reply.learner_incarnation, reply.latest_version)  # between batches, never mid-sequence
             if isinstance(reply, Wait):
                 time.sleep(reply.retry_after_s)
+                self.idle_seconds += reply.retry_after_s
                 continue
             if isinstance(reply, Lease):
                 self.client.send(self.rollout_for(reply))
@@ -105,5 +112,6 @@ class RolloutActor:
         gen = self.engine.generate(prompts, lease.samples_per_prompt, lease.max_new_tokens,
                                    lease.temperature, lease.top_p, seed=lease.seed)
         self.seq += 1
+        load, idle, self.load_seconds, self.idle_seconds = self.load_seconds, self.idle_seconds, 0.0, 0.0
         return Rollout(self.actor_id, self.incarnation, lease.lease_id, self.seq, self.version,
-                       gen.tokens, gen.lengths, gen.logprobs, gen.truncated, gen.seconds)
+                       gen.tokens, gen.lengths, gen.logprobs, gen.truncated, gen.seconds, load, idle)

@@ -21,14 +21,17 @@ from typing import Annotated, Optional
 
 import typer
 
+from tiller import STARTED
 from tiller.cli import placement
 from tiller.cli.common import DryRun, Overrides, resolve, run_or_explain
 from tiller.cli.preflight import check_everything
 from tiller.config import Config, dump_config
+from tiller.learner.phases import STARTED_ENV
 
 
 def _spawn(slot: placement.Slot, args: list[str], log_path: Path | None, append: bool = False) -> subprocess.Popen:
-    env = {**os.environ, **slot.env(), "PYTHONUNBUFFERED": "1"}
+    # every part measures the run's start from this command's (time/first_step_s)
+    env = {**os.environ, **slot.env(), "PYTHONUNBUFFERED": "1", STARTED_ENV: os.environ.get(STARTED_ENV, str(STARTED))}
     out = log_path.open("a" if append else "w") if log_path else None
     cores = set(slot.cores)
     return subprocess.Popen(

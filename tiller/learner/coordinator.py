@@ -82,6 +82,25 @@ class Counters:
 
 
 @dataclass
+class Phases:
+    """Where the actors' time went, summed over accepted rollouts (each reports since its previous one).
+    The training loop reads differences between steps (main.py: phase metrics)."""
+
+    generate_s: float = 0.0
+    load_s: float = 0.0
+    idle_s: float = 0.0
+    tokens_generated: int = 0
+
+    def add(self, rollout: Rollout) -> None:
+        # timing fields are the actor's own report: clamp, never trust them into the metrics unbounded
+        clamp = lambda x: min(max(float(x), 0.0), 3600.0)  # noqa: E731
+        self.generate_s += clamp(rollout.generate_seconds)
+        self.load_s += clamp(rollout.load_seconds)
+        self.idle_s += clamp(rollout.idle_seconds)
+        self.tokens_generated += len(rollout.response_tokens)
+
+
+@dataclass
 class Coordinator:
     prompts: PromptStream
     learner: LearnerConfig
@@ -93,6 +112,7 @@ class Coordinator:
     version: int = 0
     done: bool = False
     counters: Counters = field(default_factory=Counters)
+    phases: Phases = field(default_factory=Phases)
 
     def __post_init__(self) -> None:
         # A new number for every learner start; lease ids start from it too, so a rollout for a
@@ -111,6 +131,11 @@ class Coordinator:
         self.refused = 0  # every refusal counted in `problems`, in total
 
     # --------------------------------------------------------------- actors
+
+    @property
+    def awaiting_judges(self) -> int:
+        """Rollouts generated and not yet handed to a judge."""
+        return len(self._score_queue)
 
     @property
     def inflight_prompts(self) -> int:
@@ -227,6 +252,7 @@ class Coordinator:
             return False
         self._proven.add(state.actor)
         state.rollout = rollout
+        self.phases.add(rollout)
         self._score_queue.append(rollout.lease_id)
         return True
 

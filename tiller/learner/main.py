@@ -33,6 +33,7 @@ from tiller.learner import checkpoint
 from tiller.learner.metrics import (
     MetricsSink, first_last_tenth, keep_steps_up_to, plot_judges, plot_reward, reward_table,
 )
+from tiller.learner.phases import StepClock
 from tiller.learner.prompts import load_prompts
 from tiller.learner.server import LearnerServer
 from tiller.models import JUDGE_ALPHABET, TINY_CHAT_TEMPLATE, ensure_tiny_policy, load_tokenizer
@@ -232,24 +233,37 @@ def train(cfg: Config, algorithm: Algorithm, trainer: PolicyTrainer, publisher: 
           preempted: threading.Event) -> None:
     """The loop from step `done_steps` + 1 on: batch, step, publish, log, checkpoint."""
     last = time.monotonic()
+    clock = StepClock(server.public)
+    lag_bound = 0 if cfg.learner.mode == "sync" else cfg.learner.max_policy_lag
     for step in range(done_steps + 1, cfg.learner.steps + 1):
-        trainable, judged = take_batch(cfg, algorithm, server, version, step, record, preempted)
+        with clock.phase("wait"):
+            trainable, judged = take_batch(cfg, algorithm, server, version, step, record, preempted)
         lags = [version - p.policy_version for p in trainable]  # versions behind the learner
-        metrics = algorithm.step(trainer, trainable, cfg, pad_id)
+        with clock.phase("train"):
+            metrics = algorithm.step(trainer, trainable, cfg, pad_id)
         if step % cfg.learner.sync_every == 0:
             version += 1
-            snap, publish_metrics = publisher.snapshot(version)
-            server.publish(snap)
+            with clock.phase("publish"):
+                snap, publish_metrics = publisher.snapshot(version)
+                server.publish(snap)
             metrics.update(publish_metrics)
         if cfg.learner.mode == "sync":  # after the publish (commands run in order): the next round opens
             server.consumed([p.prompt_id for p in trainable])
         now = time.monotonic()
         metrics.update(step_metrics(server, step, version, lags, judged, now - last))
+        metrics.update(clock.finish(server.public, lags, lag_bound, response_tokens(trainable, algorithm)))
         last = now
         sink.log(metrics)
         record.flush()
         if cfg.learner.checkpoint_every and step % cfg.learner.checkpoint_every == 0:
             save_checkpoint(cfg, step, version, trainer, server, sink, record)
+
+
+def response_tokens(items: list[ScoredPrompt], algorithm: Algorithm) -> int:
+    """Response tokens a step trained on: each pair's two sides (DPO) or every sample (PPO, GRPO, RLOO)."""
+    if algorithm.needs == "pairs":
+        return sum(len(p.candidate(c)) + len(p.candidate(r)) for p in items for c, r in p.pairs)
+    return sum(len(r) for p in items for r in p.responses)
 
 
 def summarise(cfg: Config, history: list[dict], server: LearnerServer, trainer_skipped: int = 0) -> dict:

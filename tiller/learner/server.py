@@ -149,6 +149,8 @@ class LearnerServer:
         stats = self.endpoint.stats
         self._public = {
             "counters": dataclasses.asdict(c.counters),
+            "phases": dataclasses.asdict(c.phases),
+            "queues": {"awaiting_judges": c.awaiting_judges, "inflight_prompts": c.inflight_prompts},
             "actor_versions": dict(c.actor_versions),
             "refusals": dict(c.problems),
             "protocol": {"rejected": stats.rejected, "handshakes_failed": stats.handshakes_failed,

@@ -75,8 +75,15 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
+_DTYPE_NAMES: dict[Any, str] = {}  # dtype object -> wire name: str(np.dtype) is slow Python code
+
+
 def _dtype_name(array: Any) -> str:
-    name = str(array.dtype).removeprefix("torch.")
+    name = _DTYPE_NAMES.get(array.dtype)
+    if name is None:
+        name = str(array.dtype).removeprefix("torch.")
+        if name in DTYPES:
+            _DTYPE_NAMES[array.dtype] = name
     if name not in DTYPES:
         raise ProtocolError(f"dtype {name} is not allowed on the wire (allowed: {', '.join(DTYPES)})")
     return name
@@ -101,15 +108,16 @@ class Encoder:
 
     def __init__(self) -> None:
         self.frames: list[Any] = [b""]
+        self._inner = msgpack.Packer()  # one per message, not one per array (packb builds a Packer each call)
 
     def _default(self, value: Any) -> msgpack.ExtType:
         if not _is_array(value):
             raise ProtocolError(f"cannot encode value of type {type(value).__name__}")
         dtype, shape, data = _dtype_name(value), list(value.shape), _array_bytes(value)
         if data.nbytes < INLINE_LIMIT:
-            return msgpack.ExtType(ARRAY_INLINE_EXT, msgpack.packb([dtype, shape, bytes(data)]))
+            return msgpack.ExtType(ARRAY_INLINE_EXT, self._inner.pack([dtype, shape, bytes(data)]))
         self.frames.append(data)
-        return msgpack.ExtType(ARRAY_FRAME_EXT, msgpack.packb([dtype, shape, len(self.frames) - 1]))
+        return msgpack.ExtType(ARRAY_FRAME_EXT, self._inner.pack([dtype, shape, len(self.frames) - 1]))
 
     def encode(self, message: Any) -> list[Any]:
         kind = getattr(type(message), "KIND", None)

@@ -92,7 +92,7 @@ class Shutdown:
     reason: str
 
 
-@_message("rollout")
+@_message("rollout", schema=2)
 class Rollout:
     """k sampled responses per leased prompt, in prompt-major order (prompt i, sample j at i*k+j)."""
 
@@ -106,6 +106,8 @@ class Rollout:
     logprobs: Floats  # float32 [sum(response_lengths)]: behaviour logprob of each sampled token
     truncated: Flags  # bool [n*k]: hit max_new_tokens without an end-of-sequence token
     generate_seconds: float
+    load_seconds: float = 0.0  # since the previous rollout: fetching and loading weights
+    idle_seconds: float = 0.0  # since the previous rollout: asking for work and waiting for it
 
 
 @_message("work_request")

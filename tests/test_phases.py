@@ -1,0 +1,60 @@
+"""Per-phase timings: the learner's own phases, the actors' reported ones, queues, staleness histogram."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from tiller.config import LearnerConfig, RolloutConfig
+from tiller.learner.coordinator import Coordinator
+from tiller.learner.phases import STARTED_ENV, StepClock
+from tiller.learner.prompts import PromptStream
+from tiller.protocol.messages import LeaseRequest, Rollout
+
+K = 2
+
+
+def rollout(lease, generate=0.5, load=0.25, idle=0.125) -> Rollout:
+    n = len(lease.prompt_ids) * K
+    return Rollout("a", 1, lease.lease_id, 1, 0, np.ones(n * 3, np.int32), np.full(n, 3, np.int32),
+                   np.zeros(n * 3, np.float32), np.zeros(n, bool), generate, load, idle)
+
+
+def test_the_coordinator_sums_what_accepted_rollouts_report_and_clamps_nonsense():
+    prompts = PromptStream([np.array([3, 4], np.int32)] * 10, [""] * 10)
+    c = Coordinator(prompts, LearnerConfig(lease_prompts=2, max_inflight_prompts=8),
+                    RolloutConfig(samples_per_prompt=K, max_new_tokens=3))
+    first, second = (c.on_lease_request(LeaseRequest("a", 1, 0)) for _ in range(2))
+    assert c.on_rollout(rollout(first))
+    assert c.on_rollout(rollout(second, generate=-5.0, load=1e9))  # an actor's report is not trusted blindly
+    assert not c.on_rollout(rollout(first))  # a duplicate adds nothing
+    assert c.phases.generate_s == 0.5 and c.phases.load_s == 0.25 + 3600.0 and c.phases.idle_s == 0.25
+    assert c.phases.tokens_generated == 2 * 2 * K * 3
+    assert c.awaiting_judges == 2
+
+
+def test_a_step_reports_its_phases_the_actors_differences_queues_and_lags(monkeypatch):
+    monkeypatch.setenv(STARTED_ENV, str(time.time() - 5.0))
+    public = {"phases": {"generate_s": 1.0, "load_s": 0.0, "idle_s": 0.0, "tokens_generated": 100}}
+    clock = StepClock(public)
+    with clock.phase("wait"):
+        time.sleep(0.05)
+    with clock.phase("train"):
+        time.sleep(0.02)
+    later = {"phases": {"generate_s": 4.0, "load_s": 0.5, "idle_s": 0.5, "tokens_generated": 400},
+             "queues": {"awaiting_judges": 3, "inflight_prompts": 12}}
+    m = clock.finish(later, lags=[0, 1, 1, 2], lag_bound=2, trained_tokens=50)
+    assert m["time/wait_s"] == pytest.approx(0.05, abs=0.03) and m["time/train_s"] == pytest.approx(0.02, abs=0.03)
+    assert m["time/step_s"] >= m["time/wait_s"] + m["time/train_s"]
+    assert 0.5 < m["learner/idle_frac"] < 1.0
+    assert (m["actors/generate_s"], m["actors/load_s"], m["actors/idle_s"]) == (3.0, 0.5, 0.5)
+    assert m["actors/idle_frac"] == pytest.approx(0.5 / 4.0)
+    assert m["tokens/generated_per_s"] == pytest.approx(300 / m["time/step_s"])
+    assert m["tokens/trained_per_s"] == pytest.approx(50 / m["time/step_s"])
+    assert (m["queue/awaiting_judges"], m["queue/inflight_prompts"]) == (3, 12)
+    assert (m["staleness/lag_0"], m["staleness/lag_1"], m["staleness/lag_2"]) == (0.25, 0.5, 0.25)
+    assert m["time/first_step_s"] == pytest.approx(5.0, abs=1.0)
+    again = clock.finish(later, lags=[0], lag_bound=2, trained_tokens=0)
+    assert "time/first_step_s" not in again and again["actors/generate_s"] == 0.0
