@@ -58,3 +58,24 @@ def test_a_step_reports_its_phases_the_actors_differences_queues_and_lags(monkey
     assert m["time/first_step_s"] == pytest.approx(5.0, abs=1.0)
     again = clock.finish(later, lags=[0], lag_bound=2, trained_tokens=0)
     assert "time/first_step_s" not in again and again["actors/generate_s"] == 0.0
+
+
+def test_tiller_plot_draws_what_the_metrics_hold(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from tiller.cli import app
+
+    rows = [{"step": s, "policy_version": s, "reward/mean": 0.1 * s, "loss": 1.0 / s, "grad_norm": None,
+             "samples_per_s": 100.0, "tokens/generated_per_s": 900.0, "tokens/trained_per_s": 800.0,
+             "staleness/lag_0": 0.25, "staleness/lag_1": 0.75, "time/wait_s": 0.1, "time/train_s": 0.2,
+             "time/publish_s": 0.01} for s in range(1, 6)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = CliRunner().invoke(app, ["plot", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
+    assert names == ["loss.png", "phases.png", "reward.png", "staleness.png", "throughput.png"]  # no KL in DPO rows
+    assert all((tmp_path / "plots" / n).stat().st_size > 5000 for n in names)
+    missing = CliRunner().invoke(app, ["plot", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "no metrics" in missing.output

@@ -6,6 +6,7 @@ from tiller.cli.actor import actor
 from tiller.cli.judge import judge
 from tiller.cli.keys import keys
 from tiller.cli.learner import learner
+from tiller.cli.plot import plot
 from tiller.cli.run import run
 
 app = typer.Typer(help="Tiller: asynchronous online alignment (vLLM actors, judges, a DeepSpeed learner).",
@@ -15,3 +16,4 @@ app.command("learner")(learner)
 app.command("actor")(actor)
 app.command("judge")(judge)
 app.command("keys")(keys)
+app.command("plot")(plot)
