@@ -8,6 +8,7 @@ from tiller.cli.keys import keys
 from tiller.cli.learner import learner
 from tiller.cli.plot import plot
 from tiller.cli.run import run
+from tiller.cli.status import status
 
 app = typer.Typer(help="Tiller: asynchronous online alignment (vLLM actors, judges, a DeepSpeed learner).",
                   no_args_is_help=True, add_completion=False)
@@ -17,3 +18,4 @@ app.command("actor")(actor)
 app.command("judge")(judge)
 app.command("keys")(keys)
 app.command("plot")(plot)
+app.command("status")(status)

@@ -132,6 +132,16 @@ class Coordinator:
 
     # --------------------------------------------------------------- actors
 
+    def leases_by_actor(self) -> dict[str, int]:
+        """Leases being generated now (no rollout back yet), by actor name."""
+        held: dict[str, int] = {}
+        for state in self._leases.values():
+            if state.rollout is not None:
+                continue
+            name = state.actor.rsplit("#", 1)[0]
+            held[name] = held.get(name, 0) + 1
+        return held
+
     @property
     def awaiting_judges(self) -> int:
         """Rollouts generated and not yet handed to a judge."""

@@ -253,6 +253,7 @@ def train(cfg: Config, algorithm: Algorithm, trainer: PolicyTrainer, publisher: 
         metrics.update(step_metrics(server, step, version, lags, judged, now - last))
         metrics.update(clock.finish(server.public, lags, lag_bound, response_tokens(trainable, algorithm)))
         last = now
+        server.progress = {"step": step, "steps": cfg.learner.steps, **metrics}  # for `tiller status`
         sink.log(metrics)
         record.flush()
         if cfg.learner.checkpoint_every and step % cfg.learner.checkpoint_every == 0:

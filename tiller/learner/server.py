@@ -21,9 +21,8 @@ from tiller.learner.coordinator import Coordinator
 from tiller.learner.judge_metrics import JudgeBook
 from tiller.learner.peers import PeerBook
 from tiller.protocol.messages import (
-    Heartbeat, HeartbeatAck, JudgeFailed, Lease, LeaseRequest, Rollout, Scores, Shutdown, Wait, WeightsBucket,
-    WeightsGone,
-    WeightsRequest, WorkRequest,
+    Heartbeat, HeartbeatAck, JudgeFailed, Lease, LeaseRequest, Rollout, Scores, Shutdown, Status, StatusRequest, Wait,
+    WeightsBucket, WeightsGone, WeightsRequest, WorkRequest,
 )
 from tiller.protocol.logbudget import LogBudget
 from tiller.protocol.transport import RouterEndpoint
@@ -62,6 +61,7 @@ class LearnerServer:
         self.actor_work: dict[str, int] = {}
         self.handler_errors = 0  # exceptions while handling a decoded message: logged, survived
         self._public: dict = {}
+        self.progress: dict = {}  # the training loop's latest step, for `tiller status`
         self._publish_public()
         self._thread = threading.Thread(target=self._loop, name="tiller-learner-server", daemon=True)
         self.failure: BaseException | None = None
@@ -255,6 +255,8 @@ class LearnerServer:
             self._log_refusal("a judge failure", sender, refused_before)
         elif isinstance(message, WeightsRequest):
             self._serve_weights(identity, message)
+        elif isinstance(message, StatusRequest):
+            self._reply(identity, self._status())
         else:
             self.endpoint.stats.reject(f"unexpected message kind {type(message).KIND}")
             if self._logs.allow("unexpected kind"):
@@ -276,6 +278,20 @@ class LearnerServer:
         names, tensors = snap.buckets[request.bucket]
         self.endpoint.send(identity, WeightsBucket(snap.version, request.bucket, len(snap.buckets), names, tensors,
                                                    incarnation), trackers=snap.trackers)
+
+    def _status(self) -> Status:
+        c = self.coordinator
+        progress = self.progress  # set by the training loop after each step (one assignment: no lock needed)
+        versions = {name.rsplit("#", 1)[0]: v for name, v in c.actor_versions.items()}  # keys: "name#incarnation"
+        actors = sorted(set(versions) | set(self.actor_work))
+        held = c.leases_by_actor()
+        judges = sorted(self.judge_work)
+        counters = {k: float(v) for k, v in dataclasses.asdict(c.counters).items()}
+        return Status(c.incarnation, c.version, int(progress.get("step", 0)), int(progress.get("steps", 0)),
+                      float(progress.get("samples_per_s", 0.0)), float(progress.get("reward/mean", 0.0)),
+                      c.inflight_prompts, c.awaiting_judges, actors, [versions.get(a, -1) for a in actors],
+                      [held.get(a, 0) for a in actors], [self.actor_work.get(a, 0) for a in actors], judges,
+                      [self.judge_work[j] for j in judges], counters)
 
     def _dispatch_judges(self) -> None:
         while self._parked_judges:

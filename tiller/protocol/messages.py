@@ -208,3 +208,32 @@ class Heartbeat:
 class HeartbeatAck:
     latest_version: int
     learner_incarnation: int  # changes when the learner restarts: parked requests must be sent again
+
+
+@_message("status_request")
+class StatusRequest:
+    """`tiller status` asks a running learner how it is doing; anyone allowed to connect may ask."""
+
+    asker: str
+
+
+@_message("status")
+class Status:
+    """A running learner at a glance: its progress, and each actor's and judge's share of the work.
+    Per-worker lists are parallel (the i-th entries describe one worker)."""
+
+    learner_incarnation: int
+    policy_version: int
+    step: int
+    steps: int
+    samples_per_s: float  # the latest step's
+    reward_mean: float  # the latest step's (0.0 before the first)
+    inflight_prompts: int
+    awaiting_judges: int
+    actors: list[str]
+    actor_versions: list[int]
+    actor_leases: list[int]  # leases it is generating now
+    actor_rollouts: list[int]  # rollouts accepted from it
+    judges: list[str]
+    judge_tasks: list[int]  # tasks it answered
+    counters: dict[str, float]
