@@ -86,6 +86,15 @@ def test_placement_on_two_cores_keeps_the_learner_alone_and_says_what_is_shared(
     assert env["VLLM_CPU_OMP_THREADS_BIND"] == "1" and env["TILLER_CORES"] == "1" and env["OMP_NUM_THREADS"] == "1"
 
 
+def test_placement_auto_starts_no_more_actors_than_cores_left_for_them():
+    from tiller.cli.placement import auto_actors
+
+    assert auto_actors(2, cores=8) == (2, None)
+    count, why = auto_actors(2, cores=2)
+    assert count == 1 and "run.actors 2 -> 1" in why and "run.placement: manual keeps 2" in why
+    assert auto_actors(3, cores=1)[0] == 1  # never none
+
+
 def test_placement_manual_and_gpu():
     manual = plan(1, 1, False, cores=[0, 1], manual={"learner": [0], "actor0": [1], "judge0": [1]})
     assert [s.cores for s in manual] == [(0,), (1,), (1,)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -55,7 +56,10 @@ def check_run(run_dir: Path, actors_with_work: int = 2) -> dict:
 
 
 def test_tiller_run_trains_with_two_actors_and_a_judge(tiny_policy_dir, tmp_path, free_address):
-    args = overrides(tmp_path, tiny_policy_dir, free_address, "e2e-run")
+    # two actors on purpose: placement auto would start one on a 2-core machine (placement.auto_actors)
+    first, last = min(os.sched_getaffinity(0)), max(os.sched_getaffinity(0))
+    cores = f"{{learner: [{first}], actor0: [{last}], actor1: [{last}], judge0: [{first}]}}"
+    args = overrides(tmp_path, tiny_policy_dir, free_address, "e2e-run") + ["run.placement=manual", f"run.cores={cores}"]
     done = subprocess.run([sys.executable, "-m", "tiller", "run", "configs/demo.yaml", *args],
                           capture_output=True, text=True, timeout=420, cwd=Path(__file__).parents[1])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -11,6 +11,7 @@ Run `python -m tiller.models /tmp/tiny` to build one by hand.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
@@ -60,11 +61,13 @@ def load_tokenizer(model_dir: str | Path):
     Uses `PreTrainedTokenizerFast` directly: transformers 5 maps a `qwen2` config to the
     Qwen2 tokenizer class through AutoTokenizer, which would mangle the char tokenizer.
     """
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
     config = Path(model_dir) / "tokenizer_config.json"
     if config.exists() and json.loads(config.read_text()).get("tiller_char_tokenizer"):
+        from transformers import PreTrainedTokenizerFast
+
         return PreTrainedTokenizerFast.from_pretrained(str(model_dir))
+    from transformers import AutoTokenizer  # its import alone takes seconds: only when it is needed
+
     return AutoTokenizer.from_pretrained(str(model_dir))
 
 
@@ -150,6 +153,26 @@ def ensure_tiny_reward_model(model_dir: str | Path, seed: int = 0, shape: TinySh
     model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
     _publish_dir(model_dir, lambda tmp: (model.save_pretrained(str(tmp)), _save_tokenizer(tokenizer, tmp)))
     return model_dir
+
+
+def prepare_model(cfg) -> Path:
+    """The policy's model directory (`model.path`), building the tiny model there first when it is
+    missing and `model.build_tiny` allows it; a missing model otherwise is a ConfigError."""
+    from tiller.config import ConfigError
+
+    path = Path(cfg.model.path)
+    if not (path / "config.json").exists():
+        if not cfg.model.build_tiny:
+            raise ConfigError(f"model.path: {path} has no config.json (point it at a transformers model "
+                              "directory, or set model.build_tiny: true to build a tiny one there)")
+        # Loud on purpose: with a typo in model.path this would otherwise train a random model quietly.
+        logging.getLogger(__name__).warning(
+            "model.path %s has no model: BUILDING A RANDOM-INIT TINY MODEL there (model.build_tiny: true)", path.resolve())
+        print(f"model.path {path} has no model: building a random-init tiny model there (model.build_tiny: true)",
+              flush=True)
+        chat = {"alphabet": JUDGE_ALPHABET, "chat_template": TINY_CHAT_TEMPLATE} if cfg.model.tiny_chat else {}
+        ensure_tiny_policy(path, seed=cfg.model.seed, **chat)
+    return path
 
 
 if __name__ == "__main__":

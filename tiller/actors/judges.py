@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
-import torch
 
 from tiller.config import ConfigError, JudgeConfig
 from tiller.models import load_tokenizer
@@ -133,6 +132,7 @@ class RewardModelJudge:
     """
 
     def __init__(self, path: str | Path, policy_tokenizer, batch_size: int = 32):
+        import torch
         from transformers import AutoModelForSequenceClassification
 
         if not (Path(path) / "config.json").exists():
@@ -158,14 +158,16 @@ class RewardModelJudge:
         return [self.tokenizer.apply_chat_template(turns[i // k] + [{"role": "assistant", "content": answer}],
                                                    tokenize=False) for i, answer in enumerate(answers)]
 
-    @torch.no_grad()
     def score(self, prompts: list[np.ndarray], responses: list[np.ndarray],
               conversations: Conversations = None) -> np.ndarray:
+        import torch
+
         texts = self.texts(prompts, responses, conversations)
         scores = []
         for start in range(0, len(texts), self.batch_size):
             enc = self.tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True)
-            scores.append(self.model(**enc).logits[:, 0].float())
+            with torch.no_grad():
+                scores.append(self.model(**enc).logits[:, 0].float())
         return torch.cat(scores).numpy().astype(np.float32)
 
 

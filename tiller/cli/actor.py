@@ -21,7 +21,7 @@ def actor(
     setup_process(actor_id or "actor")
     from tiller.actors.rollout import RolloutActor
     from tiller.actors.worker import LearnerGone
-    from tiller.learner.main import prepare_model
+    from tiller.models import prepare_model
 
     run_or_explain(prepare_model, cfg)  # a tiny demo model is built on the spot if it is not there yet
     try:

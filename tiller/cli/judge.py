@@ -24,7 +24,7 @@ def judge(
     setup_process(judge_id or "judge")
     from tiller.actors.judge import JudgeActor
     from tiller.actors.worker import LearnerGone
-    from tiller.learner.main import prepare_model
+    from tiller.models import prepare_model
 
     run_or_explain(prepare_model, cfg)  # the judge decodes with the policy's tokenizer
     try:

@@ -80,7 +80,7 @@ def _stop(children: list[Child], timeout: float = 10.0) -> None:
 
 def launch(cfg: Config) -> int:
     """Start every part, supervise them until the learner ends, return the exit code of the run."""
-    from tiller.learner.main import prepare_model
+    from tiller.models import prepare_model
 
     from tiller.protocol.security import check_bind
 
@@ -95,12 +95,15 @@ def launch(cfg: Config) -> int:
     typer.echo(f"preflight: config, bind, model, judge files and {prompts} prompts checked "
                f"in {time.monotonic() - started:.1f} s")
     rc = cfg.run
-    import torch
-
+    gpus, actors = placement.gpu_count(), rc.actors
+    if rc.placement == "auto" and gpus == 0:
+        actors, why = placement.auto_actors(rc.actors, len(os.sched_getaffinity(0)))
+        if why:
+            typer.echo(f"placement: {why}")
     slots = placement.plan(
-        rc.actors, rc.judges, heavy_judges=cfg.judge.kind != "rule",  # a model in the judge needs cores
-        gpus=torch.cuda.device_count(), manual=rc.cores if rc.placement == "manual" else None,
-    ) if rc.placement != "off" else [placement.Slot(r, ()) for r in placement.roles(rc.actors, rc.judges)]
+        actors, rc.judges, heavy_judges=cfg.judge.kind != "rule",  # a model in the judge needs cores
+        gpus=gpus, manual=rc.cores if rc.placement == "manual" else None,
+    ) if rc.placement != "off" else [placement.Slot(r, ()) for r in placement.roles(actors, rc.judges)]
     typer.echo(placement.describe(slots))
     children: list[Child] = []
     for slot in slots:

@@ -86,7 +86,7 @@ def _load(auto_class, path: str, dtype: torch.dtype, **config_kwargs) -> torch.n
 def _ds_config(cfg: Config, lr: float, precision: str) -> dict:
     lc = cfg.learner
     # DeepSpeed's own batch bookkeeping only: the learner sets the accumulation boundary itself
-    # (micro_batches.py), because how many micro-batches a step has depends on the step's data.
+    # (guard.py), because how many micro-batches a step has depends on the step's data.
     micro = lc.micro_batch_size or lc.batch_size
     return {
         "train_micro_batch_size_per_gpu": micro,

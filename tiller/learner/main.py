@@ -36,26 +36,10 @@ from tiller.learner.metrics import (
 from tiller.learner.phases import StepClock
 from tiller.learner.prompts import load_prompts
 from tiller.learner.server import LearnerServer
-from tiller.models import JUDGE_ALPHABET, TINY_CHAT_TEMPLATE, ensure_tiny_policy, load_tokenizer
+from tiller.models import load_tokenizer, prepare_model
 from tiller.protocol.security import check_bind
 
 log = logging.getLogger(__name__)
-
-
-def prepare_model(cfg: Config) -> Path:
-    path = Path(cfg.model.path)
-    if not (path / "config.json").exists():
-        if not cfg.model.build_tiny:
-            raise ConfigError(f"model.path: {path} has no config.json (point it at a transformers model "
-                              "directory, or set model.build_tiny: true to build a tiny one there)")
-        # Loud on purpose: with a typo in model.path this would otherwise train a random model quietly.
-        log.warning("model.path %s has no model: BUILDING A RANDOM-INIT TINY MODEL there (model.build_tiny: true)",
-                    path.resolve())
-        print(f"model.path {path} has no model: building a random-init tiny model there (model.build_tiny: true)",
-              flush=True)
-        chat = {"alphabet": JUDGE_ALPHABET, "chat_template": TINY_CHAT_TEMPLATE} if cfg.model.tiny_chat else {}
-        ensure_tiny_policy(path, seed=cfg.model.seed, **chat)
-    return path
 
 
 class SampleRecord:

@@ -140,12 +140,16 @@ def load_prompts(cfg: DataConfig, tokenizer, max_prompt_tokens: int) -> PromptSt
         rows = [(f"data row {i}", text) for i, text in enumerate(_letters(cfg), start=1)]
     else:
         rows = _jsonl(cfg) if cfg.source == "jsonl" else _dataset(cfg)
-    arrays, texts, conversations = [], [], []
-    for where, value in rows:
-        conversation = _conversation(value, where, cfg.prompt_field)
-        text = value if conversation is None else render(conversation, tokenizer, cfg.chat_template, where)
-        # the template already holds any special tokens the model wants (BOS and the like)
-        ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int32)
+    conversations = [_conversation(value, where, cfg.prompt_field) for where, value in rows]
+    texts = [value if c is None else render(c, tokenizer, cfg.chat_template, where)
+             for (where, value), c in zip(rows, conversations)]
+    # one tokenizer call per 4,096 prompts: a fast tokenizer batches in Rust (twice as fast as one call each);
+    # the template already holds any special tokens the model wants (BOS and the like)
+    token_lists = [ids for start in range(0, len(texts), 4096)
+                   for ids in tokenizer(texts[start:start + 4096], add_special_tokens=False)["input_ids"]]
+    arrays = []
+    for (where, _), token_ids in zip(rows, token_lists):
+        ids = np.asarray(token_ids, dtype=np.int32)
         if len(ids) == 0:
             raise ConfigError(f"{where}: the prompt is empty")
         if len(ids) > max_prompt_tokens:
@@ -154,6 +158,4 @@ def load_prompts(cfg: DataConfig, tokenizer, max_prompt_tokens: int) -> PromptSt
                 f"{max_prompt_tokens} that fit before rollout.max_new_tokens in rollout.max_model_len"
             )
         arrays.append(ids)
-        texts.append(text)
-        conversations.append(conversation)
     return PromptStream(arrays, texts, conversations)
