@@ -17,7 +17,8 @@ def learner(
         "--resume", help="Continue runs/<name> from its latest checkpoint (its config.yaml unless --config).")] = None,
     dry_run: DryRun = False,
 ) -> None:
-    """Train: lease prompts to actors, route rollouts to judges, publish new weights."""
+    """Train with learner.algorithm (online_dpo, ppo, grpo or rloo): lease prompts to actors, route their
+    rollouts to judges, train on what comes back, publish new weights to the actors."""
     if resume is not None and config is None:
         config = resume / "config.yaml"
         if not config.exists():

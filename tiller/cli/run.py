@@ -178,7 +178,8 @@ def run(
     actors: Annotated[Optional[int], typer.Option(help="Rollout actors to start (run.actors).")] = None,
     judges: Annotated[Optional[int], typer.Option(help="Judge processes to start (run.judges).")] = None,
 ) -> None:
-    """Run learner, actors and judges together on this machine."""
+    """Run learner, actors and judges together on this machine: check the setup first, place each
+    process on its own cores (or GPU), restart actors and judges that die, stream the learner's progress."""
     extra = [f"run.actors={actors}"] * (actors is not None) + [f"run.judges={judges}"] * (judges is not None)
     cfg = resolve(config, (overrides or []) + extra, dry_run)
     raise typer.Exit(run_or_explain(launch, cfg))

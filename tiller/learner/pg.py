@@ -194,7 +194,7 @@ def _minibatch(trainer, batch: SampleBatch, mb: torch.Tensor, targets: Targets, 
     """One optimizer step (policy, then critic) on the samples `mb`, accumulated over micro-batches: each
     micro-batch's token-mean loss is weighted by its share of the minibatch's tokens, so the sum is the
     minibatch's token-mean loss. Metrics come from the whole minibatch's gathered outputs."""
-    pc, temperature = cfg.learner.pg, cfg.rollout.temperature
+    temperature = cfg.rollout.temperature
     tokens = batch.mask[mb].sum().clamp(min=1)
     chunks = row_chunks(mb, cfg.learner.micro_batch_size)
     logp_all, entropy_all = torch.zeros_like(batch.mask[mb]), torch.zeros_like(batch.mask[mb])
