@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -28,9 +29,13 @@ log = logging.getLogger(__name__)
 
 
 def _as_tensor(array) -> torch.Tensor:
+    """A received weight as a tensor over the frame's own memory: no copy (the engine copies it into its
+    parameters and only reads it). torch warns that the frame is read-only; the warning is expected."""
     if isinstance(array, torch.Tensor):
         return array
-    return torch.from_numpy(np.array(array))  # frames are read-only; the engine copies anyway
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
 
 
 def fetch_weights(client: LearnerClient, learner: int, version: int, timeout_s: float) -> tuple[int, int, list]:
