@@ -12,9 +12,10 @@ accumulation boundary is set by hand, because the number of chunks varies from s
 A NaN or infinite single loss is skipped before its backward pass. Under accumulation, earlier
 chunks' gradients are already summed in when a later chunk's loss turns out non-finite: the
 remaining chunks are skipped and the last one's backward is multiplied by NaN, so the summed
-gradient is non-finite and the gradient check below (ours or ZeRO's) drops it. A finite loss can still give a
-non-finite gradient: without ZeRO (stage 0, fp32) DeepSpeed would apply it, so the guard takes
-the pre-clip gradient norm itself and skips the step; ZeRO stages 1-3 detect it in their own
+gradient is non-finite and the gradient check below (ours or ZeRO's) drops it.
+
+A finite loss can still give a non-finite gradient: without ZeRO (stage 0) DeepSpeed would apply
+it, so the guard takes the pre-clip gradient norm itself and skips the step; ZeRO stages 1-3 detect it in their own
 step (they report an infinite norm and leave the weights alone), which the guard reads back.
 Each skip is counted and warned about; `max_in_a_row` skips in a row raise `NonFiniteTraining`,
 because a run that only skips is not training. `assert_finite` is the last line of defence:
@@ -80,7 +81,7 @@ class FiniteGuard:
         if norm is None:  # ZeRO computed it (and skipped the update itself if it was not finite)
             reported = engine.get_global_grad_norm()
             norm = float(reported) if reported is not None else math.nan
-            if math.isinf(norm):
+            if poisoned or math.isinf(norm):  # poisoned: ZeRO saw the NaN the boundary's backward carried
                 return self._skip(poisoned or "ZeRO found a non-finite gradient and skipped the update")
         self.in_a_row = 0
         return {"grad_norm": norm, "skipped": 0.0}

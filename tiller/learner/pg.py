@@ -68,7 +68,8 @@ def build_sample_batch(items: list[ScoredPrompt], pad_id: int) -> SampleBatch:
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """[N, T, V] logits over [N, T] ids -> [N, T-1] log-prob of each next token under the sampling
     distribution softmax(logits / temperature): the one vLLM sampled from and reports log-probs of
-    (its processed log-probs), so fresh samples get importance weight 1 at any temperature."""
+    (its processed log-probs), so fresh samples get importance weight 1 at any temperature. The plain
+    computation, kept as the reference the tests hold `logprobs.taken_logprobs` (what training uses) to."""
     logp = torch.log_softmax(logits[:, :-1].float() / temperature, dim=-1)
     return logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
 
