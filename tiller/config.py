@@ -188,7 +188,7 @@ class JudgeConfig:
 class RunConfig:
     """What `tiller run` starts on this machine, and where."""
 
-    actors: int = 2
+    actors: int = 2  # placement auto starts at most one per CPU core left after the learner's (it says so)
     judges: int = 1
     placement: Literal["auto", "manual", "off"] = "auto"
     cores: dict[str, list[int]] = field(default_factory=dict)  # manual: {"learner": [0], "actor0": [1]}
