@@ -43,7 +43,9 @@ class _BufferSet:
 
 
 class WeightPublisher:
-    MAX_BUFFER_SETS = 4  # beyond this a peer that never drains its frames gets fresh (unpooled) memory
+    # the published set, the one being written, one for a slow peer; beyond that, fresh (unpooled) memory,
+    # so pinned host memory stays bounded at three copies of the weights
+    MAX_BUFFER_SETS = 3
 
     def __init__(self, trainer, actor_dtype: torch.dtype, bucket_bytes: int):
         self.trainer = trainer
