@@ -46,7 +46,7 @@ def test_a_step_reports_its_phases_the_actors_differences_queues_and_lags(monkey
     later = {"phases": {"generate_s": 4.0, "load_s": 0.5, "idle_s": 0.5, "tokens_generated": 400},
              "queues": {"awaiting_judges": 3, "inflight_prompts": 12}}
     m = clock.finish(later, lags=[0, 1, 1, 2], lag_bound=2, trained_tokens=50)
-    assert m["time/wait_s"] == pytest.approx(0.05, abs=0.03) and m["time/train_s"] == pytest.approx(0.02, abs=0.03)
+    assert 0.05 <= m["time/wait_s"] < 1.0 and 0.02 <= m["time/train_s"] < 1.0  # sleeps overshoot on a busy host
     assert m["time/step_s"] >= m["time/wait_s"] + m["time/train_s"]
     assert 0.5 < m["learner/idle_frac"] < 1.0
     assert (m["actors/generate_s"], m["actors/load_s"], m["actors/idle_s"]) == (3.0, 0.5, 0.5)
