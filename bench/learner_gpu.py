@@ -16,6 +16,7 @@ reference forward, full-vocabulary float32 log-softmax, DPO loss, backward, clip
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import tempfile
@@ -26,23 +27,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-SHAPES = {
+from tiller.models import TinyShape, random_causal_lm
+
+SHAPES = {  # name -> (vocabulary, shape)
     # Qwen2-0.5B's shape: 494M parameters with its 151,936-token vocabulary
-    "0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-                 intermediate_size=4864, vocab_size=151936),
-    "small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                  intermediate_size=1024, vocab_size=32000),
+    "0.5b": (151936, TinyShape(hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2, intermediate_size=4864)),
+    "small": (32000, TinyShape(hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=1024)),
 }
 
 
 def build_model_dir(shape: str, max_len: int) -> Path:
-    from transformers import AutoModelForCausalLM, Qwen2Config
-
     path = Path(tempfile.mkdtemp(prefix=f"tiller-bench-{shape}-"))
-    config = Qwen2Config(**SHAPES[shape], max_position_embeddings=max(max_len, 512), tie_word_embeddings=True,
-                         pad_token_id=0, eos_token_id=1, bos_token_id=1)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(str(path))
+    vocab, dims = SHAPES[shape]
+    dims = dataclasses.replace(dims, max_positions=max(max_len, 512))
+    random_causal_lm(vocab, dims, dtype=torch.bfloat16).save_pretrained(str(path))
     return path
 
 
@@ -172,7 +170,7 @@ def main() -> None:
     dtype = torch.bfloat16 if cuda else torch.float32
     shape = args.model or ("0.5b" if cuda else "small")
     model_dir = build_model_dir(shape, args.prompt + args.response)
-    items = make_items(args.pairs, args.prompt, args.response, SHAPES[shape]["vocab_size"])
+    items = make_items(args.pairs, args.prompt, args.response, SHAPES[shape][0])
     tokens = 2 * args.pairs * (args.prompt + args.response)  # per step, policy side
     print(f"{shape} model on {device} in {dtype}; {args.pairs} pairs x ({args.prompt} + {args.response}) tokens",
           flush=True)

@@ -27,10 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-SHAPES = {  # hidden, layers, intermediate, vocab, heads, kv heads -> about the named size
-    "10M": (256, 8, 1024, 8000, 4, 2),
-    "100M": (768, 9, 3072, 32000, 12, 4),
-    "500M": (1024, 31, 4096, 32000, 16, 4),
+from tiller.models import TinyShape, random_causal_lm
+
+SHAPES = {  # name -> (vocabulary, shape) of about that many parameters
+    "10M": (8000, TinyShape(hidden_size=256, num_layers=8, num_heads=4, num_kv_heads=2, intermediate_size=1024)),
+    "100M": (32000, TinyShape(hidden_size=768, num_layers=9, num_heads=12, num_kv_heads=4, intermediate_size=3072)),
+    "500M": (32000, TinyShape(hidden_size=1024, num_layers=31, num_heads=16, num_kv_heads=4, intermediate_size=4096)),
 }
 BUCKET_BYTES = 256 << 20
 ROUNDS = 3  # timed transfers of each kind; the median is reported (this host's loopback is noisy)
@@ -43,16 +45,8 @@ def free_port() -> int:
 
 
 def build_model(size: str) -> Path:
-    import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config
-
-    hidden, layers, inter, vocab, heads, kv = SHAPES[size]
-    config = Qwen2Config(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, intermediate_size=inter,
-                         num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=256,
-                         tie_word_embeddings=True, eos_token_id=1, bos_token_id=1, pad_token_id=0)
     path = Path(tempfile.mkdtemp(prefix=f"tiller-wt-{size}-"))
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(str(path))
+    random_causal_lm(*SHAPES[size]).save_pretrained(str(path))
     return path
 
 

@@ -41,7 +41,7 @@ def trainer_for(model_dir, algorithm="online_dpo", **learner) -> tuple[Config, P
     return cfg, PolicyTrainer(cfg, model_dir, with_critic=algorithm == "ppo")
 
 
-def gradients_of_one_step(trainer, engine, run_step) -> tuple[dict, dict]:
+def gradients_of_one_step(engine, run_step) -> tuple[dict, dict]:
     """Run one step; return (the gradient the optimizer was handed, the step's metrics)."""
     captured = {}
     original = engine.step
@@ -110,8 +110,8 @@ def test_dpo_micro_batches_give_the_full_batch_gradient(tiny_policy_dir, zero_st
         m_micro = dpo_step(micro, items, cfg, pad_id=0)
         assert m_micro["grad_norm"] == pytest.approx(m_whole["grad_norm"], rel=1e-5)
     else:
-        g_whole, m_whole = gradients_of_one_step(whole, whole.engine, lambda: dpo_step(whole, items, cfg, 0))
-        g_micro, m_micro = gradients_of_one_step(micro, micro.engine, lambda: dpo_step(micro, items, cfg, 0))
+        g_whole, m_whole = gradients_of_one_step(whole.engine, lambda: dpo_step(whole, items, cfg, 0))
+        g_micro, m_micro = gradients_of_one_step(micro.engine, lambda: dpo_step(micro, items, cfg, 0))
         assert g_whole.keys() == g_micro.keys() and g_whole
         for name in g_whole:
             assert torch.allclose(g_micro[name], g_whole[name], atol=1e-5, rtol=1e-4), name
@@ -126,8 +126,8 @@ def test_policy_gradient_micro_batches_give_the_full_batch_gradient(tiny_policy_
     items = judged()
     cfg, whole = trainer_for(tiny_policy_dir, algorithm)
     _, micro = trainer_for(tiny_policy_dir, algorithm, micro_batch_size=3)  # 16 samples in 6 ragged pieces
-    g_whole, m_whole = gradients_of_one_step(whole, whole.engine, lambda: pg_step(whole, items, cfg, 0))
-    g_micro, m_micro = gradients_of_one_step(micro, micro.engine, lambda: pg_step(micro, items, cfg, 0))
+    g_whole, m_whole = gradients_of_one_step(whole.engine, lambda: pg_step(whole, items, cfg, 0))
+    g_micro, m_micro = gradients_of_one_step(micro.engine, lambda: pg_step(micro, items, cfg, 0))
     for name in g_whole:
         assert torch.allclose(g_micro[name], g_whole[name], atol=1e-5, rtol=1e-4), name
     for key in ("loss", "policy/approx_kl", "entropy", "grad_norm"):
@@ -245,7 +245,7 @@ def test_a_half_billion_parameter_dpo_step_needs_no_more_memory_than_plain_pytor
     spec.loader.exec_module(bench)
     device = torch.device("cuda", 0)
     model_dir = bench.build_model_dir("0.5b", 512)
-    items = bench.make_items(16, 128, 384, bench.SHAPES["0.5b"]["vocab_size"])
+    items = bench.make_items(16, 128, 384, bench.SHAPES["0.5b"][0])
     bench.reset_peak(device)
     step, state = bench.plain_dpo(model_dir, items, device, torch.bfloat16)
     step()

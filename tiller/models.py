@@ -116,21 +116,27 @@ def _is_complete(model_dir: Path) -> bool:
     return (model_dir / "config.json").exists() and (model_dir / "tokenizer.json").exists()
 
 
+def random_causal_lm(vocab_size: int, shape: TinyShape, dtype=None, seed: int = 0, eos_id: int = 1, pad_id: int = 0):
+    """A random-init Qwen2 causal LM of `shape` (tied embeddings), in `dtype` (default float32)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(_qwen2_config(vocab_size, shape, eos_id, pad_id),
+                                            dtype=dtype or torch.float32)
+
+
 def ensure_tiny_policy(model_dir: str | Path, seed: int = 0, shape: TinyShape = TinyShape(),
                        alphabet: str = ALPHABET, chat_template: str | None = None) -> Path:
     """Write a random-init tiny Qwen2 causal LM and its char tokenizer (with `chat_template`, if given)
     to `model_dir` (once)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     model_dir = Path(model_dir)
     if _is_complete(model_dir):
         return model_dir
     tokenizer = build_char_tokenizer(alphabet)
     tokenizer.chat_template = chat_template
-    config = _qwen2_config(len(tokenizer), shape, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = random_causal_lm(len(tokenizer), shape, seed=seed, eos_id=tokenizer.eos_token_id,
+                             pad_id=tokenizer.pad_token_id)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     _publish_dir(model_dir, lambda tmp: (model.save_pretrained(str(tmp)), _save_tokenizer(tokenizer, tmp)))

@@ -1,18 +1,17 @@
 """Non-finite numbers never train: every optimizer step of the learner goes through `FiniteGuard`.
 
     guard = FiniteGuard(max_in_a_row=5)
-    metrics = guard.step(engine, loss)   # backward + step, or a skip when loss or gradient is not finite
-    metrics = guard.step(engine, [lambda: loss_of(chunk) for chunk in chunks])  # gradient accumulation
+    metrics = guard.step(engine, [lambda: loss_of(chunk) for chunk in chunks])  # backward + step, or a skip
 
-With micro-batches, each callable computes one chunk's loss (weighted so that the chunks' losses
+Each callable computes one micro-batch's loss (weighted so that the chunks' losses
 sum to the batch loss); its backward runs before the next chunk's forward, so only one chunk's
 activations are alive at a time, and the optimizer steps once, at the last chunk (DeepSpeed's
 accumulation boundary is set by hand, because the number of chunks varies from step to step).
 
-A NaN or infinite single loss is skipped before its backward pass. Under accumulation, earlier
-chunks' gradients are already summed in when a later chunk's loss turns out non-finite: the
-remaining chunks are skipped and the last one's backward is multiplied by NaN, so the summed
-gradient is non-finite and the gradient check below (ours or ZeRO's) drops it.
+A non-finite loss poisons the step: earlier chunks' gradients are already summed in when a later
+chunk's loss turns out non-finite, so the remaining chunks are skipped; without ZeRO the guard
+drops the plain `.grad` tensors itself (a NaN first loss is never backpropagated at all), and under
+ZeRO the last chunk's backward is multiplied by NaN, so that ZeRO's own check drops the sum.
 
 A finite loss can still give a non-finite gradient: without ZeRO (stage 0) DeepSpeed would apply
 it, so the guard takes the pre-clip gradient norm itself and skips the step; ZeRO stages 1-3 detect it in their own
@@ -59,20 +58,14 @@ class FiniteGuard:
         self.skipped = 0  # over the whole run
         self.in_a_row = 0
 
-    def step(self, engine, loss: torch.Tensor | Sequence[Callable[[], torch.Tensor]]) -> dict[str, float]:
-        """Backward and optimizer step of a DeepSpeed `engine` on `loss` (or on micro-batch losses summed),
-        unless something is not finite. Returns {"grad_norm": pre-clip norm (NaN when unknown), "skipped": 0 or 1}."""
-        poisoned = None
-        if isinstance(loss, torch.Tensor):
-            if not bool(torch.isfinite(loss.detach()).all()):
-                return self._skip(f"loss is {loss.item()}")
-            engine.set_gradient_accumulation_boundary(True)
-            engine.backward(loss, scale_wrt_gas=False)
-        else:
-            poisoned = self._accumulate(engine, loss)
-            if poisoned and engine.zero_optimization_stage() == 0:
-                engine.zero_grad()
-                return self._skip(poisoned)
+    def step(self, engine, chunks: Sequence[Callable[[], torch.Tensor]]) -> dict[str, float]:
+        """Backward and optimizer step of a DeepSpeed `engine` on the sum of the micro-batch losses `chunks`
+        compute, unless something is not finite. Returns {"grad_norm": pre-clip norm (NaN when unknown),
+        "skipped": 0 or 1}."""
+        poisoned = self._accumulate(engine, chunks)
+        if poisoned and engine.zero_optimization_stage() == 0:
+            engine.zero_grad()
+            return self._skip(poisoned)
         norm = grad_norm(engine.module.parameters())
         if norm is not None and not math.isfinite(norm):
             engine.zero_grad()  # drop the poisoned gradient; the weights stay as they were

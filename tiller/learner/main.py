@@ -216,7 +216,6 @@ def train(cfg: Config, algorithm: Algorithm, trainer: PolicyTrainer, publisher: 
           server: LearnerServer, sink: MetricsSink, record: SampleRecord, done_steps: int, version: int, pad_id: int,
           preempted: threading.Event) -> None:
     """The loop from step `done_steps` + 1 on: batch, step, publish, log, checkpoint."""
-    last = time.monotonic()
     clock = StepClock(server.public)
     lag_bound = 0 if cfg.learner.mode == "sync" else cfg.learner.max_policy_lag
     for step in range(done_steps + 1, cfg.learner.steps + 1):
@@ -233,10 +232,9 @@ def train(cfg: Config, algorithm: Algorithm, trainer: PolicyTrainer, publisher: 
             metrics.update(publish_metrics)
         if cfg.learner.mode == "sync":  # after the publish (commands run in order): the next round opens
             server.consumed([p.prompt_id for p in trainable])
-        now = time.monotonic()
-        metrics.update(step_metrics(server, step, version, lags, judged, now - last))
-        metrics.update(clock.finish(server.public, lags, lag_bound, response_tokens(trainable, algorithm)))
-        last = now
+        phases = clock.finish(server.public, lags, lag_bound, response_tokens(trainable, algorithm))
+        metrics.update(step_metrics(server, step, version, lags, judged, phases["time/step_s"]))
+        metrics.update(phases)
         server.progress = {"step": step, "steps": cfg.learner.steps, **metrics}  # for `tiller status`
         sink.log(metrics)
         record.flush()

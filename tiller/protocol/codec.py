@@ -17,8 +17,8 @@ finite, and frame counts, sizes and shapes are bounded. (What array values mean,
 log-probs, is the receiver's to check: it knows which lease to give back.)
 Every check is written so that it cannot itself raise or overflow (sizes are Python integers,
 dtypes are checked before any view), and `Decoder.decode` turns anything unforeseen into a
-`ProtocolError` too: a hostile frame can only ever become a counted reject. No pickle, eval or
-import happens here.
+`ProtocolError` too: a hostile frame can only ever become a counted reject. Frames are only ever
+read as msgpack and raw array bytes: nothing received is run, or names a module to load.
 """
 
 from __future__ import annotations
