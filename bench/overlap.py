@@ -13,42 +13,23 @@ asynchronous gain >= 0.9 x ideal. Writes bench/results/overlap.json and overlap.
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
-ROOT = Path(__file__).parents[1]
-SKIP = 5  # start-up steps left out of the steady state
+from _runs import demo_parser, save, save_figure, tiller_run
 
 
 def run_mode(config: str, mode: str, steps: int, out: Path, extra: list[str]) -> dict:
-    name = f"overlap-{mode}"
-    started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "tiller", "run", config, f"name={name}", f"output_dir={out}",
-                           f"learner.mode={mode}", f"learner.steps={steps}", "metrics.wandb=disabled", *extra],
-                          capture_output=True, text=True, cwd=ROOT, timeout=1800)
-    wall = time.monotonic() - started
-    if done.returncode != 0:
-        raise SystemExit(f"{mode} run failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    metrics = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
-    batch = yaml.safe_load((out / name / "config.yaml").read_text())["learner"]["batch_size"]
-    steady = metrics[SKIP:]
-    seconds = sum(m["time/step_s"] for m in steady)
-    mean = lambda key: statistics.fmean(m.get(key, 0.0) for m in steady)  # noqa: E731
+    run = tiller_run(config, f"overlap-{mode}", out, [f"learner.mode={mode}", f"learner.steps={steps}", *extra],
+                     timeout_s=1800)
+    tail = run.metrics[-max(1, len(run.metrics) // 10):]
     return {
-        "mode": mode, "steps": len(metrics), "wall_s": wall, "first_step_s": metrics[0].get("time/first_step_s"),
-        "prompts_per_s": batch * len(steady) / seconds,
-        "wait_s": mean("time/wait_s"), "train_s": mean("time/train_s"), "publish_s": mean("time/publish_s"),
-        "learner_idle_frac": mean("learner/idle_frac"), "actors_idle_frac": mean("actors/idle_frac"),
-        "reward_last": statistics.fmean(m["reward/mean"] for m in metrics[-max(1, len(metrics) // 10):]),
-        "step_s": [m["time/step_s"] for m in metrics],
+        "mode": mode, "steps": len(run.metrics), "wall_s": run.wall_s, "first_step_s": run.first_step_s,
+        "prompts_per_s": run.per_s, "wait_s": run.mean("time/wait_s"), "train_s": run.mean("time/train_s"),
+        "publish_s": run.mean("time/publish_s"), "learner_idle_frac": run.mean("learner/idle_frac"),
+        "actors_idle_frac": run.mean("actors/idle_frac"),
+        "reward_last": sum(m["reward/mean"] for m in tail) / len(tail), "step_s": run.series("time/step_s"),
     }
 
 
@@ -67,16 +48,11 @@ def plot(result: dict, path: Path) -> None:
     ax.set_title(f"async / sync = {result['gain']:.2f}x (ideal {result['ideal_gain']:.2f}x)")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="configs/demo.yaml")
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("overrides", nargs="*", help="extra key=value overrides for both runs")
+    parser = demo_parser(__doc__, 60)
     args = parser.parse_args()
     out = Path(tempfile.mkdtemp(prefix="tiller-overlap-"))
     result = {"date": time.strftime("%Y-%m-%d"), "config": args.config, "steps": args.steps}
@@ -88,10 +64,8 @@ def main() -> None:
     result["ideal_gain"] = (generate + train) / max(generate, train)
     result["gain"] = result["async"]["prompts_per_s"] / sync["prompts_per_s"]
     result["of_ideal"] = result["gain"] / result["ideal_gain"]
-    results = Path(__file__).parent / "results"
-    results.mkdir(exist_ok=True)
-    (results / "overlap.json").write_text(json.dumps(result, indent=2))
-    plot(result, results / "overlap.png")
+    path = save(result, "overlap")
+    plot(result, path.with_suffix(".png"))
     print(f"\n{'':10}{'prompts/s':>11}{'wall s':>9}{'wait s':>9}{'train s':>9}{'learner idle':>14}{'actors idle':>13}"
           f"{'reward (last 10%)':>19}")
     for mode in ("sync", "async"):
@@ -101,7 +75,7 @@ def main() -> None:
     print(f"\nasync / sync = {result['gain']:.2f}x; ideal (G+T)/max(G,T) from the sync run's phases = "
           f"{result['ideal_gain']:.2f}x (G {generate:.3f} s, T {train:.3f} s); {result['of_ideal']:.2f} of ideal "
           f"(goal >= 0.9)")
-    print(f"written: {results / 'overlap.json'}, {results / 'overlap.png'}")
+    print(f"written: {path}, {path.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

@@ -57,6 +57,12 @@ class DPOConfig:
     # sigmoid: a response's log-prob summed over its tokens (the DPO paper) or averaged per token (so a
     # short response is not cheaper in KL than a long one); IPO and SimPO always average, as TRL does
     logprob: Literal["sum", "mean"] = "sum"
+    # Asynchronous pairs were sampled by a policy up to learner.max_policy_lag versions old. "is": weight each
+    # pair's loss by its truncated importance weight min(offpolicy_cap, exp(mean over both responses' tokens of
+    # log pi/mu)) (a length-normalised sequence ratio, as GSPO's): a fresh pair weighs 1, a pair the policy has
+    # since moved away from weighs less. "none": every pair weighs 1. Needs rollout.temperature 1 and top_p 1.
+    offpolicy_weight: Literal["none", "is"] = "none"
+    offpolicy_cap: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -436,6 +442,14 @@ def _check_combination(cfg: Config) -> Config:
     if lc.micro_batch_size < 0 or lc.micro_batch_size == 1 and lc.algorithm == "online_dpo":
         raise ConfigError(f"learner.micro_batch_size: {lc.micro_batch_size}: a micro-batch holds at least one "
                           "sequence (two for online_dpo: a chosen and a rejected response); 0 means the whole batch")
+    if lc.algorithm == "online_dpo" and lc.dpo.offpolicy_weight != "none":
+        if cfg.rollout.temperature != 1 or cfg.rollout.top_p != 1:
+            raise ConfigError(f"learner.dpo.offpolicy_weight: {lc.dpo.offpolicy_weight} compares the policy's own "
+                              "log-probs with the actors' sampling log-probs, so it needs rollout.temperature 1 and "
+                              f"top_p 1 (not {cfg.rollout.temperature} and {cfg.rollout.top_p})")
+        if lc.dpo.offpolicy_cap < 1:
+            raise ConfigError(f"learner.dpo.offpolicy_cap: {lc.dpo.offpolicy_cap}: must be at least 1 (a fresh pair "
+                              "weighs 1)")
     if lc.logprob_chunk_mb < 1:
         raise ConfigError(f"learner.logprob_chunk_mb: {lc.logprob_chunk_mb}: must be at least 1")
     if lc.lease_prompts > lc.max_inflight_prompts:

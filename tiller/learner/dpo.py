@@ -8,6 +8,7 @@ sequence log-probs, gathered from the micro-batches, through the same pure loss 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 
@@ -56,17 +57,34 @@ def build_pair_batch(pairs: list[tuple], pad_id: int) -> PairBatch:
     return PairBatch(input_ids, attention, response, lengths)
 
 
-def preference_loss(policy: torch.Tensor, reference: torch.Tensor, lengths: torch.Tensor, cfg: DPOConfig):
-    """Split [2B] sequence log-probs into chosen/rejected halves and apply the configured variant."""
+def preference_loss(policy: torch.Tensor, reference: torch.Tensor, lengths: torch.Tensor, cfg: DPOConfig,
+                    weights: torch.Tensor | None = None):
+    """Split [2B] sequence log-probs into chosen/rejected halves and apply the configured variant
+    (each pair's loss scaled by `weights` [B], if given)."""
     b = policy.shape[0] // 2
     pc, pr, rc, rr, lc, lr = policy[:b], policy[b:], reference[:b], reference[b:], lengths[:b], lengths[b:]
     if cfg.variant == "sigmoid":
         if cfg.logprob == "mean":  # per-token averages instead of sums (dpo.logprob)
             pc, pr, rc, rr = pc / lc, pr / lr, rc / lc, rr / lr
-        return losses.dpo_sigmoid_loss(pc, pr, rc, rr, cfg.beta, cfg.label_smoothing)
+        return losses.dpo_sigmoid_loss(pc, pr, rc, rr, cfg.beta, cfg.label_smoothing, weights)
     if cfg.variant == "ipo":
-        return losses.ipo_loss(pc, pr, rc, rr, lc, lr, cfg.beta)
-    return losses.simpo_loss(pc, pr, lc, lr, cfg.beta, cfg.simpo_gamma)
+        return losses.ipo_loss(pc, pr, rc, rr, lc, lr, cfg.beta, weights)
+    return losses.simpo_loss(pc, pr, lc, lr, cfg.beta, cfg.simpo_gamma, weights)
+
+
+def offpolicy_log_ratio(policy: torch.Tensor, behaviour: torch.Tensor, pair_tokens: torch.Tensor) -> torch.Tensor:
+    """Per pair [B]: the mean over both responses' tokens of log pi(token) - log mu(token), from the
+    policy's summed log-probs [2B] (chosen rows, then rejected), the actors' summed sampling log-probs of
+    each pair [B] and each pair's token count [B]. 0 for a pair the current policy sampled; NaN where
+    the behaviour log-prob is NaN (a revision: no policy sampled it)."""
+    b = behaviour.shape[0]
+    return (policy[:b] + policy[b:] - behaviour) / pair_tokens
+
+
+def offpolicy_weights(log_ratio: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance weights min(cap, exp(log_ratio)) [B]; 1 where the ratio is unknown (NaN)."""
+    weights = torch.exp(torch.clamp(log_ratio, max=math.log(cap)))
+    return torch.where(torch.isnan(weights), torch.ones_like(weights), weights)
 
 
 def _sequence_logprobs(logprob_fn, batch: PairBatch, rows: torch.Tensor) -> torch.Tensor:
@@ -91,17 +109,35 @@ def dpo_step(trainer, items: list[ScoredPrompt], cfg: Config, pad_id: int) -> di
         for rows in rows_of:
             ref_logps[rows] = _sequence_logprobs(trainer.reference_logprobs, batch, rows)
     policy_logps = torch.full((2 * b,), float("nan"), device=trainer.device)  # filled as micro-batches run
+    k = len(items[0].responses)
+    # What the actors sampled each pair with (summed over both responses); NaN for a revision (never sampled).
+    # Comparable with the policy's log-probs only when the actors sampled from the untempered distribution.
+    comparable = cfg.rollout.temperature == 1 and cfg.rollout.top_p == 1
+    behaviour = torch.tensor([float(p.logprobs[c].sum() + p.logprobs[r].sum()) if c < k and r < k else float("nan")
+                              for p, c, r in pairs], device=trainer.device)
+    pair_tokens = batch.response_lengths[:b] + batch.response_lengths[b:]
+    weigh = dpo.offpolicy_weight == "is"  # the config loader refused it unless `comparable`
 
     def micro_loss(rows: torch.Tensor) -> torch.Tensor:
         logps = _sequence_logprobs(lambda *args: trainer.policy_logprobs(*args)[0], batch, rows)
         policy_logps[rows] = logps.detach()
-        loss, _ = preference_loss(logps, ref_logps[rows], batch.response_lengths[rows], dpo)
-        return loss * (len(rows) // 2) / b  # the batch loss is the mean over pairs
+        chunk = rows[:len(rows) // 2]  # the pairs of this micro-batch (rows: their chosen, then their rejected)
+        weights = offpolicy_weights(offpolicy_log_ratio(logps.detach(), behaviour[chunk], pair_tokens[chunk]),
+                                    dpo.offpolicy_cap) if weigh else None
+        loss, _ = preference_loss(logps, ref_logps[rows], batch.response_lengths[rows], dpo, weights)
+        return loss * len(chunk) / b  # the batch loss is the mean over pairs
 
     step = trainer.guard.step(trainer.engine, [partial(micro_loss, rows) for rows in rows_of])
     with torch.no_grad():  # the whole batch's loss and metrics, from the gathered log-probs
-        loss, metrics = preference_loss(policy_logps, ref_logps, batch.response_lengths, dpo)
+        log_ratio = offpolicy_log_ratio(policy_logps, behaviour, pair_tokens)
+        weights = offpolicy_weights(log_ratio, dpo.offpolicy_cap) if weigh else None
+        loss, metrics = preference_loss(policy_logps, ref_logps, batch.response_lengths, dpo, weights)
     metrics.update(step)
+    sampled = ~torch.isnan(log_ratio)
+    if comparable and sampled.any():  # how far the policy has moved from the one that sampled the pairs
+        metrics["offpolicy/logratio"] = log_ratio[sampled].mean().item()  # per token; 0 for fresh pairs
+        if weigh:
+            metrics["offpolicy/weight"] = weights[sampled].mean().item()
     metrics["loss"] = loss.item()
     metrics["logps/chosen"] = policy_logps[:b].detach().mean().item()  # summed over each response's tokens
     metrics["logps/rejected"] = policy_logps[b:].detach().mean().item()
@@ -109,7 +145,6 @@ def dpo_step(trainer, items: list[ScoredPrompt], cfg: Config, pad_id: int) -> di
         # Sequence-level KL(policy || reference) on the trained responses (k1 estimate).
         metrics["kl/sequence"] = (policy_logps.detach() - ref_logps).mean().item()
     metrics["pairs"] = len(pairs)
-    k = len(items[0].responses)
     chosen = [p.scores[c] for p, c, _ in pairs if c < k]  # a revision (c >= k) has no judge score
     rejected = [p.scores[r] for p, _, r in pairs if r < k]
     if chosen:

@@ -1,7 +1,8 @@
 """Pure preference-optimisation losses: tensors in, `(loss, metrics)` out. No state, no config.
 
 Shapes: B = number of preference pairs. Every log-probability argument is the *sum* over
-the response tokens of one sequence, shape [B]; `*_lengths` are response token counts [B].
+the response tokens of one sequence, shape [B]; `*_lengths` are response token counts [B];
+`weights` (optional, [B]) scales each pair's loss before the mean (off-policy pair weights).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def dpo_sigmoid_loss(
     ref_rejected: torch.Tensor,
     beta: float,
     label_smoothing: float = 0.0,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Metrics]:
     """DPO (Rafailov et al. 2023, https://arxiv.org/abs/2305.18290, eq. 7), all args [B].
 
@@ -40,7 +42,11 @@ def dpo_sigmoid_loss(
     # -(1-eps) log sigma(beta*h) - eps log sigma(-beta*h)
     losses = -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
     metrics = _reward_metrics(beta * chosen_logratio.detach(), beta * rejected_logratio.detach())
-    return losses.mean(), metrics
+    return _weighted_mean(losses, weights), metrics
+
+
+def _weighted_mean(losses: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    return losses.mean() if weights is None else (weights * losses).mean()
 
 
 def ipo_loss(
@@ -51,6 +57,7 @@ def ipo_loss(
     chosen_lengths: torch.Tensor,
     rejected_lengths: torch.Tensor,
     beta: float,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Metrics]:
     """IPO (Azar et al. 2023, https://arxiv.org/abs/2310.12036, eq. 17), all args [B].
 
@@ -62,7 +69,7 @@ def ipo_loss(
     h = chosen_logratio - rejected_logratio
     losses = (h - 1 / (2 * beta)) ** 2  # (h - 1/(2 tau))^2
     metrics = _reward_metrics(beta * chosen_logratio.detach(), beta * rejected_logratio.detach())
-    return losses.mean(), metrics
+    return _weighted_mean(losses, weights), metrics
 
 
 def simpo_loss(
@@ -72,6 +79,7 @@ def simpo_loss(
     rejected_lengths: torch.Tensor,
     beta: float,
     gamma: float,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Metrics]:
     """SimPO (Meng et al. 2024, https://arxiv.org/abs/2405.14734, eq. 6), all args [B].
 
@@ -81,7 +89,7 @@ def simpo_loss(
     chosen_rewards = beta * policy_chosen / chosen_lengths
     rejected_rewards = beta * policy_rejected / rejected_lengths
     losses = -F.logsigmoid(chosen_rewards - rejected_rewards - gamma)
-    return losses.mean(), _reward_metrics(chosen_rewards.detach(), rejected_rewards.detach())
+    return _weighted_mean(losses, weights), _reward_metrics(chosen_rewards.detach(), rejected_rewards.detach())
 
 
 def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:

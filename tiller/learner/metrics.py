@@ -91,8 +91,12 @@ class MetricsSink:
 
 
 def progress_line(m: dict[str, Any], kl_warn_nats: float = 0.0) -> str:
-    detail = (f"margin {m['rewards/margin']:+.3f}" if "rewards/margin" in m  # online DPO
-              else f"kl {m.get('kl/mean', float('nan')):.4f} | clipfrac {m.get('policy/clipfrac', float('nan')):.3f}")
+    if "rewards/margin" in m:  # online DPO: what shows instability coming (pair accuracy falling, KL and length drifting)
+        detail = (f"margin {m['rewards/margin']:+.3f} | acc {m['rewards/accuracy']:.2f}"
+                  + (f" | kl {m['kl/sequence']:.1f}" if "kl/sequence" in m else "")
+                  + (f" | len {m['response_length/mean']:.1f}" if "response_length/mean" in m else ""))
+    else:
+        detail = f"kl {m.get('kl/mean', float('nan')):.4f} | clipfrac {m.get('policy/clipfrac', float('nan')):.3f}"
     return (
         f"step {m['step']:>4} | v{m['policy_version']:<4} | reward {m['reward/mean']:.3f} "
         f"| loss {m['loss']:.4f} | {detail} "

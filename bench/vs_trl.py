@@ -1,0 +1,245 @@
+"""Tiller against TRL's synchronous online-DPO trainer: same model, prompts, reward, k, lengths and steps.
+
+    pip install -e '.[bench]'                  # TRL is a bench-only dependency
+    python bench/vs_trl.py                      # both workloads, one run each, back to back
+    python bench/vs_trl.py --workload compute --steps 100 --tiller async --tiller sync
+
+Workloads (models of our making, random init, char tokenizer, the letters prompts and the vowel
+reward of configs/demo.yaml; k = 2 samples per prompt, 8 pairs per step):
+  overhead  ~0.3M parameters, 24 new tokens: every step is cheap, fixed costs dominate
+  compute   ~22M parameters, 64 new tokens: generation and training dominate
+
+Each system runs as its own process (TRL's `OnlineDPOTrainer` with `use_vllm=False`, its only
+choice without a GPU; Tiller as `tiller run`, learner + vLLM actors + judge). Reported per run:
+wall time of the whole process, time to the first trained step, steady-state trained pairs/s (steps
+after the fifth), and the mean reward of the generated samples per step.
+
+Differences kept on purpose and printed: TRL trains a tied pair (both samples the same reward) with
+an arbitrary label, Tiller skips it and trains a pair that has a preference instead; TRL's default
+learning-rate schedule decays linearly to 0, so `--trl-schedule constant` (the default here) gives
+it Tiller's constant rate. Writes bench/results/vs_trl.json and vs_trl.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _runs import ROOT, SKIP, save, save_figure, tiller_run
+
+WORKLOADS = {
+    # name: (TinyShape kwargs, max_new_tokens, lr, default steps)
+    "overhead": ({}, 24, 3e-4, 60),
+    "compute": ({"hidden_size": 512, "num_layers": 7, "num_heads": 8, "num_kv_heads": 4,
+                 "intermediate_size": 1536}, 64, 5e-5, 40),
+}
+PAIRS_PER_STEP = 8
+BETA = 0.1
+
+
+def build_model(workload: str, root: Path) -> Path:
+    from tiller.models import TinyShape, ensure_tiny_policy
+
+    shape_kwargs = WORKLOADS[workload][0]
+    return ensure_tiny_policy(root / f"model-{workload}", seed=0, shape=TinyShape(**shape_kwargs, max_positions=256))
+
+
+def parameters(model_dir: Path) -> int:
+    cfg = json.loads((model_dir / "config.json").read_text())
+    h, i, n, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
+    kv = h * cfg["num_key_value_heads"] // cfg["num_attention_heads"]
+    return v * h + n * (2 * h * h + 2 * h * kv + 3 * h * i)
+
+
+# ---------------------------------------------------------------------------------------------- TRL side
+def trl_worker(spec: dict) -> None:
+    """Runs inside its own process: one TRL online-DPO run, per-step records to spec['out']."""
+    started = time.monotonic()
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, TrainerCallback
+
+    from tiller.config import DataConfig
+    from tiller.learner.prompts import _letters
+    from tiller.models import load_tokenizer
+    from tiller.tasks import vowel_reward
+    from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+
+    torch.manual_seed(spec["seed"])
+    tokenizer = load_tokenizer(spec["model"])
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+    prompts = _letters(DataConfig(num_prompts=spec["steps"] * PAIRS_PER_STEP * 2, seed=spec["seed"]))
+    records: list[dict] = []
+
+    def reward(prompts, completions, **_):
+        return [vowel_reward(p, c) for p, c in zip(prompts, completions)]
+
+    class Record(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t0 = time.monotonic()
+
+        def on_step_end(self, args, state, control, **kw):
+            records.append({"step": state.global_step, "step_s": time.monotonic() - self.t0,
+                            "since_start_s": time.monotonic() - started})
+            if state.global_step % 10 == 0:  # progress, on the bench's terminal
+                print(f"  TRL step {state.global_step}/{spec['steps']}, {records[-1]['step_s']:.1f} s/step",
+                      file=sys.stderr, flush=True)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and records and "objective/scores" in logs:
+                records[-1].update({k: logs[k] for k in ("objective/scores", "objective/kl", "loss",
+                                                         "rewards/accuracies", "logps/chosen", "logps/rejected",
+                                                         "learning_rate") if k in logs})
+
+    args = OnlineDPOConfig(
+        output_dir=spec["out_dir"], per_device_train_batch_size=PAIRS_PER_STEP, max_steps=spec["steps"],
+        learning_rate=spec["lr"], lr_scheduler_type=spec["schedule"], beta=[BETA], max_new_tokens=spec["max_new_tokens"],
+        temperature=1.0, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=spec["seed"],
+        dataloader_num_workers=0, disable_tqdm=True, bf16=False)
+    trainer = OnlineDPOTrainer(model=model, reward_funcs=[reward], args=args,
+                               train_dataset=Dataset.from_dict({"prompt": prompts}), processing_class=tokenizer,
+                               callbacks=[Record()])
+    trainer.train()
+    Path(spec["out"]).write_text(json.dumps({"records": records, "process_s": time.monotonic() - started}))
+
+
+def run_trl(model: Path, workload: str, steps: int, schedule: str, work: Path) -> dict:
+    _, new_tokens, lr, _ = WORKLOADS[workload]
+    spec = {"model": str(model), "steps": steps, "lr": lr, "schedule": schedule, "max_new_tokens": new_tokens,
+            "seed": 0, "out": str(work / f"trl-{workload}.json"), "out_dir": str(work / f"trl-{workload}")}
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, __file__, "--trl-worker", json.dumps(spec)], stdout=subprocess.PIPE,
+                          text=True, cwd=ROOT, timeout=3600)  # its stderr (progress, warnings) to the terminal
+    wall = time.monotonic() - started
+    if done.returncode != 0:
+        raise SystemExit(f"TRL run failed (exit {done.returncode}):\n{done.stdout[-3000:]}")
+    recs = json.loads(Path(spec["out"]).read_text())["records"]
+    steady = recs[SKIP:]
+    return {"system": "trl", "wall_s": wall, "first_step_s": recs[0]["since_start_s"],
+            "pairs_per_s": PAIRS_PER_STEP * len(steady) / sum(r["step_s"] for r in steady),
+            "reward": [r.get("objective/scores") for r in recs], "kl": [r.get("objective/kl") for r in recs],
+            "pair_accuracy": [r.get("rewards/accuracies") for r in recs], "steps": len(recs)}
+
+
+# ------------------------------------------------------------------------------------------- Tiller side
+def run_tiller(model: Path, workload: str, steps: int, spec: str, work: Path, extra: list[str]) -> dict:
+    """spec: "LABEL [MODE] [key=value ...]", e.g. "async", "sync", "async-is async learner.dpo.offpolicy_weight=is"."""
+    label, *rest = spec.split()
+    mode = rest.pop(0) if rest and "=" not in rest[0] else label
+    _, new_tokens, lr, _ = WORKLOADS[workload]
+    run = tiller_run("configs/demo.yaml", f"tiller-{workload}-{label}", work, [
+        f"model.path={model}", "model.build_tiny=false", f"learner.mode={mode}", f"learner.steps={steps}",
+        f"learner.batch_size={PAIRS_PER_STEP}", f"learner.lr={lr}", f"learner.dpo.beta={BETA}",
+        "rollout.samples_per_prompt=2", f"rollout.max_new_tokens={new_tokens}", "rollout.temperature=1.0",
+        *extra, *rest])
+    return {"system": f"tiller-{label}", "overrides": rest, "wall_s": run.wall_s, "first_step_s": run.first_step_s,
+            "pairs_per_s": run.per_s, "reward": run.series("reward/mean"), "kl": run.series("kl/sequence"),
+            "pair_accuracy": run.series("rewards/accuracy"), "length": run.series("response_length/mean"),
+            "steps": len(run.metrics), "run_dir": str(work / run.name)}
+
+
+def mean_reward(r: dict) -> float:
+    return statistics.fmean(x for x in r["reward"] if x is not None)
+
+
+def moving_average(values: list, window: int = 5) -> list[float]:
+    xs = [float("nan") if v is None else v for v in values]
+    return [statistics.fmean(xs[max(0, i - window + 1):i + 1]) for i in range(len(xs))]
+
+
+PANELS = (("reward", "mean reward of generated samples"), ("kl", "KL to the reference per response (nats)"),
+          ("length", "response tokens (Tiller)"))
+
+
+def plot(result: dict, path: Path) -> None:
+    """One column per workload; reward, KL and response length per step (5-step moving averages)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads = [w for w in WORKLOADS if w in result["workloads"]]
+    fig, axes = plt.subplots(len(PANELS), len(workloads), figsize=(6.5 * len(workloads), 9), squeeze=False,
+                             sharex="col")
+    for col, workload in enumerate(workloads):
+        w = result["workloads"][workload]
+        for row, (key, ylabel) in enumerate(PANELS):
+            ax = axes[row][col]
+            for r in w["runs"]:
+                if not any(v is not None for v in r.get(key, [])):
+                    continue
+                label = f"{r['system']}: {r['pairs_per_s']:.2f} pairs/s, wall {r['wall_s']:.0f} s" if row == 0 \
+                    else r["system"]
+                ax.plot(range(1, len(r[key]) + 1), moving_average(r[key]), label=label)
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=8)
+        axes[0][col].set_title(f"{workload}-bound ({w['parameters'] / 1e6:.1f}M parameters, "
+                               f"{w['max_new_tokens']} new tokens, lr {w['lr']:g}): 5-step moving averages")
+        axes[-1][col].set_xlabel(f"trained step ({PAIRS_PER_STEP} pairs)")
+    save_figure(fig, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workload", choices=[*WORKLOADS, "both"], default="both")
+    parser.add_argument("--steps", type=int, default=0, help="0: the workload's default (60 overhead, 40 compute)")
+    parser.add_argument("--tiller", action="append", metavar="'LABEL [MODE] [key=value ...]'",
+                        help="a Tiller run (repeatable; MODE async or sync, default the label); default: async")
+    parser.add_argument("--trl-schedule", default="constant", help="TRL's lr_scheduler_type (TRL's default: linear)")
+    parser.add_argument("--no-trl", action="store_true", help="Tiller runs only")
+    parser.add_argument("--out", help="result JSON (default bench/results/vs_trl.json; a PNG beside it)")
+    parser.add_argument("--trl-worker", help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help="extra key=value overrides for the Tiller runs")
+    args = parser.parse_args()
+    if args.trl_worker:
+        return trl_worker(json.loads(args.trl_worker))
+    work = Path(tempfile.mkdtemp(prefix="tiller-vs-trl-"))
+    result = {"date": time.strftime("%Y-%m-%d"), "pairs_per_step": PAIRS_PER_STEP, "beta": BETA,
+              "trl_schedule": args.trl_schedule, "workloads": {}}
+    for workload in (list(WORKLOADS) if args.workload == "both" else [args.workload]):
+        steps = args.steps or WORKLOADS[workload][3]
+        model = build_model(workload, work)
+        runs = []
+        for spec in args.tiller or ["async"]:
+            print(f"{workload}: Tiller {spec}, {steps} steps ...", flush=True)
+            runs.append(run_tiller(model, workload, steps, spec, work, args.overrides))
+        if not args.no_trl:
+            print(f"{workload}: TRL, {steps} steps ...", flush=True)
+            runs.append(run_trl(model, workload, steps, args.trl_schedule, work))
+        result["workloads"][workload] = {"parameters": parameters(model), "steps": steps,
+                                         "max_new_tokens": WORKLOADS[workload][1], "lr": WORKLOADS[workload][2],
+                                         "runs": runs}
+    out = save(result, "vs_trl", args.out)
+    plot(result, out.with_suffix(".png"))
+    print(f"\n{'workload':10}{'system':15}{'wall s':>8}{'1st step s':>11}{'pairs/s':>9}"
+          f"{'reward mean':>12}{'last 10%':>10}")
+    for workload, w in result["workloads"].items():
+        trl = next((r for r in w["runs"] if r["system"] == "trl"), None)
+        for r in w["runs"]:
+            tail = [x for x in r["reward"][-max(1, len(r["reward"]) // 10):] if x is not None]
+            print(f"{workload:10}{r['system']:15}{r['wall_s']:>8.1f}{r['first_step_s'] or 0:>11.1f}"
+                  f"{r['pairs_per_s']:>9.2f}{mean_reward(r):>12.3f}"
+                  f"{statistics.fmean(tail):>10.3f}")
+        for r in w["runs"]:
+            if trl and r is not trl:
+                print(f"  {workload}: {r['system']} / TRL: throughput {r['pairs_per_s'] / trl['pairs_per_s']:.2f}x "
+                      f"(steady state), wall {trl['wall_s'] / r['wall_s']:.2f}x faster, mean reward "
+                      f"{mean_reward(r):.3f} vs {mean_reward(trl):.3f}")
+    print(f"written: {out}, {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
