@@ -43,6 +43,13 @@ class Run:
     def first_step_s(self) -> float | None:
         return self.metrics[0].get("time/first_step_s") if self.metrics else None
 
+    @property
+    def tail_s(self) -> float | None:
+        """From the end of the last trained step to the exit of every process."""
+        if self.first_step_s is None:
+            return None
+        return self.wall_s - self.first_step_s - sum(m["time/step_s"] for m in self.metrics[1:])
+
 
 def tiller_run(config: str, name: str, out: Path, overrides: list[str], timeout_s: float = 3600) -> Run:
     """`python -m tiller run CONFIG name=NAME output_dir=OUT *overrides` (W&B off); raises SystemExit

@@ -7,8 +7,9 @@ plan and unpinned (`run.placement: off`), one run each, back to back.
 "Plan" is the placement `auto` would make for that many actors if it did not cap them at one per
 free core (it does: this bench is where that cap's measurements come from): every busy process its
 own cores where there are enough, the learner a core of its own otherwise, the rest sharing.
-Reported per run: steady-state prompts/s, time to the first trained step and the wall time of the
-whole run. Writes bench/results/scaling.json and scaling.png.
+Reported per run: steady-state prompts/s, time to the first trained step, the wall time of the
+whole run and its tail (the end of the last step to the exit of every process).
+Writes bench/results/scaling.json and scaling.png.
 """
 
 from __future__ import annotations
@@ -68,18 +69,19 @@ def main() -> None:
             run = tiller_run(args.config, f"scaling-{actors}-{placement}", out,
                              [f"run.actors={actors}", f"learner.steps={args.steps}", *where, *args.overrides])
             result["runs"].append({"actors": actors, "placement": placement, "prompts_per_s": run.per_s,
-                                   "first_step_s": run.first_step_s, "wall_s": run.wall_s,
+                                   "first_step_s": run.first_step_s, "wall_s": run.wall_s, "tail_s": run.tail_s,
                                    "reward_last": run.steady[-1]["reward/mean"],
                                    "actors_idle_frac": run.mean("actors/idle_frac"),
                                    "learner_idle_frac": run.mean("learner/idle_frac")})
     path = save(result, "scaling")
     plot(result, path.with_suffix(".png"))
     base = next(r for r in result["runs"] if r["actors"] == args.actors[0] and r["placement"] == "plan")
-    print(f"\n{'actors':>6} {'placement':<10}{'prompts/s':>10}{'vs first':>9}{'1st step s':>11}{'wall s':>8}"
+    print(f"\n{'actors':>6} {'placement':<10}{'prompts/s':>10}{'vs first':>9}{'1st step s':>11}{'wall s':>8}{'tail s':>8}"
           f"{'learner idle':>13}{'actors idle':>12}")
     for r in result["runs"]:
         print(f"{r['actors']:>6} {r['placement']:<10}{r['prompts_per_s']:>10.2f}"
               f"{r['prompts_per_s'] / base['prompts_per_s']:>8.2f}x{r['first_step_s'] or 0:>11.1f}{r['wall_s']:>8.1f}"
+              f"{r['tail_s'] or 0:>8.1f}"
               f"{r['learner_idle_frac']:>13.2f}{r['actors_idle_frac']:>12.2f}")
     print(f"written: {path}, {path.with_suffix('.png')}")
 

@@ -176,18 +176,18 @@ def plot(result: dict, path: Path) -> None:
         w = result["workloads"][workload]
         for row, (key, ylabel) in enumerate(PANELS):
             ax = axes[row][col]
-            for r in w["runs"]:
+            for i, r in enumerate(w["runs"]):
                 if not any(v is not None for v in r.get(key, [])):
                     continue
                 label = f"{r['system']}: {r['pairs_per_s']:.2f} pairs/s, wall {r['wall_s']:.0f} s" if row == 0 \
                     else r["system"]
-                ax.plot(range(1, len(r[key]) + 1), moving_average(r[key]), label=label)
+                ax.plot(range(1, len(r[key]) + 1), moving_average(r[key]), label=label, color=f"C{i}")  # a run's colour in every panel
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
             if ax.lines:
                 ax.legend(fontsize=8)
-        axes[0][col].set_title(f"{workload}-bound ({w['parameters'] / 1e6:.1f}M parameters, "
-                               f"{w['max_new_tokens']} new tokens, lr {w['lr']:g}): 5-step moving averages")
+        axes[0][col].set_title(f"{workload}-bound: {w['parameters'] / 1e6:.1f}M parameters, {w['max_new_tokens']} new "
+                               f"tokens, lr {w['lr']:g}\n(5-step moving averages)", fontsize=10)
         axes[-1][col].set_xlabel(f"trained step ({PAIRS_PER_STEP} pairs)")
     save_figure(fig, path)
 

@@ -58,6 +58,16 @@ def test_bad_overrides_are_clear_errors(override, message):
         load_config(ROOT / "configs/demo.yaml", [override])
 
 
+def test_a_bare_off_is_the_word_not_a_boolean(tmp_path):
+    # YAML 1.1 reads `off` as False; `run.placement: off` must still mean placement off
+    assert load_config(None, ["run.placement=off"]).run.placement == "off"
+    path = tmp_path / "run.yaml"
+    path.write_text("run:\n  placement: off\n")
+    assert load_config(path).run.placement == "off"
+    with pytest.raises(ConfigError, match="run.placement: True is not one of"):
+        load_config(None, ["run.placement=on"])  # no "on" among its choices: still an error
+
+
 def test_config_is_frozen():
     cfg = load_config(ROOT / "configs/demo.yaml")
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -278,6 +278,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
         return _coerce(value, inner, where)
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads a bare off/on/no/yes as a boolean: take the word back
+            value = next((w for w in (("on", "yes", "true") if value else ("off", "no", "false"))
+                          if w in typing.get_args(hint)), value)
         if value not in typing.get_args(hint):
             raise ConfigError(f"{where}: {value!r} is not one of {list(typing.get_args(hint))}")
         return value
