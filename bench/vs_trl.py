@@ -4,8 +4,8 @@
     python bench/vs_trl.py                      # both workloads, one run each, back to back
     python bench/vs_trl.py --workload compute --steps 100 --tiller async --tiller sync
 
-Workloads (models of our making, random init, char tokenizer, the letters prompts and the vowel
-reward of configs/demo.yaml; k = 2 samples per prompt, 8 pairs per step):
+Workloads (models of our making, random init, char tokenizer, the letters prompts of configs/demo.yaml
+(the same set; TRL's loader shuffles it) and its vowel reward; k = 2 samples per prompt, 8 pairs per step):
   overhead  ~0.3M parameters, 24 new tokens: every step is cheap, fixed costs dominate
   compute   ~22M parameters, 64 new tokens: generation and training dominate
 
@@ -71,7 +71,7 @@ def trl_worker(spec: dict) -> None:
     from transformers import AutoModelForCausalLM, TrainerCallback
 
     from tiller.config import DataConfig
-    from tiller.learner.prompts import _letters
+    from tiller.learner.prompts import letters_prompts
     from tiller.models import load_tokenizer
     from tiller.tasks import vowel_reward
     from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
@@ -79,7 +79,7 @@ def trl_worker(spec: dict) -> None:
     torch.manual_seed(spec["seed"])
     tokenizer = load_tokenizer(spec["model"])
     model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
-    prompts = _letters(DataConfig(num_prompts=spec["steps"] * PAIRS_PER_STEP * 2, seed=spec["seed"]))
+    prompts = letters_prompts(DataConfig(num_prompts=spec["steps"] * PAIRS_PER_STEP * 2, seed=spec["seed"]))
     records: list[dict] = []
 
     def reward(prompts, completions, **_):

@@ -45,7 +45,8 @@ class PromptStream:
         return flat, lengths
 
 
-def _letters(cfg: DataConfig) -> list[str]:
+def letters_prompts(cfg: DataConfig) -> list[str]:
+    """The `letters` source: random lowercase strings, the same for the same `data.seed` (benches reuse them)."""
     rng = random.Random(cfg.seed)
     letters = "abcdefghijklmnopqrstuvwxyz"
     return [
@@ -137,7 +138,7 @@ def render(conversation: list[Message], tokenizer, use_template: bool, where: st
 def load_prompts(cfg: DataConfig, tokenizer, max_prompt_tokens: int) -> PromptStream:
     """Tokenize every prompt now, so a bad row fails before any expensive work starts."""
     if cfg.source == "letters":
-        rows = [(f"data row {i}", text) for i, text in enumerate(_letters(cfg), start=1)]
+        rows = [(f"data row {i}", text) for i, text in enumerate(letters_prompts(cfg), start=1)]
     else:
         rows = _jsonl(cfg) if cfg.source == "jsonl" else _dataset(cfg)
     conversations = [_conversation(value, where, cfg.prompt_field) for where, value in rows]
