@@ -77,5 +77,11 @@ def test_tiller_plot_draws_what_the_metrics_hold(tmp_path):
     names = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
     assert names == ["loss.png", "phases.png", "reward.png", "staleness.png", "throughput.png"]  # no KL in DPO rows
     assert all((tmp_path / "plots" / n).stat().st_size > 5000 for n in names)
+    dpo = [{**r, "rewards/accuracy": 0.75, "response_length/mean": 20.0 - r["step"], "logps/chosen": -9.0,
+            "logps/rejected": -12.0, "offpolicy/logratio": -0.01, "kl/sequence": 2.0 * r["step"]} for r in rows]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in dpo))
+    assert CliRunner().invoke(app, ["plot", str(tmp_path)]).exit_code == 0
+    assert {p.name for p in (tmp_path / "plots").glob("*.png")} == set(names) | {"kl.png", "pairs.png", "length.png",
+                                                                                "logps.png"}
     missing = CliRunner().invoke(app, ["plot", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "no metrics" in missing.output

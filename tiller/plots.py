@@ -22,6 +22,12 @@ CHARTS: dict[str, tuple[str, str, list[tuple[str, str]], bool]] = {
     "throughput": ("throughput", "per second", [("samples_per_s", "judged samples"),
                                                  ("tokens/generated_per_s", "tokens generated"),
                                                  ("tokens/trained_per_s", "tokens trained")], False),
+    # online DPO: what shows instability coming (pair accuracy falling, responses shrinking, log-probs diving)
+    "pairs": ("preference pairs", "value", [("rewards/accuracy", "pair accuracy"),
+                                            ("offpolicy/logratio", "log pi - log pi_behaviour per token")], False),
+    "length": ("response length", "tokens", [("response_length/mean", "mean response")], False),
+    "logps": ("policy log-probs of trained pairs", "nats (summed)", [("logps/chosen", "chosen"),
+                                                                      ("logps/rejected", "rejected")], False),
     "staleness": ("policy lag of trained samples", "share of the batch", [], True),  # staleness/lag_*, filled in
     "phases": ("where a learner step's time goes", "seconds", [("time/wait_s", "waiting for data"),
                                                                ("time/train_s", "training"),
