@@ -29,7 +29,10 @@ ROOT = Path(__file__).parents[1]
 class Run:
     """A learner and workers started by hand, each with its own log file."""
 
+    live: list["Run"] = []  # killed after each test, passed or failed (a leftover learner holds its ports)
+
     def __init__(self, tmp_path: Path, model_dir: Path, address: str, steps: int, extra: list[str] = ()):
+        Run.live.append(self)
         self.tmp, self.address = tmp_path, address
         self.args = [
             "name=faults", f"output_dir={tmp_path}", f"model.path={model_dir}", f"learner.address={address}",
@@ -74,6 +77,26 @@ class Run:
         return [json.loads(line) for line in (self.tmp / "faults" / "samples.jsonl").read_text().splitlines()]
 
 
+@pytest.fixture(autouse=True)
+def _no_leftover_processes():
+    yield
+    for run in Run.live:
+        for proc in run.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+    Run.live.clear()
+
+
+def joined(run: Run, name: str, timeout_s: float = 240) -> None:
+    """Wait until worker `name` has fetched weights from the learner (so the learner tracks it)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and "loaded policy version" not in run.log(name):
+        assert run.procs[name].poll() is None, run.log(name)[-3000:]
+        time.sleep(0.3)
+    assert "loaded policy version" in run.log(name), run.log(name)[-3000:]
+
+
 def assert_exactly_once(run: Run, steps: int) -> None:
     records = run.records()
     used = Counter(r["prompt_id"] for r in records if r["outcome"] in ("trained", "no_preference"))
@@ -108,6 +131,7 @@ def test_kill_an_actor_and_the_judge_mid_run(tiny_policy_dir, tmp_path, free_add
         run.start(name, "actor")
     run.start("judge0", "judge")
     run.wait_for_step(3)
+    joined(run, "actor0")  # the other actor can reach step 3 alone: kill this one only once the learner knows it
     os.kill(run.procs["actor0"].pid, signal.SIGKILL)
     os.kill(run.procs["judge0"].pid, signal.SIGKILL)
     # No judge is left, so training waits; the learner must notice both deaths by their heartbeats.

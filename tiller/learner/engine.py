@@ -29,6 +29,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+SELF_SET = "TILLER_RANK_VARS_SELF_SET"
+
+
 def init_single_process_distributed() -> None:
     """Set the rank variables DeepSpeed needs (else it tries MPI discovery) and init gloo.
 
@@ -36,7 +39,13 @@ def init_single_process_distributed() -> None:
     found free here can be taken by a process starting beside this one (each vLLM engine picks
     one the same way) before the store binds it, which failed a `tiller run` with EADDRINUSE.
     """
-    launched = all(key in os.environ for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+    # Rank variables this function set (marked) are not a launcher's: a process started from one that ran
+    # it (a test runner, a notebook) inherits them, and taking them for a launcher's made every such learner
+    # bind the same MASTER_PORT.
+    launched = (all(key in os.environ for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+                and SELF_SET not in os.environ)
+    if not launched:
+        os.environ[SELF_SET] = "1"
     for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(key, value)
     os.environ.setdefault("MASTER_PORT", str(_free_port()))  # unused with the file store; DeepSpeed checks it is set
