@@ -53,14 +53,18 @@ class Run:
     def log(self, name: str) -> str:
         return (self.tmp / f"{name}.log").read_text(errors="replace")
 
-    def wait_for_step(self, step: int, timeout_s: float = 240) -> None:
+    def wait_for_log(self, name: str, text: str, timeout_s: float = 240) -> None:
+        """Wait until `text` is in process `name`'s log; fail if the process ends first or time runs out."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if f"step {step:>4} |" in self.log("learner"):
+            if text in self.log(name):
                 return
-            assert self.procs["learner"].poll() is None, self.log("learner")[-3000:]
+            assert self.procs[name].poll() is None, self.log(name)[-3000:]
             time.sleep(0.3)
-        raise AssertionError(f"learner did not reach step {step}:\n{self.log('learner')[-3000:]}")
+        raise AssertionError(f"{name} never logged {text!r}:\n{self.log(name)[-3000:]}")
+
+    def wait_for_step(self, step: int, timeout_s: float = 240) -> None:
+        self.wait_for_log("learner", f"step {step:>4} |", timeout_s)
 
     def finish(self, timeout_s: float = 300) -> dict:
         try:
@@ -86,15 +90,6 @@ def _no_leftover_processes():
                 proc.kill()
                 proc.wait(timeout=30)
     Run.live.clear()
-
-
-def joined(run: Run, name: str, timeout_s: float = 240) -> None:
-    """Wait until worker `name` has fetched weights from the learner (so the learner tracks it)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and "loaded policy version" not in run.log(name):
-        assert run.procs[name].poll() is None, run.log(name)[-3000:]
-        time.sleep(0.3)
-    assert "loaded policy version" in run.log(name), run.log(name)[-3000:]
 
 
 def assert_exactly_once(run: Run, steps: int) -> None:
@@ -131,7 +126,8 @@ def test_kill_an_actor_and_the_judge_mid_run(tiny_policy_dir, tmp_path, free_add
         run.start(name, "actor")
     run.start("judge0", "judge")
     run.wait_for_step(3)
-    joined(run, "actor0")  # the other actor can reach step 3 alone: kill this one only once the learner knows it
+    # the other actor can reach step 3 alone: kill this one only once it has fetched weights (the learner knows it)
+    run.wait_for_log("actor0", "loaded policy version")
     os.kill(run.procs["actor0"].pid, signal.SIGKILL)
     os.kill(run.procs["judge0"].pid, signal.SIGKILL)
     # No judge is left, so training waits; the learner must notice both deaths by their heartbeats.
