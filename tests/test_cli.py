@@ -94,6 +94,9 @@ def test_placement_on_two_cores_keeps_the_learner_alone_and_says_what_is_shared(
     assert "shared" in describe(slots)
     env = slots[1].env()
     assert env["VLLM_CPU_OMP_THREADS_BIND"] == "1" and env["TILLER_CORES"] == "1" and env["OMP_NUM_THREADS"] == "1"
+    # one actor: a light judge ties between the two cores and goes beside the learner, not the actor
+    one = {s.role: s.cores for s in plan(actors=1, judges=1, heavy_judges=False, cores=[0, 1])}
+    assert one == {"learner": (0,), "actor0": (1,), "judge0": (0,)}
 
 
 def test_placement_auto_starts_no_more_actors_than_cores_left_for_them():

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tiller import timeline
+
 pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[cpu]')")
 pytestmark = pytest.mark.slow
 
@@ -64,9 +66,34 @@ def test_tiller_run_trains_with_two_actors_and_a_judge(tiny_policy_dir, tmp_path
                           capture_output=True, text=True, timeout=420, cwd=Path(__file__).parents[1])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "placement:" in done.stdout and f"step {STEPS:>4}" in done.stdout
+    assert "mean reward: first 10%" in done.stdout  # the learner's last lines were flushed before its quick exit
     check_run(tmp_path / "e2e-run")
+    first = json.loads((tmp_path / "e2e-run" / "metrics.jsonl").read_text().splitlines()[0])
+    check_timeline(tmp_path / "e2e-run", first["time/first_step_s"])
     for log in (tmp_path / "e2e-run" / "logs").glob("*.log"):  # every worker heard the shutdown
         assert "stopping: training finished" in log.read_text(), log
+
+
+def check_timeline(run_dir: Path, first_step_s: float) -> None:
+    """Every process marked its start and its end on the run's one clock, in the order they depend on each other."""
+    marks = timeline.read(run_dir)
+    at = {(m["process"], m["event"]): m["s"] for m in marks}
+    assert at["launcher", "configured"] <= at["launcher", "workers started"] <= at["launcher", "learner started"]
+    assert at["launcher", "learner started"] <= at["learner", "imported"] <= at["learner", "models built"]
+    assert at["learner", "models built"] <= at["learner", "listening"] <= at["learner", "first step trained"]
+    # the learner's first step waited for a rollout from an actor whose engine had been built and loaded
+    first_rollout = min(s for (process, event), s in at.items() if event == "first rollout sent")
+    assert first_rollout <= at["learner", "first step trained"]
+    for actor in ("actor0", "actor1"):
+        assert at["launcher", "workers started"] <= at[actor, "imported"] <= at[actor, "engine built"]
+    assert at["judge0", "judge built"] <= at["judge0", "first task judged"] <= at["learner", "first step trained"]
+    # time/first_step_s is the same moment on the same clock
+    assert abs(at["learner", "first step trained"] - first_step_s) < 1.0
+    # the end: training finished, every worker told, the learner out, then everyone
+    told = [s for (process, event), s in at.items() if event == "told to stop"]
+    assert len(told) == 3 and min(told) >= at["learner", "training finished"]
+    assert at["learner", "saved, summarised, workers told"] <= at["launcher", "learner exited"]
+    assert marks[-1]["process"] == "launcher" and marks[-1]["event"] == "every process exited"
 
 
 def wait_for(path: Path, text: str, timeout_s: float) -> None:

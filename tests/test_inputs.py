@@ -92,3 +92,33 @@ def test_tiller_run_refuses_bad_setups_in_seconds_before_any_process(overrides, 
     assert len(errors) == 1 and re.search(expected, errors[0]), done.stderr
     assert "started" not in done.stdout and not (tmp_path / "demo" / "logs" / "actor0.log").exists()
     assert seconds < 10, f"took {seconds:.1f} s"
+
+
+def test_a_prompt_only_the_tokenizer_refuses_stops_the_workers_started_meanwhile(tmp_path, tiny_policy_dir):
+    """Tokenizing waits for transformers (1.5 s), so the actors start first (their vLLM start is the longest
+    path to the first step); a prompt refused then still ends the run in seconds, with nothing left running."""
+    import time
+
+    (tmp_path / "p.jsonl").write_text('{"prompt": "ab"}\n{"prompt": "' + "a" * 400 + '"}\n')
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "tiller", "run", "configs/demo.yaml", f"output_dir={tmp_path}",
+         f"model.path={tiny_policy_dir}", "data.source=jsonl", f"data.path={tmp_path / 'p.jsonl'}"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT)
+    seconds = time.monotonic() - started
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "p.jsonl:2: prompt has 400 tokens" in errors[0], done.stderr
+    milestones = (tmp_path / "demo" / "timeline.jsonl").read_text()
+    assert "workers started" in milestones and "learner started" not in milestones
+    launch = str(tmp_path / "demo" / "launch.yaml")
+    left = [p for p in Path("/proc").iterdir() if p.name.isdigit() and launch in _cmdline(p)]
+    assert not left, f"processes still running: {left}"
+    assert seconds < 15, f"took {seconds:.1f} s"
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

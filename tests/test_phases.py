@@ -9,7 +9,9 @@ import pytest
 
 from tiller.config import LearnerConfig, RolloutConfig
 from tiller.learner.coordinator import Coordinator
-from tiller.learner.phases import STARTED_ENV, StepClock
+from tiller import timeline
+from tiller.learner.phases import StepClock
+from tiller.timeline import STARTED_ENV
 from tiller.learner.prompts import PromptStream
 from tiller.protocol.messages import LeaseRequest, Rollout
 
@@ -85,3 +87,16 @@ def test_tiller_plot_draws_what_the_metrics_hold(tmp_path):
                                                                                 "logps.png"}
     missing = CliRunner().invoke(app, ["plot", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "no metrics" in missing.output
+
+
+def test_milestones_share_the_runs_clock_and_survive_a_torn_line_and_an_unwritable_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv(STARTED_ENV, str(time.time() - 3.0))  # `tiller run` started 3 s ago
+    assert timeline.mark(tmp_path, "actor0", "engine built") == pytest.approx(3.0, abs=1.0)
+    monkeypatch.setenv(STARTED_ENV, str(time.time() - 1.0))  # a second process, on the same clock
+    timeline.mark(tmp_path, "learner", "listening")
+    with open(tmp_path / timeline.FILE, "a") as out:
+        out.write('{"process": "judge0", "ev')  # a process killed mid-write
+    marks = timeline.read(tmp_path)
+    assert [(m["process"], m["event"]) for m in marks] == [("learner", "listening"), ("actor0", "engine built")]
+    assert timeline.read(tmp_path / "nowhere") == []
+    timeline.mark(tmp_path / "nowhere", "actor0", "imported")  # logged, never raised: a run is not failed by this

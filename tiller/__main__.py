@@ -1,4 +1,4 @@
-from tiller.cli import app
+from tiller.cli import main
 
 if __name__ == "__main__":
-    app()
+    main()

@@ -50,6 +50,16 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.kv_cache_gib))))
         import torch
+
+        eager = not torch.cuda.is_available()
+        if eager:
+            # Without a GPU the model runs eagerly, but vLLM still torch.compiles small sampler helpers
+            # (the sampled token's rank, with inductor): 2-3 s of the first generate call with a warm
+            # compile cache, far more on a machine whose cache is cold (a C++ build). Eager is as fast
+            # for them on a CPU, so dynamo is off in this process (it serves no other purpose here).
+            import torch._dynamo
+
+            torch._dynamo.config.disable = True
         from vllm import LLM
 
         self.model_dir = Path(model_dir)
@@ -58,7 +68,7 @@ class VLLMEngine:
             model=str(self.model_dir),
             skip_tokenizer_init=True,
             dtype=cfg.dtype,
-            enforce_eager=not torch.cuda.is_available(),
+            enforce_eager=eager,
             worker_extension_cls=WORKER_EXTENSION,
             max_model_len=cfg.max_model_len,
             logprobs_mode="processed_logprobs",  # after temperature/top-p: what was sampled from
@@ -134,6 +144,11 @@ class VLLMEngine:
 
     def greedy(self, prompts: list[np.ndarray], max_new_tokens: int) -> list[list[int]]:
         return self.complete(prompts, max_new_tokens)  # no timeout: every request finishes
+
+    def close(self) -> None:
+        """Stop the engine: its worker and process group (and its process, where it has one). Done
+        explicitly so that the actor can leave without Python's slower teardown (`finish_process`)."""
+        self.llm.llm_engine.engine_core.shutdown()
 
     def load_weights(self, named_tensors: list) -> None:
         """Swap new weights into the running engine, then drop KV blocks computed with the old ones."""

@@ -20,6 +20,7 @@ from tiller.actors.worker import HeartbeatThread, default_worker_id, request_pat
 from tiller.config import Config
 from tiller.protocol.messages import JudgeFailed, Scores, ScoreTask, Shutdown, WorkRequest, unflatten
 from tiller.protocol.transport import LearnerClient
+from tiller.timeline import mark
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class JudgeActor:
         self.cfg = cfg
         self.judge_id = judge_id or default_worker_id("judge")
         self.incarnation = time.time_ns()
+        mark(cfg.run_dir, self.judge_id, "imported")
         self.judge = build_judge(cfg.judge, cfg.model.path,
                                  transcript_path=cfg.run_dir / "judges" / f"{self.judge_id}.jsonl")
         self.work = {"tasks": 0, "samples": 0, "pairs": 0, "busy_seconds": 0.0}
@@ -78,6 +80,7 @@ class JudgeActor:
         self.client = LearnerClient(address, security=cfg.security)
         self.heartbeat = HeartbeatThread(address, self.judge_id, self.incarnation, "judge",
                                          cfg.learner.heartbeat_s, cfg.learner.missed_beats, cfg.security)
+        mark(cfg.run_dir, self.judge_id, "judge built")
 
     def run(self) -> int:
         """Judge tasks until the learner says stop; returns how many were judged."""
@@ -92,12 +95,15 @@ class JudgeActor:
             reply = self._wait_for_work(request, timeout)
             if isinstance(reply, Shutdown):
                 log.info("%s stopping: %s", self.judge_id, reply.reason)
+                mark(self.cfg.run_dir, self.judge_id, "told to stop")
                 return judged
             if not isinstance(reply, ScoreTask):
                 log.warning("ignoring unexpected %s from the learner", type(reply).KIND)
                 continue
             self.client.send(self.answer(reply))
             judged += 1
+            if judged == 1:
+                mark(self.cfg.run_dir, self.judge_id, "first task judged")
 
     def answer(self, task: ScoreTask) -> Scores | JudgeFailed:
         """Judge one task. A task the judge fails on (after the engine's own retries) is given back

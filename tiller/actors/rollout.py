@@ -24,6 +24,7 @@ from tiller.protocol.messages import (
     Lease, LeaseRequest, Rollout, Shutdown, Wait, WeightsBucket, WeightsGone, WeightsRequest, unflatten,
 )
 from tiller.protocol.transport import LearnerClient
+from tiller.timeline import mark
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +66,13 @@ class RolloutActor:
         self.actor_id = actor_id or default_worker_id("actor")
         self.incarnation = time.time_ns()  # tells this start's work from a previous one's
         self.client = LearnerClient(address, security=cfg.security)
+        mark(cfg.run_dir, self.actor_id, "imported")
         self.engine = VLLMEngine(cfg.model.path, cfg.rollout, seed=cfg.seed + os.getpid())
-        # The first generate call of a fresh engine is slow (seconds on CPU); pay it before taking
-        # a lease, so the first lease is not late and its samples are not stale.
+        mark(cfg.run_dir, self.actor_id, "engine built")
+        # The first generate call of a fresh engine is slower; pay it before taking a lease, so the
+        # first lease is not late and its samples are not stale.
         self.engine.generate([np.array(self.engine.eos_ids[:1] or [0], np.int32)], 2, 4)
+        mark(cfg.run_dir, self.actor_id, "warmed up")
         self.version = -1  # weights on disk are not a published version: fetch before generating
         self.learner_incarnation = -1
         self.seq = 0
@@ -82,6 +86,8 @@ class RolloutActor:
         start = time.monotonic()
         learner, version, named = fetch_weights(self.client, learner, version, self.cfg.rollout.learner_timeout_s)
         self.engine.load_weights(named)
+        if self.version < 0:
+            mark(self.cfg.run_dir, self.actor_id, "first weights loaded")
         self.learner_incarnation, self.version = learner, version
         self.load_seconds += time.monotonic() - start
         log.info("%s loaded policy version %d in %.2f s", self.actor_id, version, time.monotonic() - start)
@@ -100,6 +106,7 @@ class RolloutActor:
             self.idle_seconds += time.monotonic() - asked
             if isinstance(reply, Shutdown):
                 log.info("%s stopping: %s", self.actor_id, reply.reason)
+                mark(self.cfg.run_dir, self.actor_id, "told to stop")
                 return sent
             if isinstance(reply, (Lease, Wait)) and (
                     (reply.learner_incarnation, reply.latest_version) != (self.learner_incarnation, self.version)):
@@ -111,6 +118,8 @@ class RolloutActor:
             if isinstance(reply, Lease):
                 self.client.send(self.rollout_for(reply))
                 sent += 1
+                if sent == 1:
+                    mark(self.cfg.run_dir, self.actor_id, "first rollout sent")
 
     def rollout_for(self, lease: Lease) -> Rollout:
         prompts = unflatten(lease.prompt_tokens, lease.prompt_lengths)

@@ -2,6 +2,7 @@
 
 import typer
 
+from tiller.cli import common
 from tiller.cli.actor import actor
 from tiller.cli.judge import judge
 from tiller.cli.keys import keys
@@ -19,3 +20,9 @@ app.command("judge")(judge)
 app.command("keys")(keys)
 app.command("plot")(plot)
 app.command("status")(status)
+
+
+def main() -> None:
+    """The `tiller` program (console script and `python -m tiller`)."""
+    common.STANDALONE = True
+    app()

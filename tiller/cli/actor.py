@@ -6,7 +6,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from tiller.cli.common import ConfigOption, DryRun, LearnerAddress, Overrides, resolve, run_or_explain, setup_process
+from tiller.cli.common import (
+    ConfigOption, DryRun, LearnerAddress, Overrides, finish_process, resolve, run_or_explain, setup_process,
+)
 
 
 def actor(
@@ -24,9 +26,12 @@ def actor(
     from tiller.models import prepare_model
 
     run_or_explain(prepare_model, cfg)  # a tiny demo model is built on the spot if it is not there yet
+    rollout_actor = run_or_explain(lambda: RolloutActor(cfg, learner or cfg.learner.address, actor_id))
     try:
-        sent = run_or_explain(lambda: RolloutActor(cfg, learner or cfg.learner.address, actor_id).run())
+        sent = run_or_explain(rollout_actor.run)
     except LearnerGone as exc:
         typer.echo(f"actor stopped: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"actor done: {sent} rollouts sent")
+    rollout_actor.engine.close()  # 1 s; Python's teardown of the engine and torch took 2.6 s more (measured)
+    finish_process(0)

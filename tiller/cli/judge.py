@@ -6,7 +6,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from tiller.cli.common import ConfigOption, DryRun, LearnerAddress, Overrides, resolve, run_or_explain, setup_process
+from tiller.cli.common import (
+    ConfigOption, DryRun, LearnerAddress, Overrides, finish_process, resolve, run_or_explain, setup_process,
+)
 
 
 def judge(
@@ -33,3 +35,5 @@ def judge(
         typer.echo(f"judge stopped: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"judge done: {judged} tasks judged")
+    if cfg.judge.kind not in ("llm_pairwise", "cai"):  # no vLLM engine to stop: nothing left to clean up
+        finish_process(0)

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tiller.cli.common import ConfigOption, DryRun, Overrides, resolve, run_or_explain, setup_process
+from tiller.cli.common import ConfigOption, DryRun, Overrides, finish_process, resolve, run_or_explain, setup_process
 
 
 def learner(
@@ -32,4 +32,4 @@ def learner(
     from tiller.learner.main import run
 
     run_or_explain(run, cfg, resume=resume is not None)
-    raise typer.Exit(0)
+    finish_process(0)

@@ -1,10 +1,16 @@
-"""Everything `tiller run` can check before it starts a process: one clear line and exit 2, in seconds.
+"""Everything `tiller run` can check itself: one clear line and exit 2, in seconds.
 
 The learner, actors and judges check their own inputs again when they start (each may run on
 its own), but by then two vLLM engines may have been built: a broken prompt file was once
-reported after 66 s, a refused bind after 50 s. So the launcher checks the same things first:
-the bind address, the model directory and its context length, the prompt data (read and
-tokenized in full, as the learner will), the judge's files, and the rules that span sections.
+reported after 66 s, a refused bind after 50 s. So the launcher checks the same things first,
+in two parts:
+- `check_before_start`, before any process starts: the model directory and its context length,
+  the judge's files, and every prompt row read and parsed (the bind address and the rules that
+  span sections are checked before this, as the config loads).
+- `check_prompts`, while the actors start (importing vLLM and building an engine is the longest
+  path to the first step, so it does not wait for this): every prompt tokenized as the learner
+  will, which needs the policy's tokenizer (importing transformers, 1.5 s). A prompt it refuses
+  (empty, too long, a conversation without a chat template) stops the started workers and the run.
 """
 
 from __future__ import annotations
@@ -15,18 +21,26 @@ from pathlib import Path
 from tiller.config import Config, ConfigError
 
 
-def check_everything(cfg: Config) -> int:
-    """Raise ConfigError for the first problem; returns the number of prompts. The bind address is
-    checked before this, first of all (`security.check_bind`), since building the demo model
+def check_before_start(cfg: Config) -> list:
+    """Raise ConfigError for the first problem; returns the prompt rows (for `check_prompts`). The bind
+    address is checked before this, first of all (`security.check_bind`), since building the demo model
     (`prepare_model`) comes between the two."""
     _check_model(cfg)
     _check_judge_files(cfg)
+    from tiller.learner.prompts import read_rows
+
+    return read_rows(cfg.data)
+
+
+def check_prompts(cfg: Config, rows: list) -> int:
+    """Tokenize every prompt row as the learner will; raise ConfigError for the first it refuses.
+    Returns the number of prompts."""
     from tiller.learner.prompts import load_prompts
     from tiller.models import load_tokenizer
 
     tokenizer = load_tokenizer(Path(cfg.model.path))
-    prompts = load_prompts(cfg.data, tokenizer, cfg.rollout.max_model_len - cfg.rollout.max_new_tokens)
-    return len(prompts)
+    return len(load_prompts(cfg.data, tokenizer, cfg.rollout.max_model_len - cfg.rollout.max_new_tokens, rows))
+
 
 
 def _check_model(cfg: Config) -> None:

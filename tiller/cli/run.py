@@ -24,9 +24,10 @@ import typer
 from tiller import STARTED
 from tiller.cli import placement
 from tiller.cli.common import DryRun, Overrides, resolve, run_or_explain
-from tiller.cli.preflight import check_everything
+from tiller.cli.preflight import check_before_start, check_prompts
 from tiller.config import Config, dump_config
-from tiller.learner.phases import STARTED_ENV
+from tiller import timeline
+from tiller.timeline import STARTED_ENV
 
 
 def _spawn(slot: placement.Slot, args: list[str], log_path: Path | None, append: bool = False) -> subprocess.Popen:
@@ -89,11 +90,41 @@ def launch(cfg: Config) -> int:
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     launch_config = run_dir / "launch.yaml"
     launch_config.write_text(dump_config(cfg))
+    (run_dir / timeline.FILE).unlink(missing_ok=True)  # this run's milestones only
+    timeline.mark(run_dir, "launcher", "configured")
     prepare_model(cfg)  # once, here, so the children never race to build it
     started = time.monotonic()
-    prompts = check_everything(cfg)  # what the parts would refuse after their engines start, refused now
+    rows = check_before_start(cfg)  # what the parts would refuse after their engines start, refused now
+    timeline.mark(run_dir, "launcher", "model and prompt rows checked")
+    slots = _placement(cfg)
+    learner_slot = next(s for s in slots if s.role == "learner")
+    if learner_slot.cores:  # what this process still does (the preflight, supervising) goes beside the learner
+        os.sched_setaffinity(0, set(learner_slot.cores))
+    # Workers first: an actor's start (importing vLLM, building its engine) is the longest path to the
+    # first step, so it runs while the prompts are tokenized. Their logs go to files, and if a prompt is
+    # refused they are stopped before they have done anything.
+    children = [_child(cfg, slot) for slot in slots if slot.role != "learner"]
+    timeline.mark(run_dir, "launcher", "workers started")
+    try:
+        prompts = check_prompts(cfg, rows)
+    except BaseException:
+        _stop(children, timeout=5.0)
+        raise
     typer.echo(f"preflight: config, bind, model, judge files and {prompts} prompts checked "
                f"in {time.monotonic() - started:.1f} s")
+    children.insert(0, _child(cfg, learner_slot))
+    timeline.mark(run_dir, "launcher", "learner started")
+    pids = ", ".join(f"{c.role} {c.process.pid}" for c in children)
+    typer.echo(f"started {len(children)} processes ({pids}); worker logs in {run_dir / 'logs'}")
+    try:
+        return _supervise(cfg, children)
+    except KeyboardInterrupt:
+        _stop(children)
+        return 130
+
+
+def _placement(cfg: Config) -> list[placement.Slot]:
+    """The printed plan: which cores (or GPU) each process gets."""
     rc = cfg.run
     gpus, actors = placement.gpu_count(), rc.actors
     if rc.placement == "auto" and gpus == 0:
@@ -105,19 +136,14 @@ def launch(cfg: Config) -> int:
         gpus=gpus, manual=rc.cores if rc.placement == "manual" else None,
     ) if rc.placement != "off" else [placement.Slot(r, ()) for r in placement.roles(actors, rc.judges)]
     typer.echo(placement.describe(slots))
-    children: list[Child] = []
-    for slot in slots:
-        command = "learner" if slot.role == "learner" else "actor" if slot.role.startswith("actor") else "judge"
-        args = [command, "--config", str(launch_config)] + (["--id", slot.role] if command != "learner" else [])
-        log = run_dir / "logs" / f"{slot.role}.log" if command != "learner" else None
-        children.append(Child(slot.role, slot, args, log, _spawn(slot, args, log)))
-    pids = ", ".join(f"{c.role} {c.process.pid}" for c in children)
-    typer.echo(f"started {len(children)} processes ({pids}); worker logs in {run_dir / 'logs'}")
-    try:
-        return _supervise(cfg, children)
-    except KeyboardInterrupt:
-        _stop(children)
-        return 130
+    return slots
+
+
+def _child(cfg: Config, slot: placement.Slot) -> Child:
+    command = "learner" if slot.role == "learner" else "actor" if slot.role.startswith("actor") else "judge"
+    args = [command, "--config", str(cfg.run_dir / "launch.yaml")] + (["--id", slot.role] if command != "learner" else [])
+    log = cfg.run_dir / "logs" / f"{slot.role}.log" if command != "learner" else None
+    return Child(slot.role, slot, args, log, _spawn(slot, args, log))
 
 
 def _supervise(cfg: Config, children: list[Child]) -> int:
@@ -142,10 +168,12 @@ def _supervise(cfg: Config, children: list[Child]) -> int:
         except subprocess.TimeoutExpired:
             pass
     learner_done = time.monotonic()
+    timeline.mark(cfg.run_dir, "launcher", "learner exited")
     grace = learner_done + cfg.learner.shutdown_grace_s + 30
     while any(c.process.poll() is None for c in workers) and time.monotonic() < grace:
         time.sleep(0.1)
     _stop(workers)
+    timeline.mark(cfg.run_dir, "launcher", "every process exited")
     # the tail of a run, so it can be measured: workers leave once they hear training finished
     typer.echo(f"run: every process exited {time.time() - STARTED:.1f} s after start "
                f"(workers {time.monotonic() - learner_done:.1f} s after the learner)")

@@ -29,11 +29,11 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from tiller.learner.errors import NonFiniteTraining
+
+__all__ = ["FiniteGuard", "NonFiniteTraining", "assert_finite", "grad_norm"]
+
 log = logging.getLogger(__name__)
-
-
-class NonFiniteTraining(RuntimeError):
-    """Training produced non-finite numbers the guard could not step around."""
 
 
 def grad_norm(parameters: Iterable[torch.nn.Parameter]) -> float | None:

@@ -31,13 +31,14 @@ from tiller.learner.engine import DTYPES, PolicyTrainer
 from tiller.learner.publish import WeightPublisher
 from tiller.learner import checkpoint
 from tiller.learner.metrics import (
-    MetricsSink, first_last_tenth, keep_steps_up_to, plot_judges, plot_reward, reward_table,
+    MetricsSink, first_last_tenth, keep_steps_up_to, plot_judges, plot_reward, reward_table, warm_plotting,
 )
 from tiller.learner.phases import StepClock
 from tiller.learner.prompts import load_prompts
 from tiller.learner.server import LearnerServer
 from tiller.models import load_tokenizer, prepare_model
 from tiller.protocol.security import check_bind
+from tiller.timeline import mark
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,7 @@ def run(cfg: Config, resume: bool = False) -> dict | None:
     if resume and latest is None:
         raise ConfigError(f"--resume: no complete checkpoint under {run_dir / 'checkpoints'}")
     (run_dir / "config.yaml").write_text(dump_config(cfg))
+    mark(run_dir, "learner", "imported")
     model_dir = prepare_model(cfg)
     tokenizer = load_tokenizer(model_dir)
     prompts = load_prompts(cfg.data, tokenizer, cfg.rollout.max_model_len - cfg.rollout.max_new_tokens)
@@ -167,6 +169,7 @@ def run(cfg: Config, resume: bool = False) -> dict | None:
                             reference_dir=checkpoint.reference_dir(run_dir) if latest else None)
     coordinator = Coordinator(prompts, cfg.learner, cfg.rollout, seed=cfg.seed, vocab_size=trainer.vocab_size,
                               needs=algorithm.needs)
+    mark(run_dir, "learner", "models built")
     state = {"step": 0, "version": 0, "wandb_id": None}
     if latest is not None:
         state = checkpoint.restore(latest, trainer)
@@ -178,6 +181,8 @@ def run(cfg: Config, resume: bool = False) -> dict | None:
     publisher = WeightPublisher(trainer, DTYPES[cfg.rollout.dtype], cfg.learner.weight_bucket_mb << 20)
     server.publish(publisher.snapshot(version)[0])
     server.start()
+    mark(run_dir, "learner", "listening")
+    warm_plotting()
     print(f"learner listening on {server.address} ({len(prompts)} prompts, {cfg.learner.steps} steps)", flush=True)
     sink = MetricsSink(cfg, run_dir, resume_step=state["step"], wandb_id=state["wandb_id"])
     record = SampleRecord(run_dir / "samples.jsonl", resume_step=state["step"])
@@ -205,11 +210,17 @@ def run(cfg: Config, resume: bool = False) -> dict | None:
     finally:
         signal.signal(signal.SIGTERM, previous_handler)  # after training, SIGTERM stops the process again
     print("training finished; telling workers to stop", flush=True)
-    server.shutdown(cfg.learner.shutdown_grace_s)
+    mark(run_dir, "learner", "training finished")
+    # The workers hear it as they next call in (an actor first finishes the batch it is generating):
+    # the final save and the summary are made meanwhile, not after, so the run ends sooner.
+    server.begin_shutdown(cfg.learner.shutdown_grace_s)
     record.close()
     sink.close()
     trainer.save(run_dir / "final", tokenizer_dir=model_dir)
-    return summarise(cfg, sink.history, server, trainer.guard.skipped)
+    summary = summarise(cfg, sink.history, server, trainer.guard.skipped)
+    server.wait_stopped(cfg.learner.shutdown_grace_s)
+    mark(run_dir, "learner", "saved, summarised, workers told")
+    return summary
 
 
 def train(cfg: Config, algorithm: Algorithm, trainer: PolicyTrainer, publisher: WeightPublisher,
@@ -238,6 +249,8 @@ def train(cfg: Config, algorithm: Algorithm, trainer: PolicyTrainer, publisher: 
         server.progress = {"step": step, "steps": cfg.learner.steps, **metrics}  # for `tiller status`
         sink.log(metrics)
         record.flush()
+        if step == done_steps + 1:
+            mark(cfg.run_dir, "learner", "first step trained")
         if cfg.learner.checkpoint_every and step % cfg.learner.checkpoint_every == 0:
             save_checkpoint(cfg, step, version, trainer, server, sink, record)
 

@@ -14,21 +14,10 @@ first trained step.
 
 from __future__ import annotations
 
-import os
 import time
 from contextlib import contextmanager
 
-import tiller
-
-STARTED_ENV = "TILLER_STARTED"  # `tiller run` puts its start time (time.time()) here for the learner
-
-
-def run_started() -> float:
-    """Wall-clock start of the run: `tiller run`'s, else this process's first import of tiller."""
-    try:
-        return float(os.environ[STARTED_ENV])
-    except (KeyError, ValueError):
-        return tiller.STARTED
+from tiller.timeline import since_start
 
 
 class StepClock:
@@ -72,6 +61,6 @@ class StepClock:
         for lag in range(lag_bound + 1):  # the staleness histogram: share of the batch at each lag
             metrics[f"staleness/lag_{lag}"] = sum(1 for x in lags if x == lag) / max(len(lags), 1)
         if self._first:
-            metrics["time/first_step_s"] = time.time() - run_started()
+            metrics["time/first_step_s"] = since_start()
             self._first = False
         return metrics

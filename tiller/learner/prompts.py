@@ -135,12 +135,23 @@ def render(conversation: list[Message], tokenizer, use_template: bool, where: st
     return tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
 
 
-def load_prompts(cfg: DataConfig, tokenizer, max_prompt_tokens: int) -> PromptStream:
-    """Tokenize every prompt now, so a bad row fails before any expensive work starts."""
+def read_rows(cfg: DataConfig) -> list[tuple[str, object]]:
+    """Every prompt row as (where it is, its value), each checked for what needs no tokenizer: readable,
+    the prompt field there, a conversation well formed."""
     if cfg.source == "letters":
         rows = [(f"data row {i}", text) for i, text in enumerate(letters_prompts(cfg), start=1)]
     else:
         rows = _jsonl(cfg) if cfg.source == "jsonl" else _dataset(cfg)
+    for where, value in rows:
+        _conversation(value, where, cfg.prompt_field)
+    return rows
+
+
+def load_prompts(cfg: DataConfig, tokenizer, max_prompt_tokens: int,
+                 rows: list[tuple[str, object]] | None = None) -> PromptStream:
+    """Tokenize every prompt now, so a bad row fails before any expensive work starts (`rows`: what
+    `read_rows` returned, when the caller has read them already)."""
+    rows = read_rows(cfg) if rows is None else rows
     conversations = [_conversation(value, where, cfg.prompt_field) for where, value in rows]
     texts = [value if c is None else render(c, tokenizer, cfg.chat_template, where)
              for (where, value), c in zip(rows, conversations)]

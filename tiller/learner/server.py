@@ -94,7 +94,15 @@ class LearnerServer:
 
     def shutdown(self, grace_s: float) -> None:
         """Tell every worker to stop as it next calls in; return once all heard it or after grace_s."""
+        self.begin_shutdown(grace_s)
+        self.wait_stopped(grace_s)
+
+    def begin_shutdown(self, grace_s: float) -> None:
+        """`shutdown` without the wait: the socket thread tells the workers while the caller goes on
+        (saving, plotting); `wait_stopped` joins it."""
         self._commands.put(("shutdown", grace_s))
+
+    def wait_stopped(self, grace_s: float) -> None:
         self._join(grace_s + 5)
 
     def _join(self, timeout_s: float) -> None:

