@@ -71,6 +71,7 @@ def print_timeline(marks: list[dict]) -> None:
 
 
 def plot(runs: list[dict], bare: dict, path: Path) -> None:
+    """One bar per process, one segment per milestone (named inside it when it is wide enough to read)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,21 +79,28 @@ def plot(runs: list[dict], bare: dict, path: Path) -> None:
 
     marks = runs[-1]["timeline"]
     processes = list(dict.fromkeys(m["process"] for m in marks))
-    fig, ax = plt.subplots(figsize=(10, 0.6 * len(processes) + 2.0))
-    colours = plt.get_cmap("tab10")
+    end = max(m["s"] for m in marks)
+    fig, ax = plt.subplots(figsize=(12, 0.7 * len(processes) + 2.0))
+    colours = plt.get_cmap("tab20")
     for row, process in enumerate(processes):
         start = started_at(marks, process)
         for n, m in enumerate(m for m in marks if m["process"] == process):
-            ax.barh(row, m["s"] - start, left=start, color=colours(n % 10), edgecolor="white")
-            ax.text(m["s"], row + 0.3, m["event"], fontsize=7, ha="right")
+            width = m["s"] - start
+            ax.barh(row, width, left=start, color=colours(n % 20), edgecolor="white")
+            if width >= 0.06 * end:  # short segments stay unnamed (the printed timeline has them all)
+                ax.text(start + width / 2, row, f"→ {m['event']}", fontsize=7, ha="center", va="center")
             start = m["s"]
-    ax.barh(len(processes), bare["total_s"], color="grey")
-    ax.text(bare["total_s"], len(processes) + 0.3, "bare vLLM: import, engine, 1 token", fontsize=7, ha="right")
+    ax.barh(len(processes), bare["total_s"], color="lightgrey")
+    ax.text(bare["total_s"] / 2, len(processes), "bare vLLM: import, build an engine, generate 1 token",
+            fontsize=7, ha="center", va="center")
+    first = runs[-1]["first_step_s"]
+    ax.axvline(first, color="black", linestyle="--", linewidth=1)
+    ax.text(first, -0.6, f" first trained step {first:.1f} s", fontsize=8)
     ax.set_yticks(range(len(processes) + 1), processes + ["baseline"])
     ax.invert_yaxis()
-    ax.set_xlabel("seconds since `tiller run` started")
-    ax.set_title(f"start-up to the first trained step: {runs[-1]['first_step_s']:.1f} s "
-                 f"(bare vLLM start {bare['total_s']:.1f} s)")
+    ax.set_xlabel("seconds since `tiller run` started (each segment ends at the milestone it names)")
+    ax.set_title(f"where the time to the first trained step goes: {first:.1f} s "
+                 f"(a bare vLLM start: {bare['total_s']:.1f} s)")
     save_figure(fig, path)
 
 

@@ -8,7 +8,8 @@ the others share what is left, round-robin; a rule judge (no model) is light and
 the learner when no core is less loaded: an actor's start (importing vLLM, building its engine) is
 the longest path to the first step, and on a CPU generation is the busier side afterwards (demo:
 0.37 s generating to 0.09 s training per step), so the judge's own start and work go beside the
-learner, not beside an actor (measured: the first step came 4 s later with the judge on the actor's core).
+learner, not beside an actor (bench/startup.py: sharing the actor's core with the judge's start, the
+actor took 2.5 s longer to import torch and Tiller, on the path to its engine).
 
 `auto` also chooses how many actors: more vLLM engines than the cores left for them only share
 those cores. Measured on a 2-core machine with configs/demo.yaml (30 steps, one core for the

@@ -42,7 +42,6 @@ def check_prompts(cfg: Config, rows: list) -> int:
     return len(load_prompts(cfg.data, tokenizer, cfg.rollout.max_model_len - cfg.rollout.max_new_tokens, rows))
 
 
-
 def _check_model(cfg: Config) -> None:
     config_file = Path(cfg.model.path) / "config.json"
     if not config_file.exists():

@@ -21,12 +21,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from tiller import STARTED
+from tiller import STARTED, timeline
 from tiller.cli import placement
 from tiller.cli.common import DryRun, Overrides, resolve, run_or_explain
 from tiller.cli.preflight import check_before_start, check_prompts
 from tiller.config import Config, dump_config
-from tiller import timeline
 from tiller.timeline import STARTED_ENV
 
 
