@@ -35,7 +35,8 @@ SHAPES = {  # name -> (vocabulary, shape) of about that many parameters
     "500M": (32000, TinyShape(hidden_size=1024, num_layers=31, num_heads=16, num_kv_heads=4, intermediate_size=4096)),
 }
 BUCKET_BYTES = 256 << 20
-ROUNDS = 3  # timed transfers of each kind; the median is reported (this host's loopback is noisy)
+ROUNDS = 7  # timed transfers of each kind, raw and fetch taking turns; medians are reported (this host's
+# loopback swings by 2x between runs, so the two are measured interleaved, under the same conditions)
 
 
 def free_port() -> int:
@@ -147,30 +148,30 @@ def actor_side(address: str, model: str, raw_port: int) -> None:
     req = zmq.Context.instance().socket(zmq.REQ)
     req.connect(f"tcp://127.0.0.1:{raw_port}")
     buckets = int(sys.argv[5])
-    raw_times = []
-    for _ in range(1 + ROUNDS):  # a warm-up round (the connection), then the timed ones
+    client = LearnerClient(address)
+    raw_times, fetch_times = [], []
+    learner = version = -1  # unknown until the warm-up fetch; after it, known, as a lease reply tells an actor
+    for _ in range(1 + ROUNDS):  # a warm-up round of each (connections, allocations), then the timed ones
+        named = None  # each kind of round starts with the previous fetch's memory free, not held
         started = time.perf_counter()
         raw_bytes = 0
         for _ in range(buckets):
             req.send(b"go")
             raw_bytes += sum(len(f.buffer) for f in req.recv_multipart(copy=False))
         raw_times.append(time.perf_counter() - started)
-    raw_s = float(np.median(raw_times[1:]))
-    client = LearnerClient(address)
-    fetch_times = []
-    for _ in range(1 + ROUNDS):  # a warm-up fetch (connection, allocations), then the timed ones
         named = None
         started = time.perf_counter()
-        _, version, named = fetch_weights(client, -1, -1, 600)
+        learner, version, named = fetch_weights(client, learner, version, 600)
         fetch_times.append(time.perf_counter() - started)
-    fetch_s = float(np.median(fetch_times[1:]))
+    raw_s, fetch_s = float(np.median(raw_times[1:])), float(np.median(fetch_times[1:]))
     started = time.perf_counter()
     engine.load_weights(named)
     load_s = time.perf_counter() - started
     fetched = sum(t.numel() * t.element_size() for _, t in named)
     print(json.dumps({"raw_socket_gbps": raw_bytes / raw_s / 1e9, "fetch_gbps": fetched / fetch_s / 1e9,
                       "fetch_s": fetch_s, "load_s": load_s, "load_gbps": fetched / load_s / 1e9,
-                      "fetch_vs_socket": (fetched / fetch_s) / (raw_bytes / raw_s)}), flush=True)
+                      "fetch_vs_socket": (fetched / fetch_s) / (raw_bytes / raw_s),
+                      "raw_s_rounds": raw_times[1:], "fetch_s_rounds": fetch_times[1:]}), flush=True)
     client.close()
 
 
