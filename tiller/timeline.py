@@ -7,7 +7,7 @@ the run began.
 `tiller run` puts its own start time in the environment of every process it starts, so the
 learner, the actors and the judges all measure from the moment the user pressed enter (a process
 started by hand measures from its own start). Each mark is one JSON line appended to
-`runs/<name>/timeline.jsonl` (and one log line), which `bench/startup.py` turns into a table of
+`runs/<name>/timeline.jsonl` (and one debug log line), which `bench/startup.py` turns into a table of
 where the time to the first trained step, and from the last step to the last exit, went. A line is a few dozen bytes written with one
 `write` in append mode, so processes marking at once do not interleave.
 """
@@ -44,7 +44,7 @@ def mark(run_dir: Path, process: str, event: str) -> float:
     """Record that `process` reached `event` now; returns the seconds since the run began. Never fails
     the run: a milestone that cannot be written is only logged."""
     seconds = since_start()
-    log.info("start-up: %s %s at %.2f s", process, event, seconds)
+    log.debug("timeline: %s %s at %.2f s", process, event, seconds)  # the file is the record; the terminal has enough
     line = json.dumps({"process": process, "event": event, "s": round(seconds, 3), "pid": os.getpid()}) + "\n"
     try:
         with open(Path(run_dir) / FILE, "a", encoding="utf-8") as out:

@@ -272,8 +272,9 @@ def summarise(cfg: Config, history: list[dict], server: LearnerServer, trainer_s
         "reward_first_10pct": first,
         "reward_last_10pct": last,
         "final_policy_version": history[-1]["policy_version"] if history else 0,
-        "actor_work": server.actor_work,
-        "judge_work": server.judge_work,
+        # copies: the socket thread is still telling workers to stop, and counts any last result
+        "actor_work": dict(server.actor_work),
+        "judge_work": dict(server.judge_work),
         "judges": server.judges.summary(),
         "actor_versions": server.public["actor_versions"],
         "protocol_rejected": server.public["protocol"]["rejected"],
