@@ -70,8 +70,10 @@ def test_tiller_run_trains_with_two_actors_and_a_judge(tiny_policy_dir, tmp_path
     check_run(tmp_path / "e2e-run")
     first = json.loads((tmp_path / "e2e-run" / "metrics.jsonl").read_text().splitlines()[0])
     check_timeline(tmp_path / "e2e-run", first["time/first_step_s"])
-    for log in (tmp_path / "e2e-run" / "logs").glob("*.log"):  # every worker heard the shutdown
-        assert "stopping: training finished" in log.read_text(), log
+    for log in (tmp_path / "e2e-run" / "logs").glob("*.log"):  # every worker heard the shutdown, and left cleanly
+        text = log.read_text()
+        assert "stopping: training finished" in text, log
+        assert text.rstrip().splitlines()[-1].startswith(("actor done:", "judge done:")), text[-2000:]
 
 
 def check_timeline(run_dir: Path, first_step_s: float) -> None:
@@ -173,5 +175,8 @@ def test_online_dpo_with_two_cai_judge_processes_sharing_the_work(tiny_policy_di
         assert rows and all(len(r["critiques"]) == 1 and r["principles"] for r in rows)
     assert 0 < metrics[-1]["judge/revision_differs"] <= 1 and metrics[-1]["judge/pairs_per_prompt"] > 0
     assert all(m["pairs"] >= 8 for m in metrics)  # every trained prompt gave at least one revision pair
+    for judge in ("judge0", "judge1"):  # each stopped its vLLM engine and closed its transcript before leaving
+        log = (run_dir / "logs" / f"{judge}.log").read_text()
+        assert log.rstrip().splitlines()[-1].startswith("judge done:"), log[-3000:]  # nothing went wrong after
     records = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert sum(r["outcome"] == "trained" for r in records) == steps * 8

@@ -90,6 +90,11 @@ class ConstitutionalJudge:
             transcript_path.parent.mkdir(parents=True, exist_ok=True)
             self._transcript = transcript_path.open("a")
 
+    def close(self) -> None:
+        self.engine.close()
+        if self._transcript is not None:
+            self._transcript.close()
+
     def stats(self) -> dict[str, float]:
         return llm_judge_stats(self._stats, self.engine, self._cache)
 

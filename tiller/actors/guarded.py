@@ -58,6 +58,12 @@ class GuardedEngine:
         self.stats = GuardStats()
         self._rng = random.Random(seed)
 
+    def close(self) -> None:
+        """Stop the engine inside, if it has anything to stop (a VLLMEngine does)."""
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            close()
+
     def complete(self, prompts: list[np.ndarray], max_new_tokens: int, temperature: float = 0.0,
                  seeds: list[int] | None = None, allowed_token_ids: list[int] | None = None) -> list[list[int] | None]:
         """One continuation per prompt (see the engine's `complete`); None for a request that timed

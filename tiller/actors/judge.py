@@ -82,6 +82,12 @@ class JudgeActor:
                                          cfg.learner.heartbeat_s, cfg.learner.missed_beats, cfg.security)
         mark(cfg.run_dir, self.judge_id, "judge built")
 
+    def close(self) -> None:
+        """Release what the judge holds (a vLLM engine, a transcript file), so the process may leave at once."""
+        close = getattr(self.judge, "close", None)  # rule and reward-model judges hold nothing to release
+        if close is not None:
+            close()
+
     def run(self) -> int:
         """Judge tasks until the learner says stop; returns how many were judged."""
         with self.heartbeat:  # beats for as long as this worker serves

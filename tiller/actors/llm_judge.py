@@ -63,6 +63,9 @@ class LLMPairwiseJudge:
         self._cache: BoundedCache[tuple[str, str, str], Verdict | None] = BoundedCache(cfg.cache_size)
         self._stats = PairwiseStats()
 
+    def close(self) -> None:
+        self.engine.close()
+
     def stats(self) -> dict[str, float]:
         return llm_judge_stats(self._stats, self.engine, self._cache)
 

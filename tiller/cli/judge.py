@@ -29,11 +29,12 @@ def judge(
     from tiller.models import prepare_model
 
     run_or_explain(prepare_model, cfg)  # the judge decodes with the policy's tokenizer
+    judge_actor = run_or_explain(lambda: JudgeActor(cfg, learner or cfg.learner.address, judge_id))
     try:
-        judged = run_or_explain(lambda: JudgeActor(cfg, learner or cfg.learner.address, judge_id).run())
+        judged = run_or_explain(judge_actor.run)
     except LearnerGone as exc:
         typer.echo(f"judge stopped: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"judge done: {judged} tasks judged")
-    if cfg.judge.kind not in ("llm_pairwise", "cai"):  # no vLLM engine to stop: nothing left to clean up
-        finish_process(0)
+    judge_actor.close()
+    finish_process(0)
