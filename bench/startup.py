@@ -22,9 +22,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _runs import ROOT, demo_parser, save, save_figure, tiller_run
+from _runs import ROOT, demo_parser, save, tiller_run
 
 from tiller import timeline
+from tiller.plots import plot_timeline, started_at
 
 BARE_VLLM = """
 import json, os, sys, time
@@ -54,12 +55,6 @@ def bare_vllm(model: str, max_model_len: int, core: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def started_at(marks: list[dict], process: str) -> float:
-    """When the launcher started `process` (0 for the launcher itself)."""
-    event = {"launcher": None, "learner": "learner started"}.get(process, "workers started")
-    return next((m["s"] for m in marks if m["process"] == "launcher" and m["event"] == event), 0.0)
-
-
 def print_timeline(marks: list[dict]) -> None:
     """Each milestone with the time since that process's previous one (or since it was started)."""
     previous: dict[str, float] = {}
@@ -71,37 +66,10 @@ def print_timeline(marks: list[dict]) -> None:
 
 
 def plot(runs: list[dict], bare: dict, path: Path) -> None:
-    """One bar per process, one segment per milestone (named inside it when it is wide enough to read)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    marks = runs[-1]["timeline"]
-    processes = list(dict.fromkeys(m["process"] for m in marks))
-    end = max(m["s"] for m in marks)
-    fig, ax = plt.subplots(figsize=(12, 0.7 * len(processes) + 2.0))
-    colours = plt.get_cmap("tab20")
-    for row, process in enumerate(processes):
-        start = started_at(marks, process)
-        for n, m in enumerate(m for m in marks if m["process"] == process):
-            width = m["s"] - start
-            ax.barh(row, width, left=start, color=colours(n % 20), edgecolor="white")
-            if width >= 0.06 * end:  # short segments stay unnamed (the printed timeline has them all)
-                ax.text(start + width / 2, row, f"→ {m['event']}", fontsize=7, ha="center", va="center")
-            start = m["s"]
-    ax.barh(len(processes), bare["total_s"], color="lightgrey")
-    ax.text(bare["total_s"] / 2, len(processes), "bare vLLM: import, build an engine, generate 1 token",
-            fontsize=7, ha="center", va="center")
     first = runs[-1]["first_step_s"]
-    ax.axvline(first, color="black", linestyle="--", linewidth=1)
-    ax.text(first, -0.6, f" first trained step {first:.1f} s", fontsize=8)
-    ax.set_yticks(range(len(processes) + 1), processes + ["baseline"])
-    ax.invert_yaxis()
-    ax.set_xlabel("seconds since `tiller run` started (each segment ends at the milestone it names)")
-    ax.set_title(f"where the time to the first trained step goes: {first:.1f} s "
-                 f"(a bare vLLM start: {bare['total_s']:.1f} s)")
-    save_figure(fig, path)
+    plot_timeline(runs[-1]["timeline"], path, f"where the time to the first trained step goes: {first:.1f} s "
+                  f"(a bare vLLM start: {bare['total_s']:.1f} s)",
+                  baseline=("bare vLLM: import, build an engine, generate 1 token", bare["total_s"]))
 
 
 def main() -> None:

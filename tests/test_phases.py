@@ -85,6 +85,14 @@ def test_tiller_plot_draws_what_the_metrics_hold(tmp_path):
     assert CliRunner().invoke(app, ["plot", str(tmp_path)]).exit_code == 0
     assert {p.name for p in (tmp_path / "plots").glob("*.png")} == set(names) | {"kl.png", "pairs.png", "length.png",
                                                                                 "logps.png"}
+    # a run's milestones (tiller/timeline.py) become a timeline chart beside them
+    marks = [("launcher", "workers started", 0.5), ("actor0", "engine built", 9.0), ("launcher", "learner started", 2.0),
+             ("learner", "listening", 8.0), ("learner", "first step trained", 10.0)]
+    (tmp_path / timeline.FILE).write_text("".join(json.dumps({"process": p, "event": e, "s": s}) + "\n"
+                                                  for p, e, s in marks))
+    result = CliRunner().invoke(app, ["plot", str(tmp_path)])
+    assert result.exit_code == 0 and "timeline.png" in result.output
+    assert (tmp_path / "plots" / "timeline.png").stat().st_size > 5000
     missing = CliRunner().invoke(app, ["plot", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "no metrics" in missing.output
 

@@ -1,6 +1,7 @@
 """Charts of a run from its `metrics.jsonl`: what people would rather see than read.
 
     tiller plot runs/demo          # writes runs/demo/plots/{reward,kl,loss,throughput,staleness,phases}.png
+                                   # and timeline.png from runs/demo/timeline.jsonl (start-up and end)
 
 Each chart is drawn only from metrics the run has (a DPO run has no `kl/mean`, a run from before
 phase timings has no phases); a value logged as null (not finite) is left out of its line.
@@ -92,4 +93,56 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
+    from tiller import timeline
+
+    marks = timeline.read(run_dir)
+    if marks:
+        written.append(plot_timeline(marks, out / "timeline.png", f"{run_dir.name}: where start-up and the end go"))
     return written
+
+
+def started_at(marks: list[dict[str, Any]], process: str) -> float:
+    """When the launcher started `process` (0 for the launcher itself, or for a process started by hand)."""
+    event = {"launcher": None, "learner": "learner started"}.get(process, "workers started")
+    return next((m["s"] for m in marks if m["process"] == "launcher" and m["event"] == event), 0.0)
+
+
+def plot_timeline(marks: list[dict[str, Any]], path: Path, title: str,
+                  baseline: tuple[str, float] | None = None) -> Path:
+    """One bar per process, one segment per milestone, each named inside it when wide enough to read (the
+    JSON lines have them all); `baseline` adds a grey bar (label, seconds) to compare with."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    processes = list(dict.fromkeys(m["process"] for m in marks))
+    end = max(max(m["s"] for m in marks), baseline[1] if baseline else 0.0)
+    rows = len(processes) + (1 if baseline else 0)
+    fig, ax = plt.subplots(figsize=(12, 0.7 * rows + 2.0))
+    colours = plt.get_cmap("tab20")
+    for row, process in enumerate(processes):
+        start = started_at(marks, process)
+        for n, m in enumerate(m for m in marks if m["process"] == process):
+            width = m["s"] - start
+            ax.barh(row, width, left=start, color=colours(n % 20), edgecolor="white")
+            if width >= 0.06 * end:
+                ax.text(start + width / 2, row, f"→ {m['event']}", fontsize=7, ha="center", va="center")
+            start = m["s"]
+    labels = list(processes)
+    if baseline:
+        ax.barh(len(processes), baseline[1], color="lightgrey")
+        ax.text(baseline[1] / 2, len(processes), baseline[0], fontsize=7, ha="center", va="center")
+        labels.append("baseline")
+    first = next((m["s"] for m in marks if m["event"] == "first step trained"), None)
+    if first is not None:
+        ax.axvline(first, color="black", linestyle="--", linewidth=1)
+        ax.text(first, -0.6, f" first trained step {first:.1f} s", fontsize=8)
+    ax.set_yticks(range(rows), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds since the run started (each segment ends at the milestone it names)")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
