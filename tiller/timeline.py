@@ -7,9 +7,10 @@ the run began.
 `tiller run` puts its own start time in the environment of every process it starts, so the
 learner, the actors and the judges all measure from the moment the user pressed enter (a process
 started by hand measures from its own start). Each mark is one JSON line appended to
-`runs/<name>/timeline.jsonl` (and one debug log line), which `bench/startup.py` turns into a table of
-where the time to the first trained step, and from the last step to the last exit, went. A line is a few dozen bytes written with one
-`write` in append mode, so processes marking at once do not interleave.
+`runs/<name>/timeline.jsonl` (and one debug log line); `bench/startup.py` prints them as a table of
+where the time to the first trained step (and from the last step to the last exit) went, and
+`tiller plot` draws them. A line is a few dozen bytes written with one `write` in append mode, so
+processes marking at once do not interleave.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def mark(run_dir: Path, process: str, event: str) -> float:
         with open(Path(run_dir) / FILE, "a", encoding="utf-8") as out:
             out.write(line)
     except OSError as exc:
-        log.warning("could not record start-up milestone %r in %s: %s", event, run_dir, exc)
+        log.warning("could not record milestone %r in %s: %s", event, run_dir, exc)
     return seconds
 
 
@@ -62,7 +63,9 @@ def read(run_dir: Path) -> list[dict]:
     marks = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            marks.append(json.loads(line))
+            entry = json.loads(line)
         except ValueError:
             continue
-    return sorted(marks, key=lambda m: m.get("s", 0.0))
+        if isinstance(entry, dict) and isinstance(entry.get("s"), (int, float)):
+            marks.append(entry)
+    return sorted(marks, key=lambda m: m["s"])
