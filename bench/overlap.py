@@ -34,10 +34,8 @@ def run_mode(config: str, mode: str, steps: int, out: Path, extra: list[str]) ->
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from tiller.plots import pyplot
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for mode in ("sync", "async"):

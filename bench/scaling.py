@@ -33,10 +33,8 @@ def planned_cores(actors: int) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from tiller.plots import pyplot
+    plt = pyplot()
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
     for placement, marker in (("plan", "o-"), ("off", "s--")):

@@ -164,10 +164,8 @@ PANELS = (("reward", "mean reward of generated samples"), ("kl", "KL to the refe
 
 def plot(result: dict, path: Path) -> None:
     """One column per workload; reward, KL and response length per step (5-step moving averages)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from tiller.plots import pyplot
+    plt = pyplot()
 
     workloads = [w for w in WORKLOADS if w in result["workloads"]]
     fig, axes = plt.subplots(len(PANELS), len(workloads), figsize=(6.5 * len(workloads), 9), squeeze=False,

@@ -36,6 +36,17 @@ CHARTS: dict[str, tuple[str, str, list[tuple[str, str]], bool]] = {
 }
 
 
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display here, and no GUI toolkit import),
+    imported on first use: 0.7 s that a process which never plots should not pay."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
@@ -57,10 +68,7 @@ def _series(history: list[dict[str, Any]], key: str) -> tuple[list[int], list[fl
 
 def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     """Draw every chart the run's metrics allow; returns the PNGs written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     run_dir = Path(run_dir)
     history = read_metrics(run_dir)
@@ -111,10 +119,7 @@ def plot_timeline(marks: list[dict[str, Any]], path: Path, title: str,
                   baseline: tuple[str, float] | None = None) -> Path:
     """One bar per process, one segment per milestone, each named inside it when wide enough to read (the
     JSON lines have them all); `baseline` adds a grey bar (label, seconds) to compare with."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     processes = list(dict.fromkeys(m["process"] for m in marks))
     end = max(max(m["s"] for m in marks), baseline[1] if baseline else 0.0)

@@ -102,7 +102,7 @@ def launch(cfg: Config) -> int:
     # Workers first: an actor's start (importing vLLM, building its engine) is the longest path to the
     # first step, so it runs while the prompts are tokenized. Their logs go to files, and if a prompt is
     # refused they are stopped before they have done anything.
-    children = [_child(cfg, slot) for slot in slots if slot.role != "learner"]
+    children = [_child(cfg, slot, launch_config) for slot in slots if slot.role != "learner"]
     timeline.mark(run_dir, "launcher", "workers started")
     try:
         prompts = check_prompts(cfg, rows)
@@ -111,7 +111,7 @@ def launch(cfg: Config) -> int:
         raise
     typer.echo(f"preflight: config, bind, model, judge files and {prompts} prompts checked "
                f"in {time.monotonic() - started:.1f} s")
-    children.insert(0, _child(cfg, learner_slot))
+    children.insert(0, _child(cfg, learner_slot, launch_config))
     timeline.mark(run_dir, "launcher", "learner started")
     pids = ", ".join(f"{c.role} {c.process.pid}" for c in children)
     typer.echo(f"started {len(children)} processes ({pids}); worker logs in {run_dir / 'logs'}")
@@ -138,9 +138,9 @@ def _placement(cfg: Config) -> list[placement.Slot]:
     return slots
 
 
-def _child(cfg: Config, slot: placement.Slot) -> Child:
+def _child(cfg: Config, slot: placement.Slot, launch_config: Path) -> Child:
     command = "learner" if slot.role == "learner" else "actor" if slot.role.startswith("actor") else "judge"
-    args = [command, "--config", str(cfg.run_dir / "launch.yaml")] + (["--id", slot.role] if command != "learner" else [])
+    args = [command, "--config", str(launch_config)] + (["--id", slot.role] if command != "learner" else [])
     log = cfg.run_dir / "logs" / f"{slot.role}.log" if command != "learner" else None
     return Child(slot.role, slot, args, log, _spawn(slot, args, log))
 

@@ -132,13 +132,9 @@ def warm_plotting() -> threading.Thread:
     """Import matplotlib (0.7 s of CPU) in a background thread. Started while the learner waits for its
     first batch (the actors start slower than the learner), so the closing plots do not add it to the
     end of the run."""
-    def load() -> None:
-        import matplotlib
+    from tiller.plots import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot  # noqa: F401
-
-    thread = threading.Thread(target=load, name="tiller-warm-plotting", daemon=True)
+    thread = threading.Thread(target=pyplot, name="tiller-warm-plotting", daemon=True)
     thread.start()
     return thread
 
@@ -147,10 +143,8 @@ def plot_reward(history: list[dict[str, Any]], path: Path, title: str) -> Path |
     """Mean reward per step (and a moving average) as a PNG."""
     if not history:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from tiller.plots import pyplot
+    plt = pyplot()
 
     steps = [m["step"] for m in history]
     rewards = [m["reward/mean"] for m in history]
@@ -177,10 +171,8 @@ def plot_judges(history: list[dict[str, Any]], path: Path, title: str) -> Path |
                      if key.startswith("judge/") and key.endswith("/tasks")})
     if not judges:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from tiller.plots import pyplot
+    plt = pyplot()
 
     fig, (rate, tasks) = plt.subplots(1, 2, figsize=(11, 4))
     for judge in judges:

@@ -135,32 +135,31 @@ def render(conversation: list[Message], tokenizer, use_template: bool, where: st
     return tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
 
 
-def read_rows(cfg: DataConfig) -> list[tuple[str, object]]:
-    """Every prompt row as (where it is, its value), each checked for what needs no tokenizer: readable,
-    the prompt field there, a conversation well formed."""
+Row = tuple[str, object, list[Message] | None]  # where it is, its value, its conversation (None: plain text)
+
+
+def read_rows(cfg: DataConfig) -> list[Row]:
+    """Every prompt row, checked for what needs no tokenizer: readable, the prompt field there, a
+    conversation well formed."""
     if cfg.source == "letters":
         rows = [(f"data row {i}", text) for i, text in enumerate(letters_prompts(cfg), start=1)]
     else:
         rows = _jsonl(cfg) if cfg.source == "jsonl" else _dataset(cfg)
-    for where, value in rows:
-        _conversation(value, where, cfg.prompt_field)
-    return rows
+    return [(where, value, _conversation(value, where, cfg.prompt_field)) for where, value in rows]
 
 
-def load_prompts(cfg: DataConfig, tokenizer, max_prompt_tokens: int,
-                 rows: list[tuple[str, object]] | None = None) -> PromptStream:
+def load_prompts(cfg: DataConfig, tokenizer, max_prompt_tokens: int, rows: list[Row] | None = None) -> PromptStream:
     """Tokenize every prompt now, so a bad row fails before any expensive work starts (`rows`: what
     `read_rows` returned, when the caller has read them already)."""
     rows = read_rows(cfg) if rows is None else rows
-    conversations = [_conversation(value, where, cfg.prompt_field) for where, value in rows]
-    texts = [value if c is None else render(c, tokenizer, cfg.chat_template, where)
-             for (where, value), c in zip(rows, conversations)]
+    conversations = [c for _, _, c in rows]
+    texts = [value if c is None else render(c, tokenizer, cfg.chat_template, where) for where, value, c in rows]
     # one tokenizer call per 4,096 prompts: a fast tokenizer batches in Rust (twice as fast as one call each);
     # the template already holds any special tokens the model wants (BOS and the like)
     token_lists = [ids for start in range(0, len(texts), 4096)
                    for ids in tokenizer(texts[start:start + 4096], add_special_tokens=False)["input_ids"]]
     arrays = []
-    for (where, _), token_ids in zip(rows, token_lists):
+    for (where, _, _), token_ids in zip(rows, token_lists):
         ids = np.asarray(token_ids, dtype=np.int32)
         if len(ids) == 0:
             raise ConfigError(f"{where}: the prompt is empty")
