@@ -7,10 +7,12 @@ between the same two processes, in the same buckets.
 
 For each size a random Qwen2-shaped model is built on the spot. This process plays the learner: a
 real `LearnerServer` (socket thread, coordinator) serving a `WeightSnapshot` in 256 MiB buckets. A
-second process plays the actor: it builds a `VLLMEngine` on the model, receives the same bytes as
-raw frames first (the socket ceiling), then fetches the snapshot with the actor's own
-`fetch_weights` and loads it into the engine with `load_weights`. Goal (issue #12): fetching at
->= 0.8x the raw socket ceiling. Writes bench/results/weight_transfer.json.
+second process plays the actor, with a `VLLMEngine` on the model. Each round it
+- receives the same bytes as raw frames, bucket by bucket (the socket ceiling);
+- fetches the snapshot with the actor's own `WeightStream`, letting each bucket go (fetch);
+- streams the snapshot into the engine, as an actor syncs (`load_weights(WeightStream(...))`);
+- fetches the whole snapshot, then loads it (the actor's path until 2026-11-29: the baseline).
+Goal (issue #12): fetching at >= 0.8x the raw socket ceiling. Writes bench/results/weight_transfer.json.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ SHAPES = {  # name -> (vocabulary, shape) of about that many parameters
     "500M": (32000, TinyShape(hidden_size=1024, num_layers=31, num_heads=16, num_kv_heads=4, intermediate_size=4096)),
 }
 BUCKET_BYTES = 256 << 20
-ROUNDS = 7  # timed transfers of each kind, raw and fetch taking turns; medians are reported (this host's
-# loopback swings by 2x between runs, so the two are measured interleaved, under the same conditions)
+ROUNDS = 5  # timed rounds of each kind, the kinds taking turns; medians are reported (this host's loopback
+# swings by 2x between runs, so the kinds are measured interleaved, under the same conditions)
 
 
 def free_port() -> int:
@@ -136,11 +138,11 @@ def learner_side(size: str) -> dict:
 
 
 def actor_side(address: str, model: str, raw_port: int) -> None:
-    """The actor process: engine up, raw receive (ceiling), then the real fetch and load."""
+    """The actor process: engine up, then rounds of raw receive, fetch, streamed sync, whole sync."""
     import zmq
 
     from tiller.actors.engine import VLLMEngine
-    from tiller.actors.rollout import fetch_weights
+    from tiller.actors.weight_stream import WeightStream
     from tiller.config import RolloutConfig
     from tiller.protocol.transport import LearnerClient
 
@@ -149,29 +151,48 @@ def actor_side(address: str, model: str, raw_port: int) -> None:
     req.connect(f"tcp://127.0.0.1:{raw_port}")
     buckets = int(sys.argv[5])
     client = LearnerClient(address)
-    raw_times, fetch_times = [], []
-    learner = version = -1  # unknown until the warm-up fetch; after it, known, as a lease reply tells an actor
-    for _ in range(1 + ROUNDS):  # a warm-up round of each (connections, allocations), then the timed ones
-        named = None  # each kind of round starts with the previous fetch's memory free, not held
-        started = time.perf_counter()
-        raw_bytes = 0
+    known = [-1, -1]  # learner incarnation and version: unknown until the warm-up round, then known, as a
+    # lease reply tells an actor
+
+    def raw() -> int:
+        received = 0
         for _ in range(buckets):
             req.send(b"go")
-            raw_bytes += sum(len(f.buffer) for f in req.recv_multipart(copy=False))
-        raw_times.append(time.perf_counter() - started)
-        named = None
-        started = time.perf_counter()
-        learner, version, named = fetch_weights(client, learner, version, 600)
-        fetch_times.append(time.perf_counter() - started)
-    raw_s, fetch_s = float(np.median(raw_times[1:])), float(np.median(fetch_times[1:]))
-    started = time.perf_counter()
-    engine.load_weights(named)
-    load_s = time.perf_counter() - started
-    fetched = sum(t.numel() * t.element_size() for _, t in named)
-    print(json.dumps({"raw_socket_gbps": raw_bytes / raw_s / 1e9, "fetch_gbps": fetched / fetch_s / 1e9,
-                      "fetch_s": fetch_s, "load_s": load_s, "load_gbps": fetched / load_s / 1e9,
-                      "fetch_vs_socket": (fetched / fetch_s) / (raw_bytes / raw_s),
-                      "raw_s_rounds": raw_times[1:], "fetch_s_rounds": fetch_times[1:]}), flush=True)
+            received += sum(len(f.buffer) for f in req.recv_multipart(copy=False))
+        return received
+
+    def streamed(use) -> int:
+        weights = WeightStream(client, *known, timeout_s=600)
+        use(weights)
+        assert weights.complete, weights.failure
+        known[:] = [weights.learner, weights.version]
+        return weights.bytes
+
+    def drain(weights: WeightStream) -> None:
+        for _ in weights:  # each bucket let go once iterated, as the engine lets it go once loaded
+            pass
+
+    kinds = {
+        "raw": raw,
+        "fetch": lambda: streamed(drain),
+        "sync_streamed": lambda: streamed(engine.load_weights),  # as an actor syncs
+        "sync_whole": lambda: streamed(lambda weights: engine.load_weights(list(weights))),  # the old way
+    }
+    seconds: dict[str, list[float]] = {kind: [] for kind in kinds}
+    sizes: dict[str, int] = {}
+    for round_ in range(1 + ROUNDS):  # a warm-up round of each (connections, allocations), then the timed ones
+        for kind, run in kinds.items():
+            started = time.perf_counter()
+            sizes[kind] = run()
+            if round_:
+                seconds[kind].append(time.perf_counter() - started)
+    result = {}
+    for kind, times in seconds.items():
+        median = float(np.median(times))
+        result.update({f"{kind}_s": median, f"{kind}_gbps": sizes[kind] / median / 1e9, f"{kind}_s_rounds": times})
+    result["fetch_vs_socket"] = result["fetch_gbps"] / result["raw_gbps"]
+    result["streamed_vs_whole"] = result["sync_whole_s"] / result["sync_streamed_s"]
+    print(json.dumps(result), flush=True)
     client.close()
 
 
@@ -187,10 +208,12 @@ def main() -> None:
     out.mkdir(exist_ok=True)
     (out / "weight_transfer.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "runs": results},
                                                          indent=2))
-    print(f"\n{'size':>6}{'GB':>7}{'memcpy':>9}{'raw zmq':>9}{'fetch':>8}{'fetch/raw':>11}{'load':>8}  (GB/s)")
+    print(f"\n{'size':>6}{'GB':>7}{'memcpy':>9}{'raw zmq':>9}{'fetch':>8}{'fetch/raw':>11}"
+          f"{'sync streamed':>15}{'sync whole':>12}{'streamed/whole':>16}   (GB/s; sync = fetch + load into vLLM)")
     for r in results:
-        print(f"{r['size']:>6}{r['bytes'] / 1e9:>7.2f}{r['memcpy_gbps']:>9.2f}{r['raw_socket_gbps']:>9.2f}"
-              f"{r['fetch_gbps']:>8.2f}{r['fetch_vs_socket']:>10.2f}x{r['load_gbps']:>8.2f}")
+        print(f"{r['size']:>6}{r['bytes'] / 1e9:>7.2f}{r['memcpy_gbps']:>9.2f}{r['raw_gbps']:>9.2f}"
+              f"{r['fetch_gbps']:>8.2f}{r['fetch_vs_socket']:>10.2f}x{r['sync_streamed_gbps']:>15.2f}"
+              f"{r['sync_whole_gbps']:>12.2f}{r['streamed_vs_whole']:>15.2f}x")
     print("goal: fetch >= 0.8x the raw socket ceiling")
     print(f"written: {out / 'weight_transfer.json'}")
 

@@ -35,7 +35,11 @@ def test_a_bf16_learner_publishes_float32_for_float32_actors(bf16_trainer, capsy
     assert metrics["weights/publish_gbps"] > 0 and metrics["weights/publish_s"] > 0
 
 
-def test_buffers_are_reused_only_once_retired_and_released(bf16_trainer):
+def pointers(snapshot) -> set[int]:
+    return {t.data_ptr() for _, tensors in snapshot.buckets for t in tensors}
+
+
+def test_buffers_are_reused_only_once_retired_released_and_read_by_nobody(bf16_trainer):
     publisher = WeightPublisher(bf16_trainer, torch.bfloat16, bucket_bytes=1 << 30)
     first, _ = publisher.snapshot(1)
     second, _ = publisher.snapshot(2)  # the first is still offered: a second buffer set
@@ -51,16 +55,17 @@ def test_buffers_are_reused_only_once_retired_and_released(bf16_trainer):
 
     first.trackers[0].done = True
     second.retired = True
-    data_ptrs = {t.data_ptr() for _, ts in first.buckets for t in ts} | {t.data_ptr() for _, ts in second.buckets
-                                                                           for t in ts}
+    second.readers[b"actor"] = 0.0  # replaced, but an actor part-way through it still fetches from it
     fourth, _ = publisher.snapshot(4)
     assert publisher.buffer_sets_made == 3  # reused, not made
-    assert {t.data_ptr() for _, ts in fourth.buckets for t in ts} <= data_ptrs
+    assert pointers(fourth) == pointers(first)  # the first set: the second is still read
+    second.readers.clear()  # that fetch has ended
     before = [t.clone() for _, ts in third.buckets for t in ts]
     with torch.no_grad():
         for p in bf16_trainer.module.parameters():
             p.add_(1.0)
-    publisher.snapshot(5)  # writes into a free set, never into the third (still offered)
+    fifth, _ = publisher.snapshot(5)  # the second set, never the third or fourth (still offered)
+    assert pointers(fifth) == pointers(second) and publisher.buffer_sets_made == 3
     assert all(torch.equal(a, b) for a, b in zip(before, [t for _, ts in third.buckets for t in ts]))
     with torch.no_grad():
         for p in bf16_trainer.module.parameters():

@@ -53,6 +53,26 @@ def test_loaded_weights_give_exactly_the_transformers_greedy_output(engine, tiny
     assert after != before, "the perturbation should change the greedy output"
 
 
+def test_weights_streamed_in_after_a_stream_that_ended_part_way_give_the_transformers_output(engine, tiny_policy_dir):
+    """An actor streams weights into the engine as they arrive (actors/weight_stream.py). A stream that
+    ends part-way (its version was superseded) leaves a mix, which the next stream, loaded whole, must
+    replace entirely: vLLM's layer-by-layer reload has to come through the half-finished one intact."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_policy_dir), dtype=torch.float32).eval()
+    eos = engine.eos_ids[0]
+    torch.manual_seed(7)
+    with torch.no_grad():
+        abandoned = [(n, p.detach() + torch.randn_like(p)) for n, p in model.named_parameters(remove_duplicate=False)]
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    named = [(n, p.detach().clone()) for n, p in model.named_parameters(remove_duplicate=False)]
+    half = iter(abandoned[:len(abandoned) // 2 + 1])  # ends inside a layer, as a bucket boundary may
+    engine.load_weights(pair for pair in half)
+    engine.load_weights(pair for pair in named)  # a generator: pulled as the engine goes, never listed
+    assert engine.greedy(PROMPTS, MAX_NEW) == hf_greedy(model, PROMPTS, eos)
+
+
 def test_generate_returns_k_samples_with_behaviour_logprobs(engine):
     gen = engine.generate(PROMPTS, k=3, max_new_tokens=8, temperature=1.0)
     assert len(gen.lengths) == len(PROMPTS) * 3

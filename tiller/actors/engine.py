@@ -14,6 +14,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -150,7 +151,9 @@ class VLLMEngine:
         explicitly so that the actor can leave without Python's slower teardown (`finish_process`)."""
         self.llm.llm_engine.engine_core.shutdown()
 
-    def load_weights(self, named_tensors: list) -> None:
-        """Swap new weights into the running engine, then drop KV blocks computed with the old ones."""
+    def load_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
+        """Swap new weights into the running engine, then drop KV blocks computed with the old ones.
+        `named_tensors` may be a stream still receiving them: the engine runs in this process, so the
+        worker extension pulls from it directly, layer by layer."""
         self.llm.collective_rpc("tiller_load_weights", args=(named_tensors,))
         self.llm.reset_prefix_cache()

@@ -3,8 +3,8 @@
     tiller actor --config configs/demo.yaml --learner tcp://127.0.0.1:5555
 
 Stateless: on start (and whenever the learner announces a newer version in a reply) it
-fetches the learner's current weights bucket by bucket and loads them into the running
-engine between generation batches, never mid-sequence.
+streams the learner's current weights into the running engine bucket by bucket (weight_stream.py),
+between generation batches, never mid-sequence.
 """
 
 from __future__ import annotations
@@ -12,16 +12,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-import warnings
 
 import numpy as np
-import torch
 
 from tiller.actors.engine import VLLMEngine
+from tiller.actors.weight_stream import WeightStream
 from tiller.actors.worker import HeartbeatThread, LearnerGone, default_worker_id, request_patiently
 from tiller.config import Config
 from tiller.protocol.messages import (
-    Lease, LeaseRequest, Rollout, Shutdown, Wait, WeightsBucket, WeightsGone, WeightsRequest, unflatten,
+    Lease, LeaseRequest, Rollout, Shutdown, Wait, unflatten,
 )
 from tiller.protocol.transport import LearnerClient
 from tiller.timeline import mark
@@ -29,37 +28,10 @@ from tiller.timeline import mark
 log = logging.getLogger(__name__)
 
 
-def _as_tensors(arrays: list) -> list[torch.Tensor]:
-    """Received weights as tensors over the frames' own memory: no copy (the engine copies them into its
-    parameters and only reads them). torch warns that a frame is read-only; the warning is expected.
-    One warnings context per bucket, not per tensor (per tensor it cost about 1 ms per 80-tensor bucket)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return [a if isinstance(a, torch.Tensor) else torch.from_numpy(a) for a in arrays]
-
-
-def fetch_weights(client: LearnerClient, learner: int, version: int, timeout_s: float) -> tuple[int, int, list]:
-    """All buckets of `version` of learner incarnation `learner` (or of whatever superseded it
-    mid-fetch); returns (learner incarnation, version, named tensors)."""
-    named: list = []
-    bucket, total = 0, 1
-    while bucket < total:
-        # 30 s before asking again: a 256 MiB bucket can take a while on a slow network
-        reply = request_patiently(client, WeightsRequest(version, bucket, learner), timeout_s, first_wait_s=30.0)
-        if isinstance(reply, WeightsGone):
-            if reply.latest_version < 0:
-                raise LearnerGone("the learner has no weights to serve")
-            learner, version, named, bucket, total = reply.learner_incarnation, reply.latest_version, [], 0, 1
-            continue
-        if not isinstance(reply, WeightsBucket):
-            raise LearnerGone(f"unexpected reply {type(reply).KIND} to a weights request")
-        total = reply.num_buckets
-        named += list(zip(reply.names, _as_tensors(reply.tensors)))
-        bucket += 1
-    return learner, version, named
-
-
 class RolloutActor:
+    # a version superseded part-way is followed by a whole one; a learner restarting over and over is not
+    MAX_STREAMS = 5
+
     def __init__(self, cfg: Config, address: str, actor_id: str | None = None):
         self.cfg = cfg
         self.actor_id = actor_id or default_worker_id("actor")
@@ -82,10 +54,23 @@ class RolloutActor:
                                          cfg.learner.heartbeat_s, cfg.learner.missed_beats, cfg.security)
 
     def sync(self, learner: int, version: int) -> None:
+        """Load `version` (or whatever superseded it before its first bucket came) into the engine."""
         start = time.monotonic()
-        learner, version, named = fetch_weights(self.client, learner, version, self.cfg.rollout.learner_timeout_s)
-        self.engine.load_weights(named)
-        if self.version < 0:
+        first = self.learner_incarnation < 0
+        self.version = -1  # the engine holds no one published version until a stream completes
+        for _ in range(self.MAX_STREAMS):
+            stream = WeightStream(self.client, learner, version, self.cfg.rollout.learner_timeout_s)
+            self.engine.load_weights(stream)
+            if stream.failure is not None:
+                raise stream.failure
+            learner, version = stream.learner, stream.version
+            if stream.complete:
+                break
+            log.info("%s: policy version superseded part-way through loading; loading version %d whole",
+                     self.actor_id, version)
+        else:
+            raise LearnerGone(f"no policy version could be loaded whole in {self.MAX_STREAMS} tries")
+        if first:
             mark(self.cfg.run_dir, self.actor_id, "first weights loaded")
         self.learner_incarnation, self.version = learner, version
         self.load_seconds += time.monotonic() - start

@@ -10,7 +10,16 @@ from __future__ import annotations
 
 
 class TillerWorkerExtension:
-    def tiller_load_weights(self, named_tensors: list) -> int:
-        """Load (name, tensor) pairs in checkpoint format; returns how many were given."""
-        self.model_runner.reload_weights(weights_iterator=iter(named_tensors), is_checkpoint_format=True)
-        return len(named_tensors)
+    def tiller_load_weights(self, named_tensors) -> int:
+        """Load (name, tensor) pairs in checkpoint format, from a list or an iterator that is still
+        receiving them (the engine reloads layer by layer as they come); returns how many it loaded."""
+        loaded = 0
+
+        def counted():
+            nonlocal loaded
+            for pair in named_tensors:
+                loaded += 1
+                yield pair
+
+        self.model_runner.reload_weights(weights_iterator=counted(), is_checkpoint_format=True)
+        return loaded

@@ -13,8 +13,8 @@ Three things make a publish cost what the hardware allows:
   the previous bucket's transfer, and one synchronisation ends the publish.
 - **Buffers reused across versions.** Pinned allocations are slow, so each buffer set is kept and
   written again by a later version, but only once it is safe: the server no longer offers that
-  version (it has been replaced) and ZeroMQ has released every zero-copy frame sent from it
-  (tracked sends). Until then the set stays untouched and, if none is free, a new one is made.
+  version (it has been replaced, and every fetch begun on it has ended) and ZeroMQ has released
+  every zero-copy frame sent from it (tracked sends). Until then the set stays untouched and, if none is free, a new one is made.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class _BufferSet:
     @property
     def free(self) -> bool:
         snap = self.snapshot
-        return snap is None or (snap.retired and all(tracker.done for tracker in list(snap.trackers)))
+        return snap is None or (not snap.read and all(tracker.done for tracker in list(snap.trackers)))
 
 
 class WeightPublisher:

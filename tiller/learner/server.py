@@ -30,16 +30,31 @@ from tiller.protocol.transport import RouterEndpoint
 log = logging.getLogger(__name__)
 
 
+# A peer part-way through a version's buckets that has not asked for the next one in this long is taken
+# for gone (an actor asks again at once, or after loading the previous bucket: seconds): its version's
+# buffers are no longer held for it.
+READER_IDLE_S = 60.0
+
+
 @dataclass
 class WeightSnapshot:
     """A published policy: buckets of (names, tensors), served zero-copy. The socket thread appends a
-    tracker per bucket sent and sets `retired` once a newer version replaces it; the publisher reuses
-    the buffers only when both say nobody reads them (learner/publish.py)."""
+    tracker per bucket sent, keeps `readers` (peers that fetched some of its buckets but not the last)
+    and sets `retired` once a newer version replaces it; a retired snapshot is still served to its
+    readers, so that a fetch, once begun, ends with the version it began (an actor loads each bucket
+    as it arrives and cannot restart halfway for free). The publisher reuses the buffers only when
+    nothing says they are read (learner/publish.py)."""
 
     version: int
     buckets: list[tuple[list[str], list[Any]]]
     trackers: list = field(default_factory=list)
     retired: bool = False
+    readers: dict[bytes, float] = field(default_factory=dict)  # peer identity -> when it last asked
+
+    @property
+    def read(self) -> bool:
+        """Might a send still read these buffers: offered to new fetches, or owed to a fetch begun."""
+        return not self.retired or bool(self.readers)
 
 
 class LearnerServer:
@@ -53,6 +68,7 @@ class LearnerServer:
         self.scored: queue.Queue = queue.Queue()
         self._commands: queue.Queue = queue.Queue()
         self._snapshot: WeightSnapshot | None = None
+        self._finishing: dict[int, WeightSnapshot] = {}  # superseded versions some peer is part-way through
         self._parked_judges: list[bytes] = []
         self._told_to_stop: set[bytes] = set()
         self._stop_deadline: float | None = None
@@ -141,6 +157,7 @@ class LearnerServer:
                 if time.monotonic() - last_expiry > 0.5:
                     last_expiry = time.monotonic()
                     self._bury_silent_peers()
+                    self._forget_idle_readers()
                     self._note_failed_handshakes()
                     for lease_id in self.coordinator.expire():
                         log.warning("lease %d expired; its prompts will be leased again", lease_id)
@@ -278,14 +295,36 @@ class LearnerServer:
         return sent
 
     def _serve_weights(self, identity: bytes, request: WeightsRequest) -> None:
-        snap, incarnation = self._snapshot, self.coordinator.incarnation
-        if (snap is None or request.version != snap.version or request.learner_incarnation != incarnation
-                or not 0 <= request.bucket < len(snap.buckets)):
-            self._reply(identity, WeightsGone(snap.version if snap else -1, incarnation))
+        latest, incarnation = self._snapshot, self.coordinator.incarnation
+        snap = latest if latest is not None and request.version == latest.version else None
+        if snap is None and request.bucket > 0:  # a superseded version: only to a peer that began fetching it
+            begun = self._finishing.get(request.version)
+            snap = begun if begun is not None and identity in begun.readers else None
+        if snap is None or request.learner_incarnation != incarnation or not 0 <= request.bucket < len(snap.buckets):
+            self._reply(identity, WeightsGone(latest.version if latest else -1, incarnation))
             return
         names, tensors = snap.buckets[request.bucket]
         self.endpoint.send(identity, WeightsBucket(snap.version, request.bucket, len(snap.buckets), names, tensors,
                                                    incarnation), trackers=snap.trackers)
+        # after the send, which appended its tracker: the publisher never sees neither reader nor tracker
+        if request.bucket + 1 < len(snap.buckets):
+            snap.readers[identity] = time.monotonic()
+        else:
+            snap.readers.pop(identity, None)
+            if snap.retired and not snap.readers:
+                self._finishing.pop(snap.version, None)
+
+    def _forget_idle_readers(self) -> None:
+        """Readers that stopped asking (dead, or restarted on a fresh socket) hold no version's buffers."""
+        now = time.monotonic()
+        for snap in [self._snapshot, *self._finishing.values()]:
+            if snap is None:
+                continue
+            for identity, asked in list(snap.readers.items()):
+                if now - asked > READER_IDLE_S:
+                    del snap.readers[identity]
+            if snap.retired and not snap.readers:
+                self._finishing.pop(snap.version, None)
 
     def _status(self) -> Status:
         c = self.coordinator
@@ -318,8 +357,11 @@ class LearnerServer:
             except queue.Empty:
                 return
             if command == "publish":
-                if self._snapshot is not None:
-                    self._snapshot.retired = True  # no new send reads its buffers from now on
+                old = self._snapshot
+                if old is not None:
+                    old.retired = True  # no new fetch begins on it from now on
+                    if old.readers:  # ... but those begun finish with it
+                        self._finishing[old.version] = old
                 self._snapshot = arg
                 self.coordinator.publish(arg.version)
             elif command == "release":

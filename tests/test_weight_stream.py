@@ -1,0 +1,156 @@
+"""Weights streamed bucket by bucket into the actor's engine: a fetch, once begun, ends with the version it
+began (the learner keeps serving a superseded version to the peers part-way through it, and keeps its
+buffers out of reuse until then); a stream that cannot finish ends early and says why, never raising
+into the engine. Real LearnerServer, real ZeroMQ sockets."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from tiller.actors.weight_stream import WeightStream
+from tiller.config import LearnerConfig, RolloutConfig
+from tiller.learner import server as server_module
+from tiller.learner.coordinator import Coordinator
+from tiller.learner.prompts import PromptStream
+from tiller.learner.server import LearnerServer, WeightSnapshot
+from tiller.protocol.messages import WeightsBucket, WeightsGone, WeightsRequest
+from tiller.protocol.transport import LearnerClient
+
+BUCKETS = 3
+
+
+def snapshot(version: int) -> WeightSnapshot:
+    """Three buckets of two tensors each, every value equal to the version (so a mix would show)."""
+    return WeightSnapshot(version, [([f"b{b}.w", f"b{b}.v"], [torch.full((300,), float(version)),
+                                                               torch.full((7, 5), float(version))])
+                                    for b in range(BUCKETS)])
+
+
+@pytest.fixture
+def served(free_address):
+    coordinator = Coordinator(PromptStream([np.array([3, 4], np.int32)], [""]), LearnerConfig(), RolloutConfig())
+    server = LearnerServer(coordinator, free_address)
+    server.publish(snapshot(1))
+    server.start()
+    wait_for(lambda: server._snapshot is not None)
+    clients: list[LearnerClient] = []
+
+    def client() -> LearnerClient:
+        clients.append(LearnerClient(server.address))
+        return clients[-1]
+
+    yield server, client
+    for c in clients:
+        c.close()
+    server.close()
+
+
+def ask(client: LearnerClient, version: int, bucket: int, incarnation: int):
+    reply = client.request(WeightsRequest(version, bucket, incarnation), timeout_s=10)
+    assert reply is not None, "no reply within 10 s"
+    return reply
+
+
+def wait_for(condition, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_a_fetch_begun_ends_with_its_version_after_a_newer_one_is_published(served):
+    server, client = served
+    incarnation = server.coordinator.incarnation
+    reader, latecomer = client(), client()
+    first = ask(reader, 1, 0, incarnation)
+    assert isinstance(first, WeightsBucket) and first.version == 1
+    old = server._snapshot
+    server.publish(snapshot(2))
+    wait_for(lambda: server._snapshot is not old)
+
+    assert old.retired and old.read  # replaced, but still owed to the reader part-way through it
+    middle = ask(reader, 1, 1, incarnation)
+    assert isinstance(middle, WeightsBucket) and middle.version == 1 and float(middle.tensors[0][0]) == 1.0
+    # a peer that did not begin version 1 is told to fetch version 2, from any bucket
+    for bucket in (0, 1):
+        gone = ask(latecomer, 1, bucket, incarnation)
+        assert isinstance(gone, WeightsGone) and gone.latest_version == 2
+    last = ask(reader, 1, BUCKETS - 1, incarnation)
+    assert isinstance(last, WeightsBucket) and last.version == 1
+    wait_for(lambda: not old.read)  # the last bucket ended the fetch: nobody may be served version 1 now
+    assert 1 not in server._finishing
+    assert isinstance(ask(reader, 1, 1, incarnation), WeightsGone)
+
+
+def test_a_reader_that_falls_silent_stops_holding_its_version(served, monkeypatch):
+    server, client = served
+    reader = client()
+    incarnation = server.coordinator.incarnation
+    assert isinstance(ask(reader, 1, 0, incarnation), WeightsBucket)
+    old = server._snapshot
+    server.publish(snapshot(2))
+    wait_for(lambda: server._snapshot is not old)
+    assert old.read
+    monkeypatch.setattr(server_module, "READER_IDLE_S", 0.0)
+    wait_for(lambda: not old.read)  # forgotten at the socket thread's next housekeeping tick (0.5 s)
+    assert 1 not in server._finishing
+    assert isinstance(ask(reader, 1, 1, incarnation), WeightsGone)
+
+
+def test_a_stream_gives_every_tensor_of_one_version_in_order(served):
+    server, client = served
+    stream = WeightStream(client(), server.coordinator.incarnation, 1, timeout_s=10)
+    pairs = list(stream)
+    assert [name for name, _ in pairs] == [f"b{b}.{t}" for b in range(BUCKETS) for t in "wv"]
+    assert all(torch.equal(t, torch.full_like(t, 1.0)) for _, t in pairs)
+    assert stream.complete and stream.failure is None and stream.version == 1 and stream.buckets == BUCKETS
+    assert stream.bytes == BUCKETS * (300 + 35) * 4
+
+
+def test_a_stream_asked_for_an_old_version_begins_on_the_latest(served):
+    server, client = served
+    server.publish(snapshot(2))
+    wait_for(lambda: server._snapshot.version == 2)
+    stream = WeightStream(client(), server.coordinator.incarnation, 1, timeout_s=10)
+    values = {float(t.flatten()[0]) for _, t in stream}
+    assert values == {2.0} and stream.complete and stream.version == 2
+
+
+def test_a_newer_version_mid_stream_does_not_interrupt_it(served):
+    server, client = served
+    stream = WeightStream(client(), server.coordinator.incarnation, 1, timeout_s=10)
+    pairs = iter(stream)
+    got = [next(pairs)]  # the first bucket has arrived
+    server.publish(snapshot(2))
+    wait_for(lambda: server._snapshot.version == 2)
+    got += list(pairs)
+    assert len(got) == 2 * BUCKETS and {float(t.flatten()[0]) for _, t in got} == {1.0}
+    assert stream.complete and stream.version == 1
+
+
+def test_a_stream_that_cannot_finish_ends_early_naming_the_version_to_load_whole(served, monkeypatch):
+    server, client = served
+    stream = WeightStream(client(), server.coordinator.incarnation, 1, timeout_s=10)
+    pairs = iter(stream)
+    next(pairs)
+    old = server._snapshot
+    server.publish(snapshot(2))
+    monkeypatch.setattr(server_module, "READER_IDLE_S", 0.0)  # the learner has given up on this reader
+    wait_for(lambda: server._snapshot is not old and not old.read)
+    rest = list(pairs)  # no exception: the engine would be left half set up
+    assert len(rest) == 1  # the bucket already received, then the end
+    assert not stream.complete and stream.failure is None and stream.version == 2
+
+
+def test_a_stream_from_a_silent_learner_ends_with_the_failure(free_address):
+    client = LearnerClient(free_address)  # nobody listens there
+    try:
+        stream = WeightStream(client, 1, 1, timeout_s=0.3)
+        assert list(stream) == []
+        assert not stream.complete and "silent" in str(stream.failure)
+    finally:
+        client.close()
