@@ -18,7 +18,9 @@ Goal (issue #12): fetching at >= 0.8x the raw socket ceiling. Writes bench/resul
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -115,7 +117,7 @@ def learner_side(size: str) -> dict:
     frames = [[memoryview(t.view(-1).numpy()) for t in ts] for _, ts in buckets]
 
     def serve_raw() -> None:
-        for _ in range(1 + ROUNDS):  # a warm-up round, then the timed ones
+        for _ in range(2 + ROUNDS):  # a warm-up round, the timed ones, one for memory
             for bucket in frames:
                 raw.recv()
                 raw.send_multipart(bucket, copy=False)
@@ -135,6 +137,33 @@ def learner_side(size: str) -> dict:
     result = json.loads(out.strip().splitlines()[-1])
     result.update(size=size, parameters=params, bytes=total, memcpy_gbps=memcpy_gbps(buckets))
     return result
+
+
+class PeakMemory:
+    """The most this process's resident memory grew above its level at entry, sampled every 5 ms."""
+
+    def __init__(self) -> None:
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.peak = 0
+
+    def rss(self) -> int:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * self.page
+
+    def __enter__(self) -> "PeakMemory":
+        self.base, self.peak, self._done = self.rss(), 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.005):
+            self.peak = max(self.peak, self.rss() - self.base)
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.rss() - self.base)
 
 
 def actor_side(address: str, model: str, raw_port: int) -> None:
@@ -186,10 +215,21 @@ def actor_side(address: str, model: str, raw_port: int) -> None:
             sizes[kind] = run()
             if round_:
                 seconds[kind].append(time.perf_counter() - started)
+    # Then one untimed round of each for memory, each begun with the C heap's free memory handed back to the
+    # system (so that growth is not hidden by memory an earlier kind freed but kept); not done in the timed
+    # rounds, whose allocations should meet the heap as an actor's do.
+    trim = ctypes.CDLL("libc.so.6").malloc_trim
+    peaks = {}
+    for kind, run in kinds.items():
+        trim(0)
+        with PeakMemory() as memory:
+            run()
+        peaks[kind] = memory.peak
     result = {}
     for kind, times in seconds.items():
         median = float(np.median(times))
-        result.update({f"{kind}_s": median, f"{kind}_gbps": sizes[kind] / median / 1e9, f"{kind}_s_rounds": times})
+        result.update({f"{kind}_s": median, f"{kind}_gbps": sizes[kind] / median / 1e9, f"{kind}_s_rounds": times,
+                       f"{kind}_peak_gb": peaks[kind] / 1e9})
     result["fetch_vs_socket"] = result["fetch_gbps"] / result["raw_gbps"]
     result["streamed_vs_whole"] = result["sync_whole_s"] / result["sync_streamed_s"]
     print(json.dumps(result), flush=True)
@@ -214,6 +254,11 @@ def main() -> None:
         print(f"{r['size']:>6}{r['bytes'] / 1e9:>7.2f}{r['memcpy_gbps']:>9.2f}{r['raw_gbps']:>9.2f}"
               f"{r['fetch_gbps']:>8.2f}{r['fetch_vs_socket']:>10.2f}x{r['sync_streamed_gbps']:>15.2f}"
               f"{r['sync_whole_gbps']:>12.2f}{r['streamed_vs_whole']:>15.2f}x")
+    print("\nthe actor's resident memory at most grew by (GB):")
+    print(f"{'size':>6}{'raw':>8}{'fetch':>8}{'sync streamed':>15}{'sync whole':>12}")
+    for r in results:
+        print(f"{r['size']:>6}{r['raw_peak_gb']:>8.2f}{r['fetch_peak_gb']:>8.2f}{r['sync_streamed_peak_gb']:>15.2f}"
+              f"{r['sync_whole_peak_gb']:>12.2f}")
     print("goal: fetch >= 0.8x the raw socket ceiling")
     print(f"written: {out / 'weight_transfer.json'}")
 
