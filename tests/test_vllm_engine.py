@@ -137,3 +137,20 @@ def test_fresh_samples_at_temperature_0_7_have_importance_ratio_one(engine, tiny
     assert mask.sum() > 20 and log_ratio.abs().max() < 1e-3, log_ratio.abs().max()
     untempered = (token_logprobs(logits, batch.input_ids) - batch.behaviour_logp)[mask]
     assert untempered.abs().max() > 0.05  # scoring softmax(logits) instead: the old, wrong weights
+
+
+def test_closing_the_engine_removes_its_process_group_file_and_restores_gc(engine):
+    """Last in this module: it stops the engine. `close` skips vLLM's garbage collections (a process
+    on its way out has no use for them) but must still remove what outlives the process."""
+    import gc
+    import glob
+    import os
+    import tempfile
+
+    collect = gc.collect
+    pattern = os.path.join(tempfile.gettempdir(), "vllm_dist_*")
+    before = set(glob.glob(pattern))
+    engine.close()
+    after = set(glob.glob(pattern))
+    assert len(before - after) == 1 and not after - before  # this engine's file, and only it
+    assert gc.collect is collect

@@ -148,8 +148,18 @@ class VLLMEngine:
 
     def close(self) -> None:
         """Stop the engine: its worker and process group (and its process, where it has one). Done
-        explicitly so that the actor can leave without Python's slower teardown (`finish_process`)."""
-        self.llm.llm_engine.engine_core.shutdown()
+        explicitly so that the actor can leave without Python's slower teardown (`finish_process`).
+        For a process on its way out: vLLM's shutdown collects garbage twice to hand memory back, 0.9 s
+        of its 1.1 s on the CPU demo (measured), which such a process has no use for, so collections
+        are skipped while it runs (the process group and its file in /tmp are still removed)."""
+        import gc
+
+        collect = gc.collect
+        gc.collect = lambda *args, **kwargs: 0
+        try:
+            self.llm.llm_engine.engine_core.shutdown()
+        finally:
+            gc.collect = collect
 
     def load_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
         """Swap new weights into the running engine, then drop KV blocks computed with the old ones.
