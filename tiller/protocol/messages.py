@@ -189,7 +189,8 @@ class WeightsBucket:
 
 @_message("weights_gone")
 class WeightsGone:
-    """The requested version was superseded (or the learner restarted); fetch this one instead."""
+    """The requested version was superseded before this peer began fetching it (or the learner restarted,
+    or gave up on this peer part-way): fetch this one instead, from its first bucket."""
 
     latest_version: int
     learner_incarnation: int
