@@ -72,10 +72,10 @@ class WeightStream:
                     return  # some of the superseded version is loaded: the caller loads the new one whole
                 continue  # nothing loaded yet: simply begin on the newer version
             if not isinstance(reply, WeightsBucket) or (reply.version, reply.bucket) != (self.version, bucket):
-                what = type(reply).KIND if not isinstance(reply, WeightsBucket) else f"bucket {reply.bucket} of " \
-                                                                                     f"version {reply.version}"
+                got = (f"bucket {reply.bucket} of version {reply.version}" if isinstance(reply, WeightsBucket)
+                       else type(reply).KIND)
                 self.failure = LearnerGone(f"unexpected reply to a request for bucket {bucket} of version "
-                                           f"{self.version}: {what}")
+                                           f"{self.version}: {got}")
                 return
             total = reply.num_buckets
             tensors = as_tensors(reply.tensors)

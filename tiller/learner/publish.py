@@ -14,7 +14,8 @@ Three things make a publish cost what the hardware allows:
 - **Buffers reused across versions.** Pinned allocations are slow, so each buffer set is kept and
   written again by a later version, but only once it is safe: the server no longer offers that
   version (it has been replaced, and every fetch begun on it has ended) and ZeroMQ has released
-  every zero-copy frame sent from it (tracked sends). Until then the set stays untouched and, if none is free, a new one is made.
+  every zero-copy frame sent from it (tracked sends). Until then the set stays untouched and, if
+  none is free, a new one is made.
 """
 
 from __future__ import annotations

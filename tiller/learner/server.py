@@ -306,7 +306,7 @@ class LearnerServer:
         names, tensors = snap.buckets[request.bucket]
         self.endpoint.send(identity, WeightsBucket(snap.version, request.bucket, len(snap.buckets), names, tensors,
                                                    incarnation), trackers=snap.trackers)
-        # after the send, which appended its tracker: the publisher never sees neither reader nor tracker
+        # only after the send, which appended its tracker: the publisher always sees a reader or a tracker
         if request.bucket + 1 < len(snap.buckets):
             snap.readers[identity] = time.monotonic()
         else:
