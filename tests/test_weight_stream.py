@@ -154,3 +154,42 @@ def test_a_stream_from_a_silent_learner_ends_with_the_failure(free_address):
         assert not stream.complete and "silent" in str(stream.failure)
     finally:
         client.close()
+
+
+class RecordingEngine:
+    """Stands in for vLLM in the actor's sync loop: consumes a stream as the engine does (pulling pairs
+    until it ends) and keeps what it loaded. Its first load stalls after one pair until the learner has
+    published version 2 and given up on this reader, as a learner does with an actor silent too long."""
+
+    def __init__(self, server: LearnerServer, monkeypatch) -> None:
+        self.server, self.monkeypatch = server, monkeypatch
+        self.loads: list[list[tuple[str, float]]] = []
+
+    def load_weights(self, stream) -> None:
+        loaded = []
+        for name, tensor in stream:
+            loaded.append((name, float(tensor.flatten()[0])))
+            if len(self.loads) == 0 and len(loaded) == 1:
+                old = self.server._snapshot
+                self.server.publish(snapshot(2))
+                self.monkeypatch.setattr(server_module, "READER_IDLE_S", 0.0)
+                wait_for(lambda: self.server._snapshot is not old and not old.read)
+                self.monkeypatch.setattr(server_module, "READER_IDLE_S", 60.0)
+        self.loads.append(loaded)
+
+
+def test_an_actor_whose_stream_ended_part_way_loads_the_newer_version_whole(served, monkeypatch):
+    from tiller.actors.rollout import RolloutActor
+    from tiller.config import Config
+
+    server, client = served
+    actor = RolloutActor.__new__(RolloutActor)  # the sync loop alone: no vLLM engine to start
+    actor.cfg, actor.actor_id, actor.client = Config(), "actor0", client()
+    actor.engine = RecordingEngine(server, monkeypatch)
+    actor.learner_incarnation, actor.version, actor.load_seconds = server.coordinator.incarnation, 0, 0.0
+    actor.sync(server.coordinator.incarnation, 1)
+    first, second = actor.engine.loads
+    assert {value for _, value in first} == {1.0} and len(first) == 2  # one bucket of version 1, then the end
+    assert [name for name, _ in second] == [f"b{b}.{t}" for b in range(BUCKETS) for t in "wv"]
+    assert {value for _, value in second} == {2.0}  # every tensor again, all of version 2
+    assert actor.version == 2 and actor.load_seconds > 0
