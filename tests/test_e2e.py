@@ -180,3 +180,40 @@ def test_online_dpo_with_two_cai_judge_processes_sharing_the_work(tiny_policy_di
         assert log.rstrip().splitlines()[-1].startswith("judge done:"), log[-3000:]  # nothing went wrong after
     records = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert sum(r["outcome"] == "trained" for r in records) == steps * 8
+
+
+def test_a_warm_actor_serves_one_run_after_another_with_its_engine_started_once(tiny_policy_dir, tmp_path,
+                                                                              free_address):
+    """`tiller actor --stay` outlives the learner: two `tiller run --actors 0` in a row are served by the
+    one actor, whose vLLM engine is built once; it ends when interrupted."""
+    import signal
+
+    cwd = Path(__file__).parents[1]
+    first, last = min(os.sched_getaffinity(0)), max(os.sched_getaffinity(0))
+    log = tmp_path / "warm0.log"
+    actor = subprocess.Popen(
+        [sys.executable, "-m", "tiller", "actor", "--config", "configs/demo.yaml", "--stay", "--id", "warm0",
+         "--learner", free_address, *overrides(tmp_path, tiny_policy_dir, free_address, "warm-actor")],
+        cwd=cwd, stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, "TILLER_CORES": str(last)})
+    try:
+        for name in ("warm-1", "warm-2"):
+            args = overrides(tmp_path, tiny_policy_dir, free_address, name) + [
+                "run.actors=0", "run.placement=manual", f"run.cores={{learner: [{first}], judge0: [{first}]}}"]
+            done = subprocess.run([sys.executable, "-m", "tiller", "run", "configs/demo.yaml", *args],
+                                  capture_output=True, text=True, timeout=300, cwd=cwd)
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + log.read_text()[-3000:]
+            summary = json.loads((tmp_path / name / "summary.json").read_text())
+            assert set(summary["actor_work"]) == {"warm0"}
+            records = [json.loads(line) for line in (tmp_path / name / "samples.jsonl").read_text().splitlines()]
+            assert sum(r["outcome"] == "trained" for r in records) == STEPS * BATCH
+            wait_for(log, "waiting for the next learner", 60)  # told to stop, it stays
+            assert actor.poll() is None
+        text = log.read_text()
+        assert text.count("waiting for the next learner") == 2 and text.count("loaded policy version 0") == 2
+        built = [m for m in timeline.read(tmp_path / "warm-actor") if m["event"] == "engine built"]
+        assert len(built) == 1
+        actor.send_signal(signal.SIGINT)
+        assert actor.wait(timeout=60) == 0, log.read_text()[-3000:]
+        assert log.read_text().rstrip().splitlines()[-1] == "actor stopped: interrupted"
+    finally:
+        actor.kill()

@@ -48,6 +48,7 @@ def mark(run_dir: Path, process: str, event: str) -> float:
     log.debug("timeline: %s %s at %.2f s", process, event, seconds)  # the file is the record; the terminal has enough
     line = json.dumps({"process": process, "event": event, "s": round(seconds, 3), "pid": os.getpid()}) + "\n"
     try:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)  # a worker started by hand may be first to write here
         with open(Path(run_dir) / FILE, "a", encoding="utf-8") as out:
             out.write(line)
     except OSError as exc:

@@ -5,6 +5,13 @@
 Stateless: on start (and whenever the learner announces a newer version in a reply) it
 streams the learner's current weights into the running engine bucket by bucket (weight_stream.py),
 between generation batches, never mid-sequence.
+
+    tiller actor --config configs/demo.yaml --stay    # serve one learner after another, engine kept warm
+
+With `--stay` it outlives the learner: once told that training finished (or once the learner is
+gone), it asks the same address once a second until a different learner answers, then serves that
+one, starting with its weights. Starting vLLM is most of a run's start-up (15-18 s on the 2-core CPU
+machine, far more with CUDA graphs on a GPU); a warm actor spends it once for many runs.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from tiller.actors.weight_stream import WeightStream
 from tiller.actors.worker import HeartbeatThread, LearnerGone, default_worker_id, request_patiently
 from tiller.config import Config
 from tiller.protocol.messages import (
-    Lease, LeaseRequest, Rollout, Shutdown, Wait, unflatten,
+    Lease, LeaseRequest, Rollout, Shutdown, Status, StatusRequest, Wait, unflatten,
 )
 from tiller.protocol.transport import LearnerClient
 from tiller.timeline import mark
@@ -28,9 +35,14 @@ from tiller.timeline import mark
 log = logging.getLogger(__name__)
 
 
+class WeightsDoNotFit(RuntimeError):
+    """The learner's weights could not be loaded into this actor's engine (another model?)."""
+
+
 class RolloutActor:
     # a version superseded part-way is followed by a whole one; a learner restarting over and over is not
     MAX_STREAMS = 5
+    PROBE_S = 1.0  # a warm actor between runs asks for the next learner this often
 
     def __init__(self, cfg: Config, address: str, actor_id: str | None = None):
         self.cfg = cfg
@@ -60,7 +72,11 @@ class RolloutActor:
         self.version = -1  # the engine holds no one published version until a stream completes
         for _ in range(self.MAX_STREAMS):
             stream = WeightStream(self.client, learner, version, self.cfg.rollout.learner_timeout_s)
-            self.engine.load_weights(stream)
+            try:
+                self.engine.load_weights(stream)
+            except Exception as exc:  # vLLM refused a name or a shape: nothing to retry
+                raise WeightsDoNotFit(f"the learner's weights do not fit this actor's engine (model.path "
+                                      f"{self.cfg.model.path}): {type(exc).__name__}: {exc}") from exc
             if stream.failure is not None:
                 raise stream.failure
             learner, version = stream.learner, stream.version
@@ -76,10 +92,33 @@ class RolloutActor:
         self.load_seconds += time.monotonic() - start
         log.info("%s loaded policy version %d in %.2f s", self.actor_id, version, time.monotonic() - start)
 
-    def run(self) -> int:
-        """Serve leases until the learner says stop; returns the number of rollouts sent."""
+    def run(self, stay: bool = False) -> int:
+        """Serve leases until the learner says stop; returns the number of rollouts sent. With `stay`,
+        serve one learner after another instead, the engine kept warm, until the process is stopped."""
         with self.heartbeat:  # beats for as long as this worker serves
-            return self._serve()
+            if not stay:
+                return self._serve()
+            sent, finished = 0, None
+            while True:
+                try:
+                    sent += self._serve()
+                except LearnerGone as exc:
+                    log.warning("%s: %s", self.actor_id, exc)
+                finished = self._next_learner(finished)
+
+    def _next_learner(self, finished: int | None) -> int:
+        """Wait for a learner other than the one that finished (None: whichever answered last) and
+        return its incarnation. Asks with a status request: a lease asked for now would be lost."""
+        finished = self.learner_incarnation if finished is None else finished
+        print(f"{self.actor_id}: engine kept warm; waiting for the next learner at {self.client.address}",
+              flush=True)
+        while True:
+            asked = time.monotonic()
+            reply = self.client.request(StatusRequest(self.actor_id), timeout_s=self.PROBE_S)
+            if isinstance(reply, Status) and reply.learner_incarnation != finished:
+                log.info("%s: learner %d answers; serving it", self.actor_id, reply.learner_incarnation)
+                return reply.learner_incarnation
+            time.sleep(max(0.0, self.PROBE_S - (time.monotonic() - asked)))
 
     def _serve(self) -> int:
         timeout = self.cfg.rollout.learner_timeout_s

@@ -16,22 +16,29 @@ def actor(
     overrides: Overrides = None,
     learner: LearnerAddress = None,
     actor_id: Annotated[Optional[str], typer.Option("--id", help="Actor name (default: actor-HOST-PID).")] = None,
+    stay: Annotated[bool, typer.Option(
+        "--stay", help="When the learner finishes, keep the engine warm and serve the next learner at the same "
+                       "address (a later `tiller run ... --actors 0`, or `tiller learner`), until interrupted.")] = False,
     dry_run: DryRun = False,
 ) -> None:
     """Generate rollouts with vLLM for the learner at --learner, until it says stop."""
     cfg = resolve(config, overrides, dry_run)
     setup_process(actor_id or "actor")
-    from tiller.actors.rollout import RolloutActor
+    from tiller.actors.rollout import RolloutActor, WeightsDoNotFit
     from tiller.actors.worker import LearnerGone
     from tiller.models import prepare_model
 
     run_or_explain(prepare_model, cfg)  # a tiny demo model is built on the spot if it is not there yet
     rollout_actor = run_or_explain(lambda: RolloutActor(cfg, learner or cfg.learner.address, actor_id))
     try:
-        sent = run_or_explain(rollout_actor.run)
-    except LearnerGone as exc:
+        sent = run_or_explain(rollout_actor.run, stay)
+    except (LearnerGone, WeightsDoNotFit) as exc:
         typer.echo(f"actor stopped: {exc}", err=True)
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:  # how a warm (--stay) actor is meant to end
+        typer.echo("actor stopped: interrupted")
+        rollout_actor.engine.close()
+        finish_process(0)
     typer.echo(f"actor done: {sent} rollouts sent")
     rollout_actor.engine.close()  # 0.2 s; Python's teardown of the engine and torch took 2.6 s more (measured)
     finish_process(0)
