@@ -107,4 +107,7 @@ def test_milestones_share_the_runs_clock_and_survive_a_torn_line_and_an_unwritab
     marks = timeline.read(tmp_path)
     assert [(m["process"], m["event"]) for m in marks] == [("learner", "listening"), ("actor0", "engine built")]
     assert timeline.read(tmp_path / "nowhere") == []
-    timeline.mark(tmp_path / "nowhere", "actor0", "imported")  # logged, never raised: a run is not failed by this
+    timeline.mark(tmp_path / "fresh", "actor0", "imported")  # a worker started by hand may be first: made
+    assert [m["event"] for m in timeline.read(tmp_path / "fresh")] == ["imported"]
+    (tmp_path / "a file").write_text("")
+    timeline.mark(tmp_path / "a file" / "run", "actor0", "imported")  # logged, never raised: a run is not failed by this
