@@ -8,9 +8,9 @@ between generation batches, never mid-sequence.
 
     tiller actor --config configs/demo.yaml --stay    # serve one learner after another, engine kept warm
 
-With `--stay` it outlives the learner: once told that training finished (or once the learner is
-gone), it asks the same address once a second until a different learner answers, then serves that
-one, starting with its weights. Starting vLLM is most of a run's start-up (15-18 s on the 2-core CPU
+With `--stay` it outlives the learner: before each learner, and once told that training finished
+(or once the learner is gone), it asks the same address once a second until a learner other than
+the last one answers, then serves that one, starting with its weights. Starting vLLM is most of a run's start-up (15-18 s on the 2-core CPU
 machine, far more with CUDA graphs on a GPU); a warm actor spends it once for many runs.
 """
 
@@ -98,20 +98,19 @@ class RolloutActor:
         with self.heartbeat:  # beats for as long as this worker serves
             if not stay:
                 return self._serve()
-            sent, finished = 0, None
+            sent, finished = 0, -1  # no learner has finished yet: any will do
             while True:
+                finished = self._next_learner(finished)
                 try:
                     sent += self._serve()
-                except LearnerGone as exc:
+                except LearnerGone as exc:  # it died: the next one (a restart, a new run) is served as well
                     log.warning("%s: %s", self.actor_id, exc)
-                finished = self._next_learner(finished)
 
-    def _next_learner(self, finished: int | None) -> int:
-        """Wait for a learner other than the one that finished (None: whichever answered last) and
-        return its incarnation. Asks with a status request: a lease asked for now would be lost."""
-        finished = self.learner_incarnation if finished is None else finished
-        print(f"{self.actor_id}: engine kept warm; waiting for the next learner at {self.client.address}",
-              flush=True)
+    def _next_learner(self, finished: int) -> int:
+        """Wait for a learner other than incarnation `finished` to answer, and return its incarnation.
+        Asks with status requests, once a second: a lease asked for before a learner listens may be
+        answered to a socket given up by then, and lost until it expires."""
+        print(f"{self.actor_id}: engine warm; waiting for a learner at {self.client.address}", flush=True)
         while True:
             asked = time.monotonic()
             reply = self.client.request(StatusRequest(self.actor_id), timeout_s=self.PROBE_S)
