@@ -1,25 +1,31 @@
 """Where the time to the first trained step goes: every process's start-up milestones on one clock,
 against the floor of a bare vLLM start measured in the same run.
 
-    python bench/startup.py                    # configs/demo.yaml, 5 steps, 2 runs
-    python bench/startup.py --runs 3 learner.mode=sync
+    python bench/startup.py                    # configs/demo.yaml, 5 steps, 2 runs, then 2 with a warm actor
+    python bench/startup.py --runs 3 --warm-runs 0 learner.mode=sync
 
 The baseline is what any system that samples with vLLM pays before its first token on this machine:
 one process, pinned to one core, that imports vLLM, builds an `LLM` on the same model with the same
 settings and generates one token (plain vLLM, no Tiller code). Then `tiller run` is started as a user
 would; its processes record milestones in `runs/<name>/timeline.jsonl` (tiller/timeline.py), which
 are printed as a timeline and drawn as one bar per process. The ratio printed is
-`time/first_step_s` over the bare vLLM start. Writes bench/results/startup.json and startup.png.
+`time/first_step_s` over the bare vLLM start.
+
+Then the same runs with a warm actor: `tiller actor --stay` started once, on the core the plan gives
+the actor, its engine built before the timed runs; each `tiller run --actors 0` it serves starts no
+vLLM of its own. Writes bench/results/startup.json, startup.png and startup_warm.png.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from _runs import ROOT, demo_parser, save, tiller_run
@@ -65,16 +71,45 @@ def print_timeline(marks: list[dict]) -> None:
         previous[m["process"]] = m["s"]
 
 
-def plot(runs: list[dict], bare: dict, path: Path) -> None:
+def plot(runs: list[dict], bare: dict, path: Path, what: str = "") -> None:
     first = runs[-1]["first_step_s"]
-    plot_timeline(runs[-1]["timeline"], path, f"where the time to the first trained step goes: {first:.1f} s "
+    plot_timeline(runs[-1]["timeline"], path, f"where the time to the first trained step goes{what}: {first:.1f} s "
                   f"(a bare vLLM start: {bare['total_s']:.1f} s)",
                   baseline=("bare vLLM: import, build an engine, generate 1 token", bare["total_s"]))
+
+
+def timed_runs(config: str, prefix: str, count: int, out: Path, overrides: list[str]) -> list[dict]:
+    runs = []
+    for n in range(count):
+        name = f"{prefix}{n}"
+        run = tiller_run(config, name, out, overrides)
+        marks = timeline.read(out / name)
+        print(f"\n{name}: first trained step at {run.first_step_s:.1f} s, every process exited at {run.wall_s:.1f} s "
+              f"(tail {run.tail_s:.1f} s)")
+        print_timeline(marks)
+        runs.append({"first_step_s": run.first_step_s, "wall_s": run.wall_s, "tail_s": run.tail_s, "timeline": marks})
+    return runs
+
+
+def warm_actor(config: str, out: Path, core: int, overrides: list[str]) -> subprocess.Popen:
+    """`tiller actor --stay` on `core`, returned once its engine is built and it waits for a learner."""
+    log = out / "warm-actor.log"
+    actor = subprocess.Popen([sys.executable, "-m", "tiller", "actor", "--config", config, "--stay", "--id", "actor0",
+                              f"output_dir={out}", "name=warm-actor", *overrides], cwd=ROOT,
+                             stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, "TILLER_CORES": str(core)})
+    deadline = time.monotonic() + 300
+    while "waiting for a learner" not in log.read_text(errors="replace"):
+        if actor.poll() is not None or time.monotonic() > deadline:
+            actor.kill()
+            raise SystemExit(f"the warm actor did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    return actor
 
 
 def main() -> None:
     parser = demo_parser(__doc__, steps=5)
     parser.add_argument("--runs", type=int, default=2, help="tiller runs (the first also warms the OS's caches)")
+    parser.add_argument("--warm-runs", type=int, default=2, help="tiller runs served by a warm actor (0: none)")
     args = parser.parse_args()
     import yaml
 
@@ -88,22 +123,36 @@ def main() -> None:
     print(f"bare vLLM on core {core}: import {bare['import_s']:.1f} s, engine {bare['engine_s']:.1f} s, "
           f"first token {bare['first_token_s']:.1f} s: {bare['total_s']:.1f} s", flush=True)
     out = Path(tempfile.mkdtemp(prefix="tiller-startup-"))
-    runs = []
-    for n in range(args.runs):
-        run = tiller_run(args.config, f"startup{n}", out, [f"learner.steps={args.steps}", *args.overrides])
-        marks = timeline.read(out / f"startup{n}")
-        print(f"\nrun {n}: first trained step at {run.first_step_s:.1f} s, every process exited at {run.wall_s:.1f} s "
-              f"(tail {run.tail_s:.1f} s)")
-        print_timeline(marks)
-        runs.append({"first_step_s": run.first_step_s, "wall_s": run.wall_s, "tail_s": run.tail_s, "timeline": marks})
+    overrides = [f"learner.steps={args.steps}", *args.overrides]
+    runs = timed_runs(args.config, "startup", args.runs, out, overrides)
+    warm: list[dict] = []
+    if args.warm_runs:
+        first_core = min(os.sched_getaffinity(0))
+        actor = warm_actor(args.config, out, core, args.overrides)
+        try:
+            placed = ["run.actors=0", "run.placement=manual", f"run.cores={{learner: [{first_core}], judge0: [{first_core}]}}"]
+            warm = timed_runs(args.config, "startup-warm", args.warm_runs, out, overrides + placed)
+        finally:
+            actor.send_signal(signal.SIGINT)
+            try:
+                actor.wait(60)
+            except subprocess.TimeoutExpired:
+                actor.kill()
     first = statistics.median(r["first_step_s"] for r in runs)
     print(f"\nfirst trained step: median {first:.1f} s over {len(runs)} runs = {first / bare['total_s']:.2f}x "
           f"the bare vLLM start ({bare['total_s']:.1f} s); goal (issue #12): <= 10 s")
     result = {"config": args.config, "steps": args.steps, "overrides": args.overrides, "bare_vllm": bare,
               "first_step_s_median": first, "vs_bare_vllm": first / bare["total_s"], "runs": runs}
+    if warm:
+        warm_first = statistics.median(r["first_step_s"] for r in warm)
+        print(f"with a warm actor (tiller actor --stay): median {warm_first:.1f} s over {len(warm)} runs = "
+              f"{warm_first / bare['total_s']:.2f}x the bare vLLM start, {warm_first / first:.2f}x a cold start")
+        result.update(warm_first_step_s_median=warm_first, warm_vs_cold=warm_first / first, warm_runs=warm)
     path = save(result, "startup")
     plot(runs, bare, path.with_suffix(".png"))
-    print(f"written: {path} and {path.with_suffix('.png')}")
+    if warm:
+        plot(warm, bare, path.with_name("startup_warm.png"), " with a warm actor")
+    print(f"written: {path} and its charts")
 
 
 if __name__ == "__main__":
