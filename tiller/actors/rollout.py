@@ -9,9 +9,10 @@ between generation batches, never mid-sequence.
     tiller actor --config configs/demo.yaml --stay    # serve one learner after another, engine kept warm
 
 With `--stay` it outlives the learner: before each learner, and once told that training finished
-(or once the learner is gone), it asks the same address once a second until a learner other than
-the last one answers, then serves that one, starting with its weights. Starting vLLM is most of a run's start-up (15-18 s on the 2-core CPU
-machine, far more with CUDA graphs on a GPU); a warm actor spends it once for many runs.
+(or once the learner is gone), it asks the same address four times a second until a learner other
+than the last one answers, then serves that one, starting with its weights. Starting vLLM is most
+of a run's start-up (15-18 s on the 2-core CPU machine, far more with CUDA graphs on a GPU); a warm
+actor spends it once for many runs.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class WeightsDoNotFit(RuntimeError):
 class RolloutActor:
     # a version superseded part-way is followed by a whole one; a learner restarting over and over is not
     MAX_STREAMS = 5
-    PROBE_S = 1.0  # a warm actor between runs asks for the next learner this often
+    PROBE_S = 0.25  # a warm actor between runs asks for the next learner this often (a status request: cheap)
 
     def __init__(self, cfg: Config, address: str, actor_id: str | None = None):
         self.cfg = cfg
@@ -108,7 +109,7 @@ class RolloutActor:
 
     def _next_learner(self, finished: int) -> int:
         """Wait for a learner other than incarnation `finished` to answer, and return its incarnation.
-        Asks with status requests, once a second: a lease asked for before a learner listens may be
+        Asks with status requests, every PROBE_S: a lease asked for before a learner listens may be
         answered to a socket given up by then, and lost until it expires."""
         print(f"{self.actor_id}: engine warm; waiting for a learner at {self.client.address}", flush=True)
         while True:
