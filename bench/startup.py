@@ -13,7 +13,8 @@ are printed as a timeline and drawn as one bar per process. The ratio printed is
 
 Then the same runs with a warm actor: `tiller actor --stay` started once, on the core the plan gives
 the actor, its engine built before the timed runs; each `tiller run --actors 0` it serves starts no
-vLLM of its own (the judge goes on the actor's core, idle until the learner listens). Writes bench/results/startup.json, startup.png and startup_warm.png.
+vLLM of its own (the judge goes on the actor's core, idle until the learner listens).
+Writes bench/results/startup.json, startup.png and startup_warm.png.
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ def warm_actor(config: str, out: Path, core: int, overrides: list[str]) -> subpr
     log = out / "warm-actor.log"
     actor = subprocess.Popen([sys.executable, "-m", "tiller", "actor", "--config", config, "--stay", "--id", "actor0",
                               f"output_dir={out}", "name=warm-actor", *overrides], cwd=ROOT,
-                             stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, "TILLER_CORES": str(core)})
+                             stdout=log.open("w"), stderr=subprocess.STDOUT,
+                             env={**os.environ, "TILLER_CORES": str(core)})
     deadline = time.monotonic() + 300
     while "waiting for a learner" not in log.read_text(errors="replace"):
         if actor.poll() is not None or time.monotonic() > deadline:
@@ -132,7 +134,8 @@ def main() -> None:
         try:
             # the judge beside the warm actor, whose core is idle until a learner listens (beside the learner,
             # its start slowed the learner's: first step 11.6-11.8 s instead of 7.7-8.9 s, measured)
-            placed = ["run.actors=0", "run.placement=manual", f"run.cores={{learner: [{first_core}], judge0: [{core}]}}"]
+            placed = ["run.actors=0", "run.placement=manual",
+                      f"run.cores={{learner: [{first_core}], judge0: [{core}]}}"]
             warm = timed_runs(args.config, "startup-warm", args.warm_runs, out, overrides + placed)
         finally:
             actor.send_signal(signal.SIGINT)

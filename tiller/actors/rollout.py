@@ -11,7 +11,7 @@ between generation batches, never mid-sequence.
 With `--stay` it outlives the learner: before each learner, and once told that training finished
 (or once the learner is gone), it asks the same address four times a second until a learner other
 than the last one answers, then serves that one, starting with its weights. Starting vLLM is most
-of a run's start-up (15-18 s on the 2-core CPU machine, far more with CUDA graphs on a GPU); a warm
+of a run's start-up (14-18 s on the 2-core CPU machine, far more with CUDA graphs on a GPU); a warm
 actor spends it once for many runs.
 """
 
