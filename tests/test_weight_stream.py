@@ -193,3 +193,21 @@ def test_an_actor_whose_stream_ended_part_way_loads_the_newer_version_whole(serv
     assert [name for name, _ in second] == [f"b{b}.{t}" for b in range(BUCKETS) for t in "wv"]
     assert {value for _, value in second} == {2.0}  # every tensor again, all of version 2
     assert actor.version == 2 and actor.load_seconds > 0
+
+
+def test_weights_the_engine_refuses_stop_the_actor_with_a_line_naming_its_model(served):
+    from tiller.actors.rollout import RolloutActor, WeightsDoNotFit
+    from tiller.config import Config, ModelConfig
+
+    class OtherModelEngine:  # vLLM raises on a parameter name its model does not have
+        def load_weights(self, stream) -> None:
+            for name, _ in stream:
+                raise KeyError(name)
+
+    server, client = served
+    actor = RolloutActor.__new__(RolloutActor)
+    actor.cfg, actor.actor_id, actor.client = Config(model=ModelConfig(path="models/other")), "actor0", client()
+    actor.engine, actor.learner_incarnation, actor.version = OtherModelEngine(), 5, 0
+    with pytest.raises(WeightsDoNotFit, match=r"model.path models/other\): KeyError: 'b0.w'"):
+        actor.sync(server.coordinator.incarnation, 1)
+    assert actor.version == -1  # it holds no published version now, and will not generate with this one
