@@ -18,7 +18,8 @@ def actor(
     actor_id: Annotated[Optional[str], typer.Option("--id", help="Actor name (default: actor-HOST-PID).")] = None,
     stay: Annotated[bool, typer.Option(
         "--stay", help="When the learner finishes, keep the engine warm and serve the next learner at the same "
-                       "address (a later `tiller run ... --actors 0`, or `tiller learner`), until interrupted.")] = False,
+                       "address (a later `tiller run ... --actors 0`, or `tiller learner`), until interrupted."
+    )] = False,
     dry_run: DryRun = False,
 ) -> None:
     """Generate rollouts with vLLM for the learner at --learner, until it says stop."""
