@@ -170,11 +170,11 @@ class RecordingEngine:
         for name, tensor in stream:
             loaded.append((name, float(tensor.flatten()[0])))
             if len(self.loads) == 0 and len(loaded) == 1:
-                old = self.server._snapshot
+                old, patience = self.server._snapshot, server_module.READER_IDLE_S
                 self.server.publish(snapshot(2))
                 self.monkeypatch.setattr(server_module, "READER_IDLE_S", 0.0)
                 wait_for(lambda: self.server._snapshot is not old and not old.read)
-                self.monkeypatch.setattr(server_module, "READER_IDLE_S", 60.0)
+                self.monkeypatch.setattr(server_module, "READER_IDLE_S", patience)  # the new version's reader stays
         self.loads.append(loaded)
 
 
