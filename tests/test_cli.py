@@ -64,8 +64,8 @@ def test_a_bare_off_is_the_word_not_a_boolean(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("run:\n  placement: off\n")
     assert load_config(path).run.placement == "off"
-    with pytest.raises(ConfigError, match="run.placement: True is not one of"):
-        load_config(None, ["run.placement=on"])  # no "on" among its choices: still an error
+    with pytest.raises(ConfigError, match="run.placement: 'on' is not one of"):
+        load_config(None, ["run.placement=on"])  # no "on" among its choices: still an error, quoting what was typed
 
 
 def test_config_is_frozen():
@@ -138,3 +138,117 @@ def test_a_lease_larger_than_what_can_be_trained_in_time_is_refused():
     with pytest.raises(ConfigError, match=r"learner.lease_prompts: 8 is more than the 2 prompts"):
         load_config(None, ["learner.batch_size=2", "learner.max_policy_lag=0", "learner.lease_prompts=8"])
     assert load_config(None, ["learner.batch_size=2", "learner.max_policy_lag=3", "learner.lease_prompts=8"])
+
+
+# ----------------------------------------------------------------------------- a new user's mistakes: one line, exit 2
+
+def one_error_line(result) -> str:
+    """The single line a refused command printed (stderr), asserting there is exactly one."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, (result.exit_code, result.output)
+    return lines[0]
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["learner.steps=-1"], "override 'learner.steps=-1': learner.steps: -1: must be at least 1"),
+    (["learner.steps=0"], "learner.steps: 0: must be at least 1"),
+    (["rollout.temperature=-1"], "rollout.temperature: -1: must be at least 0"),
+    (["learner.dpo.beta=-0.1"], "learner.dpo.beta: -0.1: must be more than 0"),
+    (["--actors", "-1"], "--actors -1: run.actors: -1: must be at least 0"),
+    (["judge.kind=reward_model"], "judge.reward_model_path: required when judge.kind is reward_model"),
+    (["learner.batch_size=0"], "override 'learner.batch_size=0': learner.batch_size: 0: must be at least 1"),
+    (["metrics.wandb=off"], "metrics.wandb: 'off' is not one of"),
+])
+def test_dry_run_refuses_values_out_of_range_in_one_line(args, expected):
+    result = runner.invoke(app, ["run", str(ROOT / "configs/demo.yaml"), *args, "--dry-run"])
+    assert expected in one_error_line(result)
+
+
+def judge_setups(tmp_path: Path) -> list[tuple[list[str], str]]:
+    """(overrides, the line expected) for judges that cannot start, with the files they name."""
+    (tmp_path / "bad_rule.py").write_text("raise RuntimeError('rule module broken')\n")
+    (tmp_path / "bad.yaml").write_text("- [not, a, principle]\n")
+    (tmp_path / "template.txt").write_text("Compare {prompt} with {response_a}\n")
+    (tmp_path / "holder").mkdir()
+    (tmp_path / "holder" / "notes.txt").write_text("a folder of other things: no tiny model is built over it")
+    composed = ["judge.kind=composed", "judge.scorers=[{kind: rule, rule: 'tiller.tasks:vowel_reward'}]"]
+    return [
+        (["judge.rule=nosuch.module:fn"], "judge.rule: cannot load 'nosuch.module:fn': No module named 'nosuch'"),
+        (["judge.rule=tiller.tasks"], "judge.rule: 'tiller.tasks' must look like package.module:function"),
+        (["judge.rule=bad_rule:fn"], "judge.rule: importing 'bad_rule:fn' failed: RuntimeError: rule module broken"),
+        (["judge.kind=composed", "judge.scorers=[{kind: rule, rule: 'nosuch:fn'}]"], "judge.scorers[0].rule: cannot"),
+        ([*composed, "judge.gate_rule=tiller.tasks:nope"], "judge.gate_rule: cannot load 'tiller.tasks:nope'"),
+        (["judge.kind=reward_model", f"judge.reward_model_path={tmp_path / 'rm'}"],
+         f"judge.reward_model_path: {tmp_path / 'rm'} does not exist"),
+        (["judge.kind=llm_pairwise", f"judge.model_path={tmp_path / 'judge'}"],
+         f"judge.model_path: {tmp_path / 'judge'} does not exist: point it at a transformers model directory "
+         "(config.json, weights, tokenizer), or set judge.build_tiny: true"),
+        (["judge.kind=llm_pairwise", f"judge.model_path={tmp_path / 'holder'}", "judge.build_tiny=true"],
+         f"judge.model_path: {tmp_path / 'holder'} holds no model"),
+        (["judge.kind=cai", f"judge.model_path={tmp_path / 'j'}", "judge.build_tiny=true",
+          f"judge.constitution_path={tmp_path / 'bad.yaml'}"], "bad.yaml:1: a principle is a text or a mapping"),
+        (["judge.kind=llm_pairwise", f"judge.model_path={tmp_path / 'j'}", "judge.build_tiny=true",
+          f"judge.template_path={tmp_path / 'template.txt'}"],
+         "template.txt must use {prompt}, {response_a}, {response_b}; missing ['response_b']"),
+    ]
+
+
+def test_dry_run_and_run_refuse_a_judge_that_cannot_start_in_one_line(tmp_path, monkeypatch):
+    """Was: the learner and a vLLM engine came up, then the judge failed five times on its rule."""
+    monkeypatch.syspath_prepend(str(tmp_path))  # bad_rule.py: imports, then fails
+    safe = [f"output_dir={tmp_path / 'runs'}", "run.timeout_s=30", "learner.steps=1"]  # if a check let it through
+    for overrides, expected in judge_setups(tmp_path):
+        for dry in (["--dry-run"], []):
+            result = runner.invoke(app, ["run", str(ROOT / "configs/demo.yaml"), *overrides, *safe, *dry])
+            assert expected in one_error_line(result), overrides
+        assert not (tmp_path / "runs").exists()  # refused before anything was written or started
+    result = runner.invoke(app, ["judge", "--config", str(ROOT / "configs/demo.yaml"), "judge.rule=nosuch:fn",
+                                 "--dry-run"])
+    assert "judge.rule: cannot load 'nosuch:fn'" in one_error_line(result)
+
+
+def test_a_model_path_that_holds_no_model_is_one_line_naming_what_is_missing(tmp_path):
+    """Was: an OSError traceback ("Directory not empty") renaming the tiny model into place."""
+    holder = tmp_path / "downloads"
+    holder.mkdir()
+    (holder / "config.json").write_text("{}")  # a download that stopped after its first file
+    for dry in (["--dry-run"], []):
+        result = runner.invoke(app, ["run", str(ROOT / "configs/demo.yaml"), f"model.path={holder}",
+                                     f"output_dir={tmp_path / 'runs'}", "run.timeout_s=30", *dry])
+        assert one_error_line(result) == (
+            f"error: model.path: {holder} holds no model: no weights (*.safetensors or pytorch_model*.bin), "
+            "no tokenizer (tokenizer.json, tokenizer.model, vocab.json or tokenizer_config.json) "
+            "(model.build_tiny builds a tiny model only where nothing is yet)")
+    assert not (tmp_path / "runs").exists()
+    result = runner.invoke(app, ["run", str(ROOT / "configs/demo.yaml"), f"model.path={tmp_path / 'typo'}",
+                                 "model.build_tiny=false", "--dry-run"])
+    assert f"model.path: {tmp_path / 'typo'} does not exist" in one_error_line(result)
+
+
+def _supervise_a_learner(tmp_path: Path, seconds: float, overrides: list[str]) -> tuple[int, float]:
+    """`tiller run`'s supervision of a stand-in learner that sleeps `seconds`: (exit code, seconds taken)."""
+    import subprocess
+    import sys
+    import time
+
+    from tiller.cli.placement import Slot
+    from tiller.cli.run import Child, _supervise
+
+    cfg = load_config(None, [f"output_dir={tmp_path}", "learner.shutdown_grace_s=0", *overrides])
+    process = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"])
+    started = time.monotonic()
+    try:
+        code = _supervise(cfg, [Child("learner", Slot("learner", ()), [], None, process)])
+    finally:
+        process.kill()
+        process.wait()
+    return code, time.monotonic() - started
+
+
+def test_run_has_no_time_limit_unless_one_is_set(tmp_path):
+    """Was: run.timeout_s defaulted to 1,800 s, so every longer job was stopped (exit 1) after 30 minutes."""
+    assert load_config(None).run.timeout_s is None
+    for unlimited in ([], ["run.timeout_s=0"], ["run.timeout_s=null"]):  # the learner ends the run
+        assert _supervise_a_learner(tmp_path, 1.5, unlimited)[0] == 0
+    code, seconds = _supervise_a_learner(tmp_path, 60, ["run.timeout_s=0.5"])
+    assert code == 1 and seconds < 15  # asked for: the run is stopped there

@@ -120,7 +120,7 @@ def test_the_frames_that_killed_the_learner_are_counted_rejects(live):
     # 1. a shape whose element count wraps int64 to 0, with no bytes (the reshape used to raise); token
     #    fields must be 1-D now, so the same header is refused earlier in a Rollout
     wrapped = msgpack.ExtType(ARRAY_INLINE_EXT, msgpack.packb(["int32", [2**32, 2**32], b""]))
-    overflow = [msgpack.packb(["weights_bucket", 1, 0, 0, 1, ["w"], [wrapped], 1])]
+    overflow = [msgpack.packb(["weights_bucket", 2, 0, 0, 1, ["w"], [wrapped], 1, []])]
     with pytest.raises(ProtocolError, match="over the size limit"):
         Decoder(REGISTRY).decode(overflow)
     as_tokens = raw_rollout(lease.lease_id, "victim", [(ARRAY_INLINE_EXT, "int32", [2**32, 2**32], b""), *ok])
@@ -216,15 +216,20 @@ def test_a_flood_of_made_up_names_costs_bounded_credit_and_log_lines(live, caplo
     sock.setsockopt(zmq.RCVHWM, 0)
     sock.connect(live.address)
     names = 5000
+    dropped_before = live.server.endpoint.stats.send_dropped
     start = time.monotonic()
     for i in range(names):
         sock.send_multipart(encode(LeaseRequest(f"made-up-{i}", 1, -2**63)))
     replies = []  # (seconds since the flood began, reply)
-    while len(replies) < names and time.monotonic() < start + 60:
+
+    def dropped() -> int:  # replies the learner dropped because this one socket asked faster than it read
+        return live.server.endpoint.stats.send_dropped - dropped_before
+
+    while len(replies) + dropped() < names and time.monotonic() < start + 60:
         if sock.poll(1000):
             replies.append((time.monotonic() - start, Decoder(REGISTRY).decode(sock.recv_multipart())))
     sock.close()
-    assert len(replies) == names
+    assert len(replies) + dropped() == names  # each request answered, or its answer dropped and counted
     # No stranger can be declared dead within 5 s of the flood's start, so none of their leases has been
     # handed back yet: what they got by then is what they can hold at once. Strangers share half of the
     # 64 prompt credits, minus what the unproven fuzzer of an earlier test still holds.

@@ -47,7 +47,7 @@ def test_good_jsonl_prompts_load(tmp_path, tiny_policy_dir):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("model.path=/nonexistent/model", "model.path: /nonexistent/model has no config.json"),
+    ("model.path=/nonexistent/model", "model.path: /nonexistent/model does not exist: point it at"),
     ("data.source=jsonl", "data.path: required"),
     ("learner.address=tcp://0.0.0.0:5599", "tiller keys"),
 ])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -75,6 +77,85 @@ def test_reward_model_judge_scores_with_the_classifier(tiny_policy_dir, tiny_rew
         expected = [rm(**tok("abc" + r, return_tensors="pt")).logits[0, 0].item() for r in ("aaa", "zzzzz", "q")]
     np.testing.assert_allclose(scores, expected, atol=1e-5)
     assert len(set(np.round(scores, 6))) == 3
+
+
+def _bos_reward_model(model_dir, max_positions: int):
+    """A tiny reward model whose tokenizer adds a BOS of its own and whose chat template writes one too
+    (as Llama 3's, Gemma's and SmolLM2's do): tokenizing the rendered template with the special tokens
+    added would give two."""
+    import torch
+    from tokenizers import processors
+    from transformers import AutoModelForSequenceClassification, Qwen2Config
+
+    from tiller.models import JUDGE_ALPHABET, TINY_CHAT_TEMPLATE, build_char_tokenizer
+
+    tok = build_char_tokenizer(JUDGE_ALPHABET)
+    tok.add_special_tokens({"bos_token": "<bos>"})
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", tok.bos_token_id)])
+    tok.chat_template = "{{ bos_token }}" + TINY_CHAT_TEMPLATE
+    assert tok("ab")["input_ids"][0] == tok.bos_token_id  # the tokenizer itself adds one
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=1, intermediate_size=128, max_position_embeddings=max_positions,
+                         pad_token_id=tok.pad_token_id, num_labels=1)
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(str(model_dir))
+    tok.save_pretrained(str(model_dir))
+    config_path = model_dir / "tokenizer_config.json"  # load_tokenizer: a char tokenizer, not the Qwen2 class
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "tiller_char_tokenizer": True}))
+    return model_dir
+
+
+def test_a_reward_model_template_with_a_bos_gives_one_bos_and_long_inputs_keep_the_response_end(
+        tmp_path, tiny_policy_dir, caplog):
+    import logging
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    rm_dir = _bos_reward_model(tmp_path / "rm", max_positions=64)
+    policy = load_tokenizer(tiny_policy_dir)
+    enc = lambda s: np.asarray(policy(s, add_special_tokens=False)["input_ids"], np.int32)  # noqa: E731
+    judge = RewardModelJudge(rm_dir, policy)
+    rm_tok = judge.tokenizer
+    bos = rm_tok.bos_token_id
+
+    text = rm_tok.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "abc"}],
+                                      tokenize=False)
+    expected = rm_tok(text, add_special_tokens=False)["input_ids"]  # <bos>user: hi\nassistant: abc\n
+    assert expected.count(bos) == 1 and expected[0] == bos
+    rm = AutoModelForSequenceClassification.from_pretrained(str(rm_dir)).eval()
+    with torch.no_grad():
+        one_bos = rm(input_ids=torch.tensor([expected])).logits[0, 0].item()
+    np.testing.assert_allclose(judge.score([enc("hi")], [enc("abc")]), [one_bos], atol=1e-5)  # two BOS: 0.104 vs 0.115
+    assert judge.token_ids([enc("hi")], [enc("abc")]) == [expected]
+    assert judge.max_length == 64  # from the config: the tokenizer's model_max_length is unset (1e30)
+
+    # <bos> + "user: " 6 + 100 + "\n" 1 + "assistant: " 11 + "the answer" 10 + "\n" 1 = 130 tokens: cut to 64
+    # (and "ok": 122), the prompt's start goes
+    long_prompt, answer = enc("x" * 100), enc("the answer")
+    with caplog.at_level(logging.WARNING, logger="tiller.actors.judges"):
+        long, fits = judge.token_ids([long_prompt], [answer, enc("ok")])
+    full = rm_tok(rm_tok.apply_chat_template([{"role": "user", "content": "x" * 100},
+                                              {"role": "assistant", "content": "the answer"}], tokenize=False),
+                  add_special_tokens=False)["input_ids"]
+    assert len(full) > 64 and len(long) == 64
+    assert long == [bos] + full[len(full) - 63:]  # the BOS, then the last 63: the whole response survives
+    assert rm_tok.decode(long[1:]) == "x" * 40 + "\nassistant: the answer\n"
+    assert len(fits) == 64 and judge.stats() == {"truncated": 2}
+    assert "cut to its context of 64" in caplog.text
+    scores = judge.score([long_prompt], [answer, enc("ok")])
+    assert np.isfinite(scores).all() and judge.stats() == {"truncated": 4}
+
+
+def test_context_length_is_the_smaller_real_bound():
+    from types import SimpleNamespace as NS
+
+    from tiller.actors.judges import context_length
+
+    assert context_length(NS(max_position_embeddings=64), NS(model_max_length=int(1e30))) == 64
+    assert context_length(NS(max_position_embeddings=4096), NS(model_max_length=512)) == 512
+    assert context_length(NS(), NS(model_max_length=int(1e30))) is None
 
 
 def test_bad_rule_specs_are_clear_errors():

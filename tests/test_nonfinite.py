@@ -85,3 +85,51 @@ def test_nan_weights_are_never_published_or_saved(tiny_policy_dir, tmp_path):
     with pytest.raises(NonFiniteTraining, match="save"):
         trainer.save(tmp_path / "final")
     assert not (tmp_path / "final" / "config.json").exists()
+
+
+def ppo_trainer(model_dir, max_nonfinite_steps=3):
+    """PPO with one optimizer step per engine per learner step, so step counts are guard counts."""
+    cfg = Config(model=ModelConfig(path=str(model_dir)),
+                 learner=LearnerConfig(algorithm="ppo", lr=1e-3, batch_size=4, max_nonfinite_steps=max_nonfinite_steps,
+                                       pg=PGConfig(ppo_epochs=1, minibatches=1, target_kl=0.0, critic_lr=1e-3)))
+    return cfg, PolicyTrainer(cfg, model_dir, with_critic=True)
+
+
+def steps_until_stopped(trainer, cfg, items, limit: int) -> tuple[int, str]:
+    """(learner steps taken until NonFiniteTraining, counting the one that raised; its message)."""
+    for taken in range(1, limit + 1):
+        try:
+            pg_step(trainer, items, cfg, pad_id=0)
+        except NonFiniteTraining as e:
+            return taken, str(e)
+    pytest.fail(f"{limit} learner steps with a non-finite engine and no NonFiniteTraining")
+
+
+def test_a_nan_policy_stops_even_while_the_critic_trains(tiny_policy_dir):
+    """One guard was shared: each good critic step reset the policy's count, so a policy whose every
+    step was skipped never stopped the run (50 minibatches: skipped == 50, no error)."""
+    cfg, trainer = ppo_trainer(tiny_policy_dir)
+    critic_before = {n: p.detach().clone() for n, p in trainer.critic.module.named_parameters()}
+    # NaN behaviour log-probs poison the policy's importance weight only: values, returns and the
+    # critic's loss stay finite
+    taken, why = steps_until_stopped(trainer, cfg, judged(logprob_fill=math.nan), limit=10)
+    assert taken == 3 and "of the policy" in why
+    assert trainer.skipped_steps == {"policy": 3, "critic": 0}
+    moved = [n for n, p in trainer.critic.module.named_parameters() if not torch.equal(p, critic_before[n])]
+    assert moved, "the critic's finite steps should have trained"
+
+
+def test_a_nan_critic_stops_even_while_the_policy_trains(tiny_policy_dir):
+    cfg, trainer = ppo_trainer(tiny_policy_dir)
+    # NaN values only in the critic's training forward (grad on); the no-grad pass that feeds GAE, and
+    # with it the advantages and the policy's loss, stays finite
+    hook = trainer.critic.module.score.register_forward_hook(
+        lambda module, args, out: out * math.nan if torch.is_grad_enabled() else out)
+    policy_before = weights(trainer)
+    try:
+        taken, why = steps_until_stopped(trainer, cfg, judged(), limit=10)
+    finally:
+        hook.remove()
+    assert taken == 3 and "of the critic" in why
+    assert trainer.skipped_steps == {"policy": 0, "critic": 3}
+    assert any(not torch.equal(policy_before[n], after) for n, after in weights(trainer).items())

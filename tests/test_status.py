@@ -55,3 +55,19 @@ def test_status_reports_the_learner_and_its_workers(free_address):
 def test_status_says_when_no_learner_answers(free_address):
     result = CliRunner().invoke(app, ["status", "--learner", free_address, "--timeout", "0.3"])
     assert result.exit_code == 1 and "no answer from a learner" in result.output
+
+
+def test_status_prints_worker_names_without_control_characters():
+    """Workers name themselves; a name is wire data and must not drive the operator's terminal."""
+    from tiller.cli.status import format_status
+
+    hostile = ["actor\x1b[2J\x1b[1;1Hlearner: all fine", "line\nbreak", "rtl\u202egnp.exe", "bell\x07\x00\x7f"]
+    status = Status(learner_incarnation=1, policy_version=3, step=3, steps=10, samples_per_s=1.0, reward_mean=0.5,
+                    inflight_prompts=0, awaiting_judges=0, actors=hostile, actor_versions=[3] * 4,
+                    actor_leases=[0] * 4, actor_rollouts=[1] * 4, judges=["judge\r\x1b]0;pwned\x07"], judge_tasks=[2],
+                    counters={"rejected\x1b[31m": 1.0})
+    out = format_status(status)
+    assert all(c.isprintable() for line in out.splitlines() for c in line)
+    assert len(out.splitlines()) == 3 + 1 + 4 + 2 + 1 + 2  # header, actor table, judge table, counters: no extra line
+    for name in ("actor[2J[1;1Hlearner: all fine", "linebreak", "rtlgnp.exe", "bell", "judge]0;pwned", "rejected[31m"):
+        assert name in out

@@ -185,6 +185,8 @@ def test_an_actor_whose_stream_ended_part_way_loads_the_newer_version_whole(serv
     server, client = served
     actor = RolloutActor.__new__(RolloutActor)  # the sync loop alone: no vLLM engine to start
     actor.cfg, actor.actor_id, actor.client = Config(), "actor0", client()
+    actor.local_model, actor.card, actor.card_learner = None, None, -1  # no model folder to check against
+    actor.heartbeat = None
     actor.engine = RecordingEngine(server, monkeypatch)
     actor.learner_incarnation, actor.version, actor.load_seconds = server.coordinator.incarnation, 0, 0.0
     actor.sync(server.coordinator.incarnation, 1)
@@ -208,6 +210,57 @@ def test_weights_the_engine_refuses_stop_the_actor_with_a_line_naming_its_model(
     actor = RolloutActor.__new__(RolloutActor)
     actor.cfg, actor.actor_id, actor.client = Config(model=ModelConfig(path="models/other")), "actor0", client()
     actor.engine, actor.learner_incarnation, actor.version = OtherModelEngine(), 5, 0
+    actor.local_model, actor.card, actor.card_learner, actor.heartbeat = None, None, -1, None
     with pytest.raises(WeightsDoNotFit, match=r"model.path models/other\): KeyError: 'b0.w'"):
         actor.sync(server.coordinator.incarnation, 1)
     assert actor.version == -1  # it holds no published version now, and will not generate with this one
+
+
+def test_a_tensor_larger_than_a_bucket_travels_in_pieces_that_are_views(free_address):
+    from tiller.learner.publish import split_large
+
+    big, small = torch.arange(1000, dtype=torch.float32).reshape(40, 25), torch.ones(3)
+    buckets, pieces = split_large([(["small", "big", "after"], [small, big, small])], bucket_bytes=1024)
+    assert [names for names, _ in buckets] == [["small"], ["big"], ["big"], ["big"], ["big"], ["after"]]
+    assert pieces == [[], [[0, 40, 25]], [[256, 40, 25]], [[512, 40, 25]], [[768, 40, 25]], []]
+    assert all(t.numel() * 4 <= 1024 for _, ts in buckets for t in ts)
+    assert buckets[2][1][0].data_ptr() == big.data_ptr() + 256 * 4  # a view into the buffer, not a copy
+    assert split_large([(["small"], [small])], bucket_bytes=1024) == ([(["small"], [small])], [])
+
+
+def test_a_stream_reassembles_a_tensor_split_across_buckets(free_address):
+    from tiller.learner.publish import split_large
+
+    embedding = torch.randn(50, 33)
+    buckets, pieces = split_large([(["embed", "norm"], [embedding, torch.ones(4)])], bucket_bytes=512)
+    coordinator = Coordinator(PromptStream([np.array([3, 4], np.int32)], [""]), LearnerConfig(), RolloutConfig())
+    server = LearnerServer(coordinator, free_address)
+    server.publish(WeightSnapshot(1, buckets, pieces=pieces))
+    server.start()
+    client = LearnerClient(server.address)
+    try:
+        wait_for(lambda: server._snapshot is not None)
+        stream = WeightStream(client, coordinator.incarnation, 1, timeout_s=10)
+        pairs = list(stream)
+        assert stream.complete and stream.failure is None and stream.buckets == len(buckets) > 2
+        assert [name for name, _ in pairs] == ["embed", "norm"]
+        assert torch.equal(pairs[0][1], embedding) and torch.equal(pairs[1][1], torch.ones(4))
+    finally:
+        client.close()
+        server.close()
+
+
+def test_pieces_out_of_order_are_a_named_problem_not_an_exception():
+    from tiller.actors.weight_stream import Pieces
+
+    pieces = Pieces()
+    done, problem = pieces.whole(["w"], [torch.zeros(4)], [[4, 8]])
+    assert done == [] and "begins at element 4" in problem
+    pieces = Pieces()
+    assert pieces.whole(["w"], [torch.zeros(4)], [[0, 8]]) == ([], None)
+    done, problem = pieces.whole(["v"], [torch.zeros(2)], [])
+    assert "v arrived while w was still incomplete" in problem
+    done, problem = Pieces().whole(["w"], [torch.zeros(4)], [[0, 1 << 40, 1 << 40]])
+    assert "not acceptable" in problem
+    done, problem = Pieces().whole(["w"], [torch.zeros(4)], [[0, 2]])
+    assert "more than its 2 elements" in problem

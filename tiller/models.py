@@ -161,16 +161,56 @@ def ensure_tiny_reward_model(model_dir: str | Path, seed: int = 0, shape: TinySh
     return model_dir
 
 
-def prepare_model(cfg) -> Path:
-    """The policy's model directory (`model.path`), building the tiny model there first when it is
-    missing and `model.build_tiny` allows it; a missing model otherwise is a ConfigError."""
+# What `from_pretrained` needs beside config.json: the weights (one file or shards), and for a model whose
+# text is read, a tokenizer (a fast tokenizer's JSON, a SentencePiece model, a BPE vocabulary, or the
+# config naming other files: enough to tell a model from a folder that holds none, not to vouch for one).
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def missing_model_files(model_dir: str | Path, tokenizer: bool = True) -> list[str]:
+    """What a transformers model directory lacks: config.json, weights, tokenizer (empty: nothing)."""
+    model_dir = Path(model_dir)
+    missing = [] if (model_dir / "config.json").is_file() else ["config.json"]
+    if not any(next(model_dir.glob(pattern), None) for pattern in WEIGHT_FILES):
+        missing.append(f"weights ({' or '.join(WEIGHT_FILES)})")
+    if tokenizer and not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+        missing.append(f"tokenizer ({', '.join(TOKENIZER_FILES[:-1])} or {TOKENIZER_FILES[-1]})")
+    return missing
+
+
+def _buildable(path: Path) -> bool:
+    """Nothing there yet: a tiny model may be built (renamed into place: an empty directory is replaced)."""
+    return not path.exists() or (path.is_dir() and next(path.iterdir(), None) is None)
+
+
+def check_model_dir(path: str | Path, key: str, build_flag: str | None = None, build: bool = False,
+                    tokenizer: bool = True) -> None:
+    """Raise ConfigError, naming `key`, the path and what is missing, unless `path` holds a model or
+    (`build`: the setting `build_flag` is on) is still empty, so a tiny one can be built there."""
     from tiller.config import ConfigError
 
+    path = Path(path)
+    if build and _buildable(path):
+        return
+    if not path.exists():
+        hint = f", or set {build_flag}: true to build a random-init tiny model there" if build_flag else ""
+        raise ConfigError(f"{key}: {path} does not exist: point it at a transformers model directory "
+                          f"(config.json, weights, tokenizer){hint}")
+    if not path.is_dir():
+        raise ConfigError(f"{key}: {path} is a file, not a model directory")
+    missing = missing_model_files(path, tokenizer)
+    if missing:
+        why = f" ({build_flag} builds a tiny model only where nothing is yet)" if build else ""
+        raise ConfigError(f"{key}: {path} holds no model: no {', no '.join(missing)}{why}")
+
+
+def prepare_model(cfg) -> Path:
+    """The policy's model directory (`model.path`), building the tiny model there first when nothing is
+    there and `model.build_tiny` asks for it; a directory that is not a model is a ConfigError."""
     path = Path(cfg.model.path)
-    if not (path / "config.json").exists():
-        if not cfg.model.build_tiny:
-            raise ConfigError(f"model.path: {path} has no config.json (point it at a transformers model "
-                              "directory, or set model.build_tiny: true to build a tiny one there)")
+    check_model_dir(path, "model.path", "model.build_tiny", cfg.model.build_tiny)
+    if _buildable(path):
         # Loud on purpose: with a typo in model.path this would otherwise train a random model quietly.
         logging.getLogger(__name__).warning(
             "model.path %s has no model: BUILDING A RANDOM-INIT TINY MODEL there (model.build_tiny: true)", path.resolve())

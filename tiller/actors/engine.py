@@ -9,7 +9,6 @@ explicitly as a stop token.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from tiller.config import RolloutConfig
+from tiller.model_files import eos_ids
 
 WORKER_EXTENSION = "tiller.actors.worker_ext.TillerWorkerExtension"
 
@@ -32,16 +32,6 @@ class Generation:
     logprobs: np.ndarray  # float32 [sum(lengths)]
     truncated: np.ndarray  # bool [n*k]
     seconds: float
-
-
-def _eos_ids(model_dir: Path) -> list[int]:
-    ids: list[int] = []
-    for name in ("generation_config.json", "config.json"):
-        path = model_dir / name
-        if path.exists():
-            eos = json.loads(path.read_text()).get("eos_token_id")
-            ids += eos if isinstance(eos, list) else [eos] if eos is not None else []
-    return sorted(set(ids))
 
 
 class VLLMEngine:
@@ -64,7 +54,7 @@ class VLLMEngine:
         from vllm import LLM
 
         self.model_dir = Path(model_dir)
-        self.eos_ids = _eos_ids(self.model_dir)
+        self.eos_ids = eos_ids(self.model_dir)
         self.llm = LLM(
             model=str(self.model_dir),
             skip_tokenizer_init=True,
@@ -161,9 +151,10 @@ class VLLMEngine:
         finally:
             gc.collect = collect
 
-    def load_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
+    def load_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> int:
         """Swap new weights into the running engine, then drop KV blocks computed with the old ones.
         `named_tensors` may be a stream still receiving them: the engine runs in this process, so the
-        worker extension pulls from it directly, layer by layer."""
-        self.llm.collective_rpc("tiller_load_weights", args=(named_tensors,))
+        worker extension pulls from it directly, layer by layer. Returns how many tensors the engine took."""
+        loaded = self.llm.collective_rpc("tiller_load_weights", args=(named_tensors,))
         self.llm.reset_prefix_cache()
+        return int(loaded[0])

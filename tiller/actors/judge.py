@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from tiller.actors.judges import Judgement, best_and_worst, build_judge
-from tiller.actors.worker import HeartbeatThread, default_worker_id, request_patiently
+from tiller.actors.worker import HeartbeatThread, LearnerFinished, default_worker_id, request_patiently, working
 from tiller.config import Config
 from tiller.protocol.messages import JudgeFailed, Scores, ScoreTask, Shutdown, WorkRequest, unflatten
 from tiller.protocol.transport import LearnerClient
@@ -106,7 +106,9 @@ class JudgeActor:
             if not isinstance(reply, ScoreTask):
                 log.warning("ignoring unexpected %s from the learner", type(reply).KIND)
                 continue
-            self.client.send(self.answer(reply))
+            with working(self.heartbeat):  # the beats say how long this judgement has run
+                answer = self.answer(reply)
+            self.client.send(answer)
             judged += 1
             if judged == 1:
                 mark(self.cfg.run_dir, self.judge_id, "first task judged")
@@ -154,6 +156,11 @@ class JudgeActor:
                 asked = self.heartbeat.learner_incarnation
             elif asked == -1:
                 asked = self.heartbeat.learner_incarnation
+            if self.heartbeat.learner_finished:  # its Shutdown may have gone to a socket given up on
+                return Shutdown("training finished (the learner's heartbeat answers say so)")
             if not self.heartbeat.learner_alive:
                 self.client.reset()
-                return request_patiently(self.client, request, timeout_s)
+                try:
+                    return request_patiently(self.client, request, timeout_s, heartbeat=self.heartbeat)
+                except LearnerFinished:
+                    return Shutdown("training finished (the learner's heartbeat answers say so)")

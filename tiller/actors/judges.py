@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
@@ -28,6 +29,9 @@ import numpy as np
 
 from tiller.config import ConfigError, JudgeConfig
 from tiller.models import load_tokenizer
+from tiller.protocol.logbudget import LogBudget
+
+log = logging.getLogger(__name__)
 
 
 Conversations = list[list[dict[str, str]] | None] | None
@@ -123,12 +127,15 @@ class RuleJudge:
 
 
 class RewardModelJudge:
-    """Scores `prompt + response` text with a sequence classifier's single logit.
+    """Scores `prompt + response` with a sequence classifier's single logit.
 
     Text is decoded with the policy tokenizer and re-encoded with the reward model's own, so
     the two may differ. A reward model whose tokenizer has a chat template scores the conversation
     (a plain prompt becomes one user message) with the response as the assistant's turn, through
-    that template, as it was trained to read it.
+    that template, as it was trained to read it: the template writes its own special tokens (BOS),
+    so its text is tokenized without adding them again. Without a template, `prompt + response`
+    is tokenized with the tokenizer's special tokens. Inputs longer than the model's context are
+    cut from the left (see `fit`) and counted in `stats()["truncated"]`.
     """
 
     def __init__(self, path: str | Path, policy_tokenizer, batch_size: int = 32):
@@ -143,13 +150,19 @@ class RewardModelJudge:
         self.tokenizer = load_tokenizer(path)
         self.policy_tokenizer = policy_tokenizer
         self.batch_size = batch_size
+        self.max_length = context_length(self.model.config, self.tokenizer)
+        self.truncated = 0
+        self._logs = LogBudget()
+
+    def stats(self) -> dict[str, float]:
+        return {"truncated": self.truncated}
 
     def texts(self, prompts: list[np.ndarray], responses: list[np.ndarray],
               conversations: Conversations = None) -> list[str]:
         """The reward model's input text for every sample."""
         k = len(responses) // len(prompts)
         answers = [decode_tokens(self.policy_tokenizer, r) for r in responses]
-        if not getattr(self.tokenizer, "chat_template", None):
+        if not self.templated:
             plain = prompt_texts(prompts, self.policy_tokenizer, conversations)
             return [plain[i // k] + answer for i, answer in enumerate(answers)]
         conversations = conversations or [None] * len(prompts)
@@ -158,17 +171,61 @@ class RewardModelJudge:
         return [self.tokenizer.apply_chat_template(turns[i // k] + [{"role": "assistant", "content": answer}],
                                                    tokenize=False) for i, answer in enumerate(answers)]
 
+    @property
+    def templated(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def token_ids(self, prompts: list[np.ndarray], responses: list[np.ndarray],
+                  conversations: Conversations = None) -> list[list[int]]:
+        """The reward model's input ids for every sample, cut to its context."""
+        texts = self.texts(prompts, responses, conversations)
+        # A rendered template already holds its special tokens: tokenize it as
+        # apply_chat_template(tokenize=True) does, with add_special_tokens=False (else a second BOS).
+        ids = self.tokenizer(texts, add_special_tokens=not self.templated)["input_ids"]
+        return [self.fit(list(sample)) for sample in ids]
+
+    def fit(self, ids: list[int]) -> list[int]:
+        """`ids` cut to the model's context: the leading special tokens (BOS) stay, then the earliest
+        tokens after them go.
+
+        Why the left: a sequence classifier reads its score at the last token, so that token must be
+        the end of the response (and of the template's assistant turn) as in training; cutting the
+        right would score an answer whose end the model never saw. The start of the prompt is the
+        oldest context and the least needed to judge the answer, so it goes first; only a response
+        longer than the whole context loses its own start too.
+        """
+        if self.max_length is None or len(ids) <= self.max_length:
+            return ids
+        specials = set(self.tokenizer.all_special_ids)
+        head = 0
+        while head < min(len(ids), self.max_length // 2) and ids[head] in specials:
+            head += 1
+        self.truncated += 1
+        if self._logs.allow("truncated"):
+            log.warning("reward model input of %d tokens cut to its context of %d, keeping the response's end%s",
+                        len(ids), self.max_length, self._logs.note("truncated"))
+        return ids[:head] + ids[len(ids) - (self.max_length - head):]
+
     def score(self, prompts: list[np.ndarray], responses: list[np.ndarray],
               conversations: Conversations = None) -> np.ndarray:
         import torch
 
-        texts = self.texts(prompts, responses, conversations)
+        ids = self.token_ids(prompts, responses, conversations)
         scores = []
-        for start in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True)
+        for start in range(0, len(ids), self.batch_size):
+            enc = self.tokenizer.pad({"input_ids": ids[start:start + self.batch_size]}, return_tensors="pt")
             with torch.no_grad():
                 scores.append(self.model(**enc).logits[:, 0].float())
         return torch.cat(scores).numpy().astype(np.float32)
+
+
+def context_length(config, tokenizer) -> int | None:
+    """The most tokens a reward model reads: the smaller of its config's `max_position_embeddings`
+    and its tokenizer's `model_max_length`, each where it is a real bound (transformers puts 1e30
+    in `model_max_length` when the tokenizer does not know); None when neither is."""
+    bounds = (getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None))
+    bounds = [n for n in bounds if isinstance(n, int) and 0 < n < 10_000_000]
+    return min(bounds) if bounds else None
 
 
 class ComposedJudge:
@@ -181,7 +238,12 @@ class ComposedJudge:
         self.gate_fired = 0
 
     def stats(self) -> dict[str, float]:
-        return {"gate_fired": self.gate_fired}
+        """Its own gate counter plus its scorers' counters, summed by name (e.g. `truncated`)."""
+        total: dict[str, float] = {}
+        for _, judge in self.parts:
+            for name, value in (judge.stats() if hasattr(judge, "stats") else {}).items():
+                total[name] = total.get(name, 0) + value
+        return {**total, "gate_fired": self.gate_fired}
 
     def score(self, prompts: list[np.ndarray], responses: list[np.ndarray],
               conversations: Conversations = None) -> np.ndarray:

@@ -24,11 +24,14 @@ import time
 import numpy as np
 
 from tiller.actors.engine import VLLMEngine
+from tiller.actors.model_check import LocalModel, mismatch
 from tiller.actors.weight_stream import WeightStream
-from tiller.actors.worker import HeartbeatThread, LearnerGone, default_worker_id, request_patiently
+from tiller.actors.worker import (
+    HeartbeatThread, LearnerFinished, LearnerGone, default_worker_id, request_patiently, working,
+)
 from tiller.config import Config
 from tiller.protocol.messages import (
-    Lease, LeaseRequest, Rollout, Shutdown, Status, StatusRequest, Wait, unflatten,
+    Lease, LeaseRequest, ModelCard, ModelRequest, Rollout, Shutdown, Status, StatusRequest, Wait, unflatten,
 )
 from tiller.protocol.transport import LearnerClient
 from tiller.timeline import mark
@@ -58,6 +61,10 @@ class RolloutActor:
         self.engine.generate([np.array(self.engine.eos_ids[:1] or [0], np.int32)], 2, 4)
         mark(cfg.run_dir, self.actor_id, "warmed up")
         self.version = -1  # weights on disk are not a published version: fetch before generating
+        self.local_model: LocalModel | None = LocalModel.of(self.engine.model_dir, self.engine.eos_ids,
+                                                            cfg.rollout.max_model_len)
+        self.card: ModelCard | None = None  # the model the learner below trains, as it announced it
+        self.card_learner = -1  # the learner incarnation that card came from
         self.learner_incarnation = -1
         self.seq = 0
         # where time went since the last rollout, reported with the next one (the learner's phase metrics)
@@ -66,20 +73,37 @@ class RolloutActor:
         self.heartbeat = HeartbeatThread(address, self.actor_id, self.incarnation, "actor",
                                          cfg.learner.heartbeat_s, cfg.learner.missed_beats, cfg.security)
 
+    def check_model(self, learner: int) -> None:
+        """Ask learner incarnation `learner` which model it trains, and refuse its weights (WeightsDoNotFit)
+        unless they fit this engine's model (model_check.py). Once per learner incarnation."""
+        card = request_patiently(self.client, ModelRequest(learner), self.cfg.rollout.learner_timeout_s,
+                                 heartbeat=self.heartbeat)
+        if not isinstance(card, ModelCard):  # a learner that announces no model (a test's bare server)
+            log.warning("%s: the learner announced no model card (%s); its model is not checked", self.actor_id,
+                        type(card).KIND)
+            card = None
+        elif self.local_model is not None and (problem := mismatch(card, self.local_model)) is not None:
+            raise WeightsDoNotFit(problem)
+        self.card, self.card_learner = card, learner
+
     def sync(self, learner: int, version: int) -> None:
         """Load `version` (or whatever superseded it before its first bucket came) into the engine."""
         start = time.monotonic()
         first = self.learner_incarnation < 0
         self.version = -1  # the engine holds no one published version until a stream completes
         for _ in range(self.MAX_STREAMS):
-            stream = WeightStream(self.client, learner, version, self.cfg.rollout.learner_timeout_s)
+            if learner != self.card_learner:  # a new learner (or a restarted one) may train another model
+                self.check_model(learner)
+            stream = WeightStream(self.client, learner, version, self.cfg.rollout.learner_timeout_s, self.heartbeat)
             try:
-                self.engine.load_weights(stream)
+                with working(self.heartbeat):
+                    loaded = self.engine.load_weights(stream)
             except Exception as exc:  # vLLM refused a name or a shape: nothing to retry
                 raise WeightsDoNotFit(f"the learner's weights do not fit this actor's engine (model.path "
                                       f"{self.cfg.model.path}): {type(exc).__name__}: {exc}") from exc
             if stream.failure is not None:
                 raise stream.failure
+            self._check_count(stream, loaded)
             learner, version = stream.learner, stream.version
             if stream.complete:
                 break
@@ -92,6 +116,16 @@ class RolloutActor:
         self.learner_incarnation, self.version = learner, version
         self.load_seconds += time.monotonic() - start
         log.info("%s loaded policy version %d in %.2f s", self.actor_id, version, time.monotonic() - start)
+
+    def _check_count(self, stream: WeightStream, loaded: int | None) -> None:
+        """A complete stream must have been taken whole: every tensor the learner announced, every one given."""
+        if not stream.complete or loaded is None:
+            return
+        announced = len(self.card.names) if self.card is not None and stream.learner == self.card_learner else None
+        if loaded != stream.tensors or announced not in (None, stream.tensors):
+            raise WeightsDoNotFit(f"the engine took {loaded} of the {stream.tensors} tensors sent"
+                                  f"{f' ({announced} announced)' if announced is not None else ''} for policy "
+                                  f"version {stream.version} (model.path {self.cfg.model.path})")
 
     def run(self, stay: bool = False) -> int:
         """Serve leases until the learner says stop; returns the number of rollouts sent. With `stay`,
@@ -115,7 +149,8 @@ class RolloutActor:
         while True:
             asked = time.monotonic()
             reply = self.client.request(StatusRequest(self.actor_id), timeout_s=self.PROBE_S)
-            if isinstance(reply, Status) and reply.learner_incarnation != finished:
+            # a Wait: a learner that serves status to registered workers only (security.require_registration)
+            if isinstance(reply, (Status, Wait)) and reply.learner_incarnation != finished:
                 log.info("%s: learner %d answers; serving it", self.actor_id, reply.learner_incarnation)
                 return reply.learner_incarnation
             time.sleep(max(0.0, self.PROBE_S - (time.monotonic() - asked)))
@@ -125,21 +160,29 @@ class RolloutActor:
         sent = 0
         while True:
             asked = time.monotonic()
-            reply = request_patiently(self.client, LeaseRequest(self.actor_id, self.incarnation, self.version), timeout)
-            self.idle_seconds += time.monotonic() - asked
+            try:
+                reply = request_patiently(self.client, LeaseRequest(self.actor_id, self.incarnation, self.version),
+                                          timeout, heartbeat=self.heartbeat)
+                self.idle_seconds += time.monotonic() - asked
+                if isinstance(reply, (Lease, Wait)) and (
+                        (reply.learner_incarnation, reply.latest_version) != (self.learner_incarnation, self.version)):
+                    self.sync(reply.learner_incarnation, reply.latest_version)  # between batches, never mid-sequence
+            except LearnerFinished as exc:  # its Shutdown went to a request given up on: the heartbeats said it
+                log.info("%s stopping: %s", self.actor_id, exc)
+                mark(self.cfg.run_dir, self.actor_id, "told to stop")
+                return sent
             if isinstance(reply, Shutdown):
                 log.info("%s stopping: %s", self.actor_id, reply.reason)
                 mark(self.cfg.run_dir, self.actor_id, "told to stop")
                 return sent
-            if isinstance(reply, (Lease, Wait)) and (
-                    (reply.learner_incarnation, reply.latest_version) != (self.learner_incarnation, self.version)):
-                self.sync(reply.learner_incarnation, reply.latest_version)  # between batches, never mid-sequence
             if isinstance(reply, Wait):
                 time.sleep(reply.retry_after_s)
                 self.idle_seconds += reply.retry_after_s
                 continue
             if isinstance(reply, Lease):
-                self.client.send(self.rollout_for(reply))
+                with working(self.heartbeat):  # the beats say how long this generation has run
+                    rollout = self.rollout_for(reply)
+                self.client.send(rollout)
                 sent += 1
                 if sent == 1:
                     mark(self.cfg.run_dir, self.actor_id, "first rollout sent")

@@ -26,7 +26,7 @@ from typing import Iterator
 
 import torch
 
-from tiller.actors.worker import LearnerGone, request_patiently
+from tiller.actors.worker import HeartbeatThread, LearnerGone, request_patiently
 from tiller.protocol.messages import WeightsBucket, WeightsGone, WeightsRequest
 from tiller.protocol.transport import LearnerClient
 
@@ -46,12 +46,15 @@ class WeightStream:
     if not, `failure` is set when the learner is gone, and otherwise (`learner`, `version`) name the
     version that superseded the one begun."""
 
-    def __init__(self, client: LearnerClient, learner: int, version: int, timeout_s: float):
-        self.client, self.timeout_s = client, timeout_s
+    def __init__(self, client: LearnerClient, learner: int, version: int, timeout_s: float,
+                 heartbeat: HeartbeatThread | None = None):
+        self.client, self.timeout_s, self.heartbeat = client, timeout_s, heartbeat
         self.learner, self.version = learner, version
         self.complete = False
         self.failure: LearnerGone | None = None
         self.buckets = self.bytes = 0
+        self.tensors = 0  # whole tensors given to the engine
+        self._pieces = Pieces()  # a tensor larger than a bucket, put back together
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         bucket, total = 0, 1
@@ -59,7 +62,7 @@ class WeightStream:
             try:
                 # 30 s before asking again: a 256 MiB bucket can take a while on a slow network
                 reply = request_patiently(self.client, WeightsRequest(self.version, bucket, self.learner),
-                                          self.timeout_s, first_wait_s=30.0)
+                                          self.timeout_s, first_wait_s=30.0, heartbeat=self.heartbeat)
             except LearnerGone as exc:
                 self.failure = exc
                 return
@@ -81,9 +84,72 @@ class WeightStream:
             tensors = as_tensors(reply.tensors)
             self.buckets += 1
             self.bytes += sum(t.numel() * t.element_size() for t in tensors)
-            pairs = list(zip(reply.names, tensors))
+            pairs, problem = self._pieces.whole(reply.names, tensors, reply.pieces)
+            if problem is not None:
+                self.failure = LearnerGone(f"bucket {bucket} of version {self.version}: {problem}")
+                return
             del reply, tensors  # the engine's references are the only ones left once it has loaded them
+            self.tensors += len(pairs)
             yield from pairs
             pairs = []
             bucket += 1
+        if self._pieces.pending is not None:
+            self.failure = LearnerGone(f"version {self.version} ended part-way through {self._pieces.pending[0]}")
+            return
         self.complete = True
+
+
+MAX_ASSEMBLED_ELEMENTS = 1 << 36  # 64G elements: far above any real tensor, far below an overflow
+
+
+class Pieces:
+    """Reassembles tensors that arrive in pieces (WeightsBucket.pieces) into whole ones, because vLLM's reload
+    takes whole checkpoint tensors. Holds at most one tensor while it is incomplete: pieces of one tensor come
+    in order, in consecutive buckets, and nothing else arrives between them. Whatever breaks that is a
+    problem named in words, never an exception into the engine."""
+
+    def __init__(self) -> None:
+        self.pending: tuple[str, torch.Tensor, int] | None = None  # name, the tensor being filled, elements filled
+
+    def whole(self, names: list[str], tensors: list[torch.Tensor], pieces: list[list[int]]
+              ) -> tuple[list[tuple[str, torch.Tensor]], str | None]:
+        """The whole tensors this bucket completes, and a problem (or None)."""
+        if not pieces:
+            if self.pending is not None and names:
+                return [], f"{names[0]} arrived while {self.pending[0]} was still incomplete"
+            return list(zip(names, tensors)), None
+        if len(pieces) != len(names):
+            return [], f"{len(pieces)} piece descriptors for {len(names)} tensors"
+        done: list[tuple[str, torch.Tensor]] = []
+        for name, tensor, piece in zip(names, tensors, pieces):
+            if not piece:
+                if self.pending is not None:
+                    return [], f"{name} arrived while {self.pending[0]} was still incomplete"
+                done.append((name, tensor))
+                continue
+            problem = self._add(name, tensor, piece[0], piece[1:])
+            if problem is not None:
+                return [], problem
+            if self.pending is not None and self.pending[2] == self.pending[1].numel():
+                done.append((name, self.pending[1]))
+                self.pending = None
+        return done, None
+
+    def _add(self, name: str, piece: torch.Tensor, offset: int, shape: list[int]) -> str | None:
+        numel = 1
+        for dim in shape:
+            numel *= dim  # Python integers: no overflow; bounded below before anything is allocated
+        if len(shape) > 8 or min(shape, default=1) < 0 or numel > MAX_ASSEMBLED_ELEMENTS or piece.dim() != 1:
+            return f"piece of {name}: shape {shape} of a {piece.dim()}-D piece is not acceptable"
+        if self.pending is None:
+            if offset != 0:
+                return f"{name} begins at element {offset}, not 0"
+            self.pending = (name, torch.empty(shape, dtype=piece.dtype), 0)
+        held_name, held, filled = self.pending
+        if (name, list(held.shape), piece.dtype) != (held_name, shape, held.dtype) or offset != filled:
+            return f"piece of {name} at element {offset} does not continue {held_name} (filled to {filled})"
+        if filled + piece.numel() > numel:
+            return f"pieces of {name} hold more than its {numel} elements"
+        held.view(-1)[filled:filled + piece.numel()].copy_(piece)
+        self.pending = (held_name, held, filled + piece.numel())
+        return None

@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, Callable, NoReturn, Optional
 
 import typer
 
@@ -14,7 +14,8 @@ from tiller.config import Config, ConfigError, dump_config, load_config
 
 ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML config file.")]
 Overrides = Annotated[Optional[list[str]], typer.Argument(help="Dotted overrides, e.g. learner.lr=1e-6")]
-DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")]
+DryRun = Annotated[bool, typer.Option(
+    "--dry-run", help="Check what the command checks before it starts, print the resolved config and exit.")]
 LearnerAddress = Annotated[
     Optional[str], typer.Option("--learner", help="Learner address, e.g. tcp://10.0.0.5:5555 (default: learner.address).")
 ]
@@ -38,14 +39,19 @@ def finish_process(code: int = 0) -> NoReturn:
     os._exit(code)
 
 
-def resolve(config: Path | None, overrides: list[str] | None, dry_run: bool) -> Config:
-    """Load the config or exit with its error; with --dry-run print it and exit."""
+def resolve(config: Path | None, overrides: list[str] | None, dry_run: bool,
+            check: Callable[[Config], None] | None = None, labels: dict[str, str] | None = None) -> Config:
+    """Load the config or exit with its error; with --dry-run run `check` (what the command checks
+    before it starts anything), print the config and exit. `labels`: names for overrides a command
+    made from its own options (config.load_config)."""
     try:
-        cfg = load_config(config, overrides or [])
+        cfg = load_config(config, overrides or [], labels)
     except ConfigError as exc:
         typer.echo(f"config error: {exc}", err=True)
         raise typer.Exit(2) from None
     if dry_run:
+        if check is not None:
+            run_or_explain(check, cfg)
         typer.echo(dump_config(cfg), nl=False)
         raise typer.Exit(0)
     return cfg

@@ -22,7 +22,10 @@ def judge(
     and response), reward_model (a sequence classifier), llm_pairwise (an LLM served by vLLM compares
     two responses: RLAIF), cai (Constitutional AI: critique and revise against a constitution, prefer
     the revision) or composed (a weighted sum of scorers, optionally gated by a rule)."""
-    cfg = resolve(config, overrides, dry_run)
+    from tiller.cli.preflight import check_judge
+
+    cfg = resolve(config, overrides, dry_run, check=lambda c: check_judge(c.judge))
+    run_or_explain(check_judge, cfg.judge)  # a rule that does not import: one line now, not five failed tasks
     setup_process(judge_id or "judge")
     from tiller.actors.judge import JudgeActor
     from tiller.actors.worker import LearnerGone

@@ -2,11 +2,15 @@
 
 The learner, actors and judges check their own inputs again when they start (each may run on
 its own), but by then two vLLM engines may have been built: a broken prompt file was once
-reported after 66 s, a refused bind after 50 s. So the launcher checks the same things first,
-in two parts:
-- `check_before_start`, before any process starts: the model directory and its context length,
-  the judge's files, and every prompt row read and parsed (the bind address and the rules that
-  span sections are checked before this, as the config loads).
+reported after 66 s, a refused bind after 50 s, a judge rule that does not import after the
+learner and an engine were up and the judge had failed five times. So the launcher checks the
+same things first, in three parts:
+- `check_setup`, before anything is built or started (and by `--dry-run`): the bind address, the
+  policy's model directory (or that a tiny one may be built there), a PPO critic's, and what the
+  judge needs (`check_judge`: its rules import, its model directories, constitution and templates).
+  The rules that span sections are checked before this, as the config loads.
+- `check_before_start`, once the demo model is built: its context length, and every prompt row
+  read and parsed.
 - `check_prompts`, while the actors start (importing vLLM and building an engine is the longest
   path to the first step, so it does not wait for this): every prompt tokenized as the learner
   will, which needs the policy's tokenizer (importing transformers, 1.5 s). A prompt it refuses
@@ -16,17 +20,41 @@ in two parts:
 from __future__ import annotations
 
 import json
+import string
 from pathlib import Path
 
-from tiller.config import Config, ConfigError
+from tiller.config import Config, ConfigError, JudgeConfig
+from tiller.models import check_model_dir
+
+
+def check_setup(cfg: Config) -> None:
+    """Raise ConfigError for the first problem that needs nothing built to be seen."""
+    from tiller.protocol.security import check_bind
+
+    check_bind(cfg.learner.address, cfg.security)  # first: the cheapest refusal
+    check_model_dir(cfg.model.path, "model.path", "model.build_tiny", cfg.model.build_tiny)
+    if cfg.learner.algorithm == "ppo" and cfg.learner.pg.critic_path:
+        check_model_dir(cfg.learner.pg.critic_path, "learner.pg.critic_path", tokenizer=False)
+    check_judge(cfg.judge)
+
+
+def check_judge(j: JudgeConfig) -> None:
+    """What a judge of kind `j.kind` needs before it starts: the rules it calls import (a rule is this
+    machine's own config, never wire data, so importing it here is what the judge would do), its
+    model directories hold models, and its constitution and templates exist and parse."""
+    for key, spec in _rules(j).items():
+        _import_rule(spec, key)
+    for key, path, build in _models(j):
+        if path is None:
+            raise ConfigError(f"{key}: required for judge.kind {j.kind}")
+        check_model_dir(path, key, "judge.build_tiny" if build is not None else None, bool(build))
+    _check_judge_files(j)
 
 
 def check_before_start(cfg: Config) -> list:
-    """Raise ConfigError for the first problem; returns the prompt rows (for `check_prompts`). The bind
-    address is checked before this, first of all (`security.check_bind`), since building the demo model
-    (`prepare_model`) comes between the two."""
-    _check_model(cfg)
-    _check_judge_files(cfg)
+    """Raise ConfigError for the first problem; returns the prompt rows (for `check_prompts`). Runs after
+    `check_setup` and after the demo model is built (`prepare_model`)."""
+    _check_context(cfg)
     from tiller.learner.prompts import read_rows
 
     return read_rows(cfg.data)
@@ -42,10 +70,8 @@ def check_prompts(cfg: Config, rows: list) -> int:
     return len(load_prompts(cfg.data, tokenizer, cfg.rollout.max_model_len - cfg.rollout.max_new_tokens, rows))
 
 
-def _check_model(cfg: Config) -> None:
+def _check_context(cfg: Config) -> None:
     config_file = Path(cfg.model.path) / "config.json"
-    if not config_file.exists():
-        raise ConfigError(f"model.path: {cfg.model.path} has no config.json")
     try:
         model_config = json.loads(config_file.read_text())
     except (OSError, ValueError) as exc:
@@ -56,20 +82,56 @@ def _check_model(cfg: Config) -> None:
                           f"{positions} positions of the model at {cfg.model.path}")
 
 
-def _check_judge_files(cfg: Config) -> None:
-    j = cfg.judge
-    files = {"judge.constitution_path": j.constitution_path, "judge.template_path": j.template_path,
-             "judge.critique_template_path": j.critique_template_path,
-             "judge.revision_template_path": j.revision_template_path}
+def _rules(j: JudgeConfig) -> dict[str, str]:
+    """The `module:function` rules the judge will call (actors/judges.py: build_judge), by key."""
+    if j.kind == "rule":
+        return {"judge.rule": j.rule}
+    if j.kind != "composed":
+        return {}
+    rules = {f"judge.scorers[{i}].rule": s.rule for i, s in enumerate(j.scorers) if s.kind == "rule"}
+    return rules | ({"judge.gate_rule": j.gate_rule} if j.gate_rule else {})
+
+
+def _import_rule(spec: str, key: str) -> None:
+    from tiller.actors.judges import load_rule
+
+    try:
+        load_rule(spec, key)
+    except ConfigError:
+        raise
+    except Exception as exc:  # a module that imports but fails as it runs: its error, on one line
+        raise ConfigError(f"{key}: importing {spec!r} failed: {type(exc).__name__}: {exc}") from None
+
+
+def _models(j: JudgeConfig) -> list[tuple[str, str | None, bool | None]]:
+    """(key, directory, build_tiny or None where nothing is built) of every model the judge loads."""
+    models = []
     if j.kind == "reward_model":
-        files["judge.reward_model_path"] = j.reward_model_path
-    if j.kind in ("llm_pairwise", "cai") and not j.build_tiny:
-        files["judge.model_path"] = j.model_path
-    for i, scorer in enumerate(j.scorers):
-        if scorer.kind == "reward_model":
-            files[f"judge.scorers[{i}].reward_model_path"] = scorer.reward_model_path
-    for key, path in files.items():
-        if key.endswith(("model_path", "reward_model_path")) and path is None:
-            raise ConfigError(f"{key}: required for judge.kind {j.kind}")
+        models.append(("judge.reward_model_path", j.reward_model_path, None))
+    if j.kind == "composed":
+        models += [(f"judge.scorers[{i}].reward_model_path", s.reward_model_path, None)
+                   for i, s in enumerate(j.scorers) if s.kind == "reward_model"]
+    if j.kind in ("llm_pairwise", "cai"):
+        models.append(("judge.model_path", j.model_path, j.build_tiny))
+    return models
+
+
+def _check_judge_files(j: JudgeConfig) -> None:
+    """Every file the judge names exists; the constitution and templates parse as the judge reads them.
+    A template must name the fields its default names (the default is the one statement of them)."""
+    from tiller.actors.cai_judge import DEFAULT_CRITIQUE_TEMPLATE, DEFAULT_REVISION_TEMPLATE
+    from tiller.actors.constitution import load_constitution
+    from tiller.actors.llm_judge import DEFAULT_TEMPLATE, load_template
+
+    templates = {"judge.template_path": (j.template_path, DEFAULT_TEMPLATE),
+                 "judge.critique_template_path": (j.critique_template_path, DEFAULT_CRITIQUE_TEMPLATE),
+                 "judge.revision_template_path": (j.revision_template_path, DEFAULT_REVISION_TEMPLATE)}
+    for key, path in [("judge.constitution_path", j.constitution_path)] + [(k, p) for k, (p, _) in templates.items()]:
         if path is not None and not Path(path).exists():
             raise ConfigError(f"{key}: {path} does not exist")
+    if j.constitution_path is not None:
+        load_constitution(j.constitution_path)
+    for key, (path, default) in templates.items():
+        if path is not None:
+            fields = tuple(name for _, name, _, _ in string.Formatter().parse(default) if name)
+            load_template(path, default, fields, key)

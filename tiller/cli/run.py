@@ -4,8 +4,8 @@ Plans placement (printed), starts the learner, the rollout actors and the judges
 separate processes on loopback and streams the learner's progress. It supervises: an actor or
 judge that dies is started again in its slot (after a back-off that doubles, up to
 `run.max_restarts` times per worker), and the learner hands the dead one's work on meanwhile.
-The run ends when the learner ends, or fails when the learner dies or every worker of a kind
-has used up its restarts. Worker logs go to runs/<name>/logs/ (a restart appends).
+The run ends when the learner ends, or fails when the learner dies, every worker of a kind
+has used up its restarts, or `run.timeout_s` (none unless set) runs out. Worker logs go to runs/<name>/logs/ (a restart appends).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import typer
 from tiller import STARTED, timeline
 from tiller.cli import placement
 from tiller.cli.common import DryRun, Overrides, resolve, run_or_explain
-from tiller.cli.preflight import check_before_start, check_prompts
+from tiller.cli.preflight import check_before_start, check_prompts, check_setup
 from tiller.config import Config, dump_config
 from tiller.timeline import STARTED_ENV
 
@@ -82,9 +82,7 @@ def launch(cfg: Config) -> int:
     """Start every part, supervise them until the learner ends, return the exit code of the run."""
     from tiller.models import prepare_model
 
-    from tiller.protocol.security import check_bind
-
-    check_bind(cfg.learner.address, cfg.security)  # first: the cheapest refusal
+    check_setup(cfg)  # the bind, the model directories, the judge's rules and files: nothing built yet
     run_dir = cfg.run_dir
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     launch_config = run_dir / "launch.yaml"
@@ -109,7 +107,7 @@ def launch(cfg: Config) -> int:
     except BaseException:
         _stop(children, timeout=5.0)
         raise
-    typer.echo(f"preflight: config, bind, model, judge files and {prompts} prompts checked "
+    typer.echo(f"preflight: config, bind, models, judge rules and files and {prompts} prompts checked "
                f"in {time.monotonic() - started:.1f} s")
     children.insert(0, _child(cfg, learner_slot, launch_config))
     timeline.mark(run_dir, "launcher", "learner started")
@@ -148,10 +146,11 @@ def _child(cfg: Config, slot: placement.Slot, launch_config: Path) -> Child:
 def _supervise(cfg: Config, children: list[Child]) -> int:
     learner = next(c for c in children if c.role == "learner")
     workers = [c for c in children if c is not learner]
-    deadline = time.monotonic() + cfg.run.timeout_s
+    limit = cfg.run.timeout_s or None  # null or 0: the run ends with the learner, however long it trains
+    deadline = time.monotonic() + limit if limit else None
     while learner.process.poll() is None:
-        if time.monotonic() > deadline:
-            typer.echo(f"run.timeout_s ({cfg.run.timeout_s:.0f} s) reached; stopping", err=True)
+        if deadline is not None and time.monotonic() > deadline:
+            typer.echo(f"run.timeout_s ({limit:g} s) reached; stopping every process", err=True)
             _stop(children)
             return 1
         for child in workers:
@@ -214,6 +213,7 @@ def run(
 ) -> None:
     """Run learner, actors and judges together on this machine: check the setup first, place each
     process on its own cores (or GPU), restart actors and judges that die, stream the learner's progress."""
-    extra = [f"run.actors={actors}"] * (actors is not None) + [f"run.judges={judges}"] * (judges is not None)
-    cfg = resolve(config, (overrides or []) + extra, dry_run)
+    options = {f"run.actors={actors}": f"--actors {actors}"} if actors is not None else {}
+    options |= {f"run.judges={judges}": f"--judges {judges}"} if judges is not None else {}
+    cfg = resolve(config, (overrides or []) + list(options), dry_run, check=check_setup, labels=options)
     raise typer.Exit(run_or_explain(launch, cfg))

@@ -5,6 +5,10 @@ the models. Single-process DeepSpeed (world size 1) with the ZeRO stage from con
 the gloo backend. Two first-run compiles are avoided on purpose (platform notes): the
 shared-memory comm op is disabled before `init_distributed`, and the optimizer is torch's
 AdamW (`torch_adam`) rather than DeepSpeed's JIT-compiled CPU FusedAdam.
+
+Each engine (policy, critic) steps through its own `FiniteGuard`, so each has its own count of
+non-finite steps in a row. `save` (the run's final/) is written whole or not at all: aside, fsynced,
+then swapped in for the old directory (`checkpoint.replace_dir`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Callable, Iterator
 import torch
 
 from tiller.config import Config
+from tiller.learner.checkpoint import replace_dir
 from tiller.learner.guard import FiniteGuard, assert_finite
 from tiller.learner.logprobs import taken_logprobs
 
@@ -128,7 +133,10 @@ class PolicyTrainer:
         self.cfg = cfg
         self.precision = resolve_precision(lc.precision)
         self.dtype = DTYPES[self.precision]
-        self.guard = FiniteGuard(lc.max_nonfinite_steps)  # every optimizer step goes through it
+        # One guard per engine, each with its own skip counter: a shared one let the critic's good
+        # steps reset the policy's run of NaN steps, so a policy that only skipped never stopped.
+        self.guard = FiniteGuard(lc.max_nonfinite_steps)  # every policy optimizer step goes through it
+        self.critic_guard: FiniteGuard | None = None  # every critic step, when there is a critic
         torch.manual_seed(cfg.seed)
         policy = _load(AutoModelForCausalLM, str(model_dir), self.dtype)
         if lc.gradient_checkpointing:
@@ -155,6 +163,7 @@ class PolicyTrainer:
                 model=critic, model_parameters=critic.parameters(),
                 config=_ds_config(cfg, lc.pg.critic_lr, self.precision))
             self.critic.train()
+            self.critic_guard = FiniteGuard(lc.max_nonfinite_steps, name="critic")
         print(f"learner: policy on {self.device} in {self.precision}"
               f"{', gradient checkpointing' if lc.gradient_checkpointing else ''}; reference on "
               f"{self.reference_device}; "
@@ -177,6 +186,14 @@ class PolicyTrainer:
         logits = self.engine(input_ids=input_ids, attention_mask=attention_mask).logits
         return taken_logprobs(logits, input_ids, mask, temperature, with_entropy,
                               chunk_bytes=self.cfg.learner.logprob_chunk_mb << 20)
+
+    @property
+    def skipped_steps(self) -> dict[str, int]:
+        """Optimizer steps skipped for non-finite numbers over the run, per engine."""
+        skipped = {"policy": self.guard.skipped}
+        if self.critic_guard is not None:
+            skipped["critic"] = self.critic_guard.skipped
+        return skipped
 
     @property
     def module(self) -> torch.nn.Module:
@@ -223,12 +240,20 @@ class PolicyTrainer:
 
     def save(self, path: str | Path, tokenizer_dir: str | Path | None = None) -> None:
         """Write a transformers checkpoint (loads with AutoModelForCausalLM.from_pretrained),
-        with the tokenizer files copied from `tokenizer_dir`."""
+        with the tokenizer files copied from `tokenizer_dir`. Written whole or not at all: into the
+        hidden sibling `.<name>.tmp`, fsynced, then swapped in for any old one (`checkpoint.replace_dir`);
+        raises on failure, leaving the old directory in place."""
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         state = {n: t for bucket in self.weight_buckets(1 << 62) for n, t in bucket}
         assert_finite(state.items(), f"save {path}")
-        self.module.save_pretrained(str(path), state_dict=state)
-        for file in Path(tokenizer_dir).glob("*") if tokenizer_dir else []:
-            if file.name.startswith(("tokenizer", "special_tokens")):
-                shutil.copy(file, path / file.name)
+        tmp = path.parent / f".{path.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            self.module.save_pretrained(str(tmp), state_dict=state)
+            for file in Path(tokenizer_dir).glob("*") if tokenizer_dir else []:
+                if file.name.startswith(("tokenizer", "special_tokens")):
+                    shutil.copy(file, tmp / file.name)
+            replace_dir(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # a failed write's remains (a no-op once renamed in)

@@ -1,7 +1,10 @@
 """Non-finite numbers never train: every optimizer step of the learner goes through `FiniteGuard`.
 
-    guard = FiniteGuard(max_in_a_row=5)
+    guard = FiniteGuard(max_in_a_row=5, name="policy")
     metrics = guard.step(engine, [lambda: loss_of(chunk) for chunk in chunks])  # backward + step, or a skip
+
+One guard per engine (the policy's, the critic's): its counters are that engine's alone, so one
+engine's good steps never hide another's run of skips.
 
 Each callable computes one micro-batch's loss (weighted so that the chunks' losses
 sum to the batch loss); its backward runs before the next chunk's forward, so only one chunk's
@@ -53,8 +56,9 @@ def assert_finite(named: Iterable[tuple[str, torch.Tensor]], what: str) -> None:
 
 
 class FiniteGuard:
-    def __init__(self, max_in_a_row: int = 5):
+    def __init__(self, max_in_a_row: int = 5, name: str = "policy"):
         self.max_in_a_row = max_in_a_row
+        self.name = name  # which engine's steps these are, in warnings and the error
         self.skipped = 0  # over the whole run
         self.in_a_row = 0
 
@@ -100,9 +104,10 @@ class FiniteGuard:
     def _skip(self, why: str) -> dict[str, float]:
         self.skipped += 1
         self.in_a_row += 1
-        log.warning("skipped an optimizer step: %s (%d skipped in a row, %d in all)", why, self.in_a_row,
-                    self.skipped)
+        log.warning("skipped a %s optimizer step: %s (%d skipped in a row, %d in all)", self.name, why,
+                    self.in_a_row, self.skipped)
         if self.in_a_row >= self.max_in_a_row:
-            raise NonFiniteTraining(f"{self.in_a_row} optimizer steps in a row had non-finite numbers ({why}); "
-                                    "stopping rather than training on them (learner.max_nonfinite_steps)")
+            raise NonFiniteTraining(f"{self.in_a_row} optimizer steps in a row of the {self.name} had non-finite "
+                                    f"numbers ({why}); stopping rather than training on them "
+                                    "(learner.max_nonfinite_steps)")
         return {"grad_norm": math.nan, "skipped": 1.0}

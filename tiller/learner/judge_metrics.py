@@ -20,6 +20,7 @@ KNOWN_STATS = (
     "revisions", "revisions_differ", "revisions_empty", "unrevised", "unknown_tokens_dropped",  # cai
     "requests", "retries", "timeouts", "errors", "too_long", "cache_hits",  # LLM judges' engine calls
     "gate_fired",  # composed
+    "truncated",  # reward model: inputs cut to its context
 )
 
 

@@ -6,8 +6,13 @@ The recipe, top to bottom: build the prompt stream and the DeepSpeed policy, pub
 version 0, start the socket thread, then for each step take `batch_size` judged prompts
 (pairs for online DPO; dropping and re-leasing any older than `max_policy_lag`), run the
 algorithm's step (`algorithms.py`), publish
-new weights every `sync_every` steps, and log. At the end: tell workers to stop, save
-`runs/<name>/final/`, print a reward table and plot it.
+new weights every `sync_every` steps, log, and checkpoint every `checkpoint_every` steps. At the
+end: tell workers to stop, save `runs/<name>/final/`, print a reward table and plot it.
+
+Checkpoints (checkpoint.py) are durable and atomic; leftovers of a failed save are removed when the
+learner starts. A periodic checkpoint that fails (a full disk) is logged and counted
+(`checkpoint/failed_saves`) and training goes on, since the previous one is still whole and the next
+may succeed; the pre-emption checkpoint and final/ fail the run loudly.
 """
 
 from __future__ import annotations
@@ -28,8 +33,10 @@ from tiller.config import Config, ConfigError, dump_config
 from tiller.learner.algorithms import ALGORITHMS, Algorithm
 from tiller.learner.coordinator import Coordinator, ScoredPrompt
 from tiller.learner.engine import DTYPES, PolicyTrainer
+from tiller.learner.errors import NonFiniteTraining
 from tiller.learner.publish import WeightPublisher
 from tiller.learner import checkpoint
+from tiller.learner.model_card import model_card
 from tiller.learner.metrics import (
     MetricsSink, first_last_tenth, keep_steps_up_to, plot_judges, plot_reward, reward_table, warm_plotting,
 )
@@ -131,6 +138,12 @@ def step_metrics(server: LearnerServer, step: int, version: int, staleness: list
         "protocol/rejected": public["protocol"]["rejected"],
         "protocol/handler_errors": public["protocol"]["handler_errors"],
         "protocol/handshakes_failed": public["protocol"]["handshakes_failed"],
+        "protocol/send_dropped": public["protocol"]["send_dropped"],
+        "protocol/unregistered_refused": public["protocol"]["unregistered_refused"],
+        "workers/stuck": public["protocol"]["workers_stuck"],
+        "workers/exited": public["protocol"]["workers_exited"],
+        "weights/readers_cut": public["protocol"]["weight_readers_cut"],
+        "weights/superseded_held": public["protocol"]["superseded_held"],
         "protocol/peers_refused": public["protocol"]["peers_refused"],
         "security/impersonations": public["protocol"]["impersonations"],
         "actors/oldest_version": min(public["actor_versions"].values(), default=-1),
@@ -148,12 +161,30 @@ def save_checkpoint(cfg: Config, step: int, version: int, trainer: PolicyTrainer
     print(f"checkpoint: {path}", flush=True)
 
 
+def periodic_checkpoint(cfg: Config, step: int, version: int, trainer: PolicyTrainer, server: LearnerServer,
+                        sink: MetricsSink, record: SampleRecord) -> bool:
+    """A checkpoint on the way; False when it failed. A failure (a full disk, a flaky mount) must not end
+    a run whose last checkpoint is still whole and whose next one may succeed; non-finite weights still do,
+    as they are a training failure, not a storage one."""
+    try:
+        save_checkpoint(cfg, step, version, trainer, server, sink, record)
+        return True
+    except NonFiniteTraining:
+        raise
+    except Exception as e:
+        log.exception("checkpoint of step %d failed", step)
+        print(f"checkpoint of step {step} FAILED ({type(e).__name__}: {e}); training on: `latest` still names "
+              "the previous checkpoint, and the next one is tried as usual", flush=True)
+        return False
+
+
 def run(cfg: Config, resume: bool = False) -> dict | None:
     """Train to `learner.steps`; with `resume`, continue from the run's latest checkpoint.
     Returns the summary, or None when pre-empted by SIGTERM (a checkpoint was written)."""
     check_bind(cfg.learner.address, cfg.security)  # before any expensive work
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint.clean_stale(run_dir)  # what a crash or a full disk left mid-write in an earlier life of this run
     latest = checkpoint.latest(run_dir) if resume else None
     if resume and latest is None:
         raise ConfigError(f"--resume: no complete checkpoint under {run_dir / 'checkpoints'}")
@@ -176,7 +207,9 @@ def run(cfg: Config, resume: bool = False) -> dict | None:
         coordinator.load_state_dict(state["coordinator"])
         print(f"resuming from {latest}: step {state['step']}, policy version {state['version']}", flush=True)
     server = LearnerServer(coordinator, cfg.learner.address, cfg.learner.heartbeat_s, cfg.learner.missed_beats,
-                           cfg.security)
+                           cfg.security, max_superseded=cfg.learner.max_superseded_versions,
+                           stuck_after_s=cfg.learner.stuck_after_s)
+    server.model_card = model_card(trainer, model_dir, cfg.rollout.dtype, coordinator.incarnation)
     version = state["version"]
     publisher = WeightPublisher(trainer, DTYPES[cfg.rollout.dtype], cfg.learner.weight_bucket_mb << 20)
     server.publish(publisher.snapshot(version)[0])
@@ -189,8 +222,8 @@ def run(cfg: Config, resume: bool = False) -> dict | None:
     preempted = threading.Event()
     previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.set())
     try:
-        train(cfg, algorithm, trainer, publisher, server, sink, record, state["step"], version,
-              tokenizer.pad_token_id, preempted)
+        failed_saves = train(cfg, algorithm, trainer, publisher, server, sink, record, state["step"], version,
+                             tokenizer.pad_token_id, preempted)
     except Preempted:
         done = sink.history[-1]["step"] if sink.history else 0  # the last step that finished
         save_checkpoint(cfg, done, sink.history[-1]["policy_version"] if sink.history else version,
@@ -217,7 +250,7 @@ def run(cfg: Config, resume: bool = False) -> dict | None:
     record.close()
     sink.close()
     trainer.save(run_dir / "final", tokenizer_dir=model_dir)
-    summary = summarise(cfg, sink.history, server, trainer.guard.skipped)
+    summary = summarise(cfg, sink.history, server, trainer.skipped_steps, failed_saves)
     server.wait_stopped(cfg.learner.shutdown_grace_s)
     mark(run_dir, "learner", "saved, summarised, workers told")
     return summary
@@ -225,9 +258,11 @@ def run(cfg: Config, resume: bool = False) -> dict | None:
 
 def train(cfg: Config, algorithm: Algorithm, trainer: PolicyTrainer, publisher: WeightPublisher,
           server: LearnerServer, sink: MetricsSink, record: SampleRecord, done_steps: int, version: int, pad_id: int,
-          preempted: threading.Event) -> None:
-    """The loop from step `done_steps` + 1 on: batch, step, publish, log, checkpoint."""
+          preempted: threading.Event) -> int:
+    """The loop from step `done_steps` + 1 on: batch, step, publish, log, checkpoint. Returns how many
+    periodic checkpoints failed."""
     clock = StepClock(server.public)
+    failed_saves = 0  # a failure at step N shows in the rows from step N + 1 on, and in summary.json
     lag_bound = 0 if cfg.learner.mode == "sync" else cfg.learner.max_policy_lag
     for step in range(done_steps + 1, cfg.learner.steps + 1):
         with clock.phase("wait"):
@@ -246,13 +281,15 @@ def train(cfg: Config, algorithm: Algorithm, trainer: PolicyTrainer, publisher: 
         phases = clock.finish(server.public, lags, lag_bound, response_tokens(trainable, algorithm))
         metrics.update(step_metrics(server, step, version, lags, judged, phases["time/step_s"]))
         metrics.update(phases)
+        metrics["checkpoint/failed_saves"] = failed_saves
         server.progress = {"step": step, "steps": cfg.learner.steps, **metrics}  # for `tiller status`
         sink.log(metrics)
         record.flush()
         if step == done_steps + 1:
             mark(cfg.run_dir, "learner", "first step trained")
         if cfg.learner.checkpoint_every and step % cfg.learner.checkpoint_every == 0:
-            save_checkpoint(cfg, step, version, trainer, server, sink, record)
+            failed_saves += not periodic_checkpoint(cfg, step, version, trainer, server, sink, record)
+    return failed_saves
 
 
 def response_tokens(items: list[ScoredPrompt], algorithm: Algorithm) -> int:
@@ -262,7 +299,10 @@ def response_tokens(items: list[ScoredPrompt], algorithm: Algorithm) -> int:
     return sum(len(r) for p in items for r in p.responses)
 
 
-def summarise(cfg: Config, history: list[dict], server: LearnerServer, trainer_skipped: int = 0) -> dict:
+def summarise(cfg: Config, history: list[dict], server: LearnerServer, skipped: dict[str, int] | None = None,
+              failed_saves: int = 0) -> dict:
+    """summary.json; `skipped`: non-finite optimizer steps skipped per engine (policy, critic)."""
+    skipped = skipped or {}
     first, last = first_last_tenth(history)
     plot = plot_reward(history, cfg.run_dir / "reward.png", f"{cfg.name}: {cfg.learner.algorithm}, mean judge reward")
     judges_plot = plot_judges(history, cfg.run_dir / "judges.png", f"{cfg.name}: the work of each judge")
@@ -279,7 +319,9 @@ def summarise(cfg: Config, history: list[dict], server: LearnerServer, trainer_s
         "actor_versions": server.public["actor_versions"],
         "protocol_rejected": server.public["protocol"]["rejected"],
         "refusals": server.public["refusals"],  # validation.py's reasons, counted
-        "skipped_nonfinite_steps": trainer_skipped,
+        "skipped_nonfinite_steps": sum(skipped.values()),  # every engine's, together
+        "skipped_nonfinite_by_engine": dict(skipped),
+        "checkpoint_failed_saves": failed_saves,
         "dead_peers": server.public["dead_peers"],
         "curve_refused": server.endpoint.authorized.denied if server.endpoint.authorized else 0,
         "final_checkpoint": str(cfg.run_dir / "final"),

@@ -238,7 +238,7 @@ def _critic_step(trainer, batch: SampleBatch, mb, chunks, offsets, tokens, targe
                                         pc.cliprange_value)
         return pc.vf_coef * loss * mask.sum() / tokens
 
-    step = trainer.guard.step(trainer.critic, [partial(value_loss, i) for i in range(len(chunks))])
+    step = trainer.critic_guard.step(trainer.critic, [partial(value_loss, i) for i in range(len(chunks))])
     with torch.no_grad():
         loss, m = pg.clipped_value_loss(new_values, targets.values[mb], targets.returns[mb], batch.mask[mb],
                                         pc.cliprange_value)

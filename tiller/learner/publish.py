@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from tiller.learner.guard import NonFiniteTraining, assert_finite
-from tiller.learner.server import WeightSnapshot
+from tiller.learner.weight_shelf import WeightSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class WeightPublisher:
         self.pinned = trainer.device.type == "cuda"
         self._sets: list[_BufferSet] = []
         self.buffer_sets_made = 0
+        self.unpooled_versions = 0  # versions that found every pooled set busy
         if trainer.dtype != actor_dtype:
             log.warning("publishing the learner's %s weights as %s for the actors (rollout.dtype)",
                         trainer.dtype, actor_dtype)
@@ -93,12 +94,14 @@ class WeightPublisher:
             for names, tensors in buckets:
                 assert_finite(zip(names, tensors), f"publish policy version {version}")
             raise NonFiniteTraining(f"refusing to publish policy version {version}: weights sum to a non-finite value")
-        snap = WeightSnapshot(version, buckets)
+        buckets, pieces = split_large(buckets, self.bucket_bytes)
+        snap = WeightSnapshot(version, buckets, pieces=pieces)
         if buffers is not None:
             buffers.snapshot = snap
         seconds = time.perf_counter() - started
         return snap, {"weights/publish_s": seconds, "weights/publish_gbps": total / max(seconds, 1e-9) / 1e9,
-                      "weights/buffer_sets": float(len(self._sets))}
+                      "weights/buffer_sets": float(len(self._sets)),
+                      "weights/unpooled_versions": float(self.unpooled_versions)}
 
     def _on_device(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         """A whole tensor in the actors' dtype, still on the learner's device. Under ZeRO-3 always a copy:
@@ -112,7 +115,10 @@ class WeightPublisher:
             if buffers.free:
                 return buffers
         if len(self._sets) >= self.MAX_BUFFER_SETS:
-            log.warning("every weight buffer set is still being sent; this version gets unpooled memory")
+            self.unpooled_versions += 1
+            if self.unpooled_versions == 1:  # once: a slow reader would otherwise repeat it every publish
+                log.warning("every weight buffer set is still being sent; versions published meanwhile get "
+                            "fresh pageable memory, freed once sent (weights/unpooled_versions counts them)")
             return None
         self._sets.append(_BufferSet([]))
         self.buffer_sets_made += 1
@@ -122,8 +128,41 @@ class WeightPublisher:
         numel = sum(t.numel() for _, t in bucket if t.is_floating_point())
         if buffers is not None and index < len(buffers.flats) and buffers.flats[index].numel() == numel:
             return buffers.flats[index]
-        flat = torch.empty(numel, dtype=self.dtype, pin_memory=self.pinned)
+        # Only pooled sets are pinned: they are bounded (MAX_BUFFER_SETS), a fallback is not, and pinned memory
+        # is locked RAM the machine cannot page out.
+        flat = torch.empty(numel, dtype=self.dtype, pin_memory=self.pinned and buffers is not None)
         if buffers is not None:
             del buffers.flats[index:]  # the layout changed (never, for one model): rebuild from here
             buffers.flats.append(flat)
         return flat
+
+
+def split_large(buckets: list[tuple[list[str], list[torch.Tensor]]], bucket_bytes: int
+                ) -> tuple[list[tuple[list[str], list[torch.Tensor]]], list[list[list[int]]]]:
+    """The same buckets, but no array larger than `bucket_bytes`: a tensor over it is cut into 1-D slices
+    of its flattened elements (views: nothing is copied), one bucket each, described by `[offset, *shape]`
+    (WeightsBucket.pieces). Returns (buckets, pieces); pieces is [] when nothing was cut, as for every model
+    whose largest tensor fits a bucket."""
+    out: list[tuple[list[str], list[torch.Tensor]]] = []
+    pieces: list[list[list[int]]] = []
+    for names, tensors in buckets:
+        whole_names: list[str] = []
+        whole: list[torch.Tensor] = []
+        for name, tensor in zip(names, tensors):
+            if tensor.numel() * tensor.element_size() <= bucket_bytes:
+                whole_names.append(name)
+                whole.append(tensor)
+                continue
+            if whole:  # what came before it keeps its place in the order
+                out.append((whole_names, whole))
+                pieces.append([])
+                whole_names, whole = [], []
+            flat, step = tensor.reshape(-1), max(1, bucket_bytes // tensor.element_size())
+            for offset in range(0, flat.numel(), step):
+                out.append(([name], [flat[offset:offset + step]]))
+                pieces.append([[offset, *tensor.shape]])
+        if whole:
+            out.append((whole_names, whole))
+            pieces.append([])
+    return out, (pieces if any(pieces) else [])
+

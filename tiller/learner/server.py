@@ -13,16 +13,16 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from tiller.config import SecurityConfig
 from tiller.learner.coordinator import Coordinator
 from tiller.learner.judge_metrics import JudgeBook
 from tiller.learner.peers import PeerBook
+from tiller.learner.weight_shelf import WeightShelf, WeightSnapshot
 from tiller.protocol.messages import (
-    Heartbeat, HeartbeatAck, JudgeFailed, Lease, LeaseRequest, Rollout, Scores, Shutdown, Status, StatusRequest, Wait,
-    WeightsBucket, WeightsGone, WeightsRequest, WorkRequest,
+    Heartbeat, HeartbeatAck, JudgeFailed, Lease, LeaseRequest, ModelCard, ModelRequest, Rollout, Scores, Shutdown,
+    Status, StatusRequest, Wait,    WeightsBucket, WeightsGone, WeightsRequest, WorkerExited, WorkRequest,
 )
 from tiller.protocol.logbudget import LogBudget
 from tiller.protocol.transport import RouterEndpoint
@@ -36,39 +36,25 @@ log = logging.getLogger(__name__)
 READER_IDLE_S = 60.0
 
 
-@dataclass
-class WeightSnapshot:
-    """A published policy: buckets of (names, tensors), served zero-copy. The socket thread appends a
-    tracker per bucket sent, keeps `readers` (peers that fetched some of its buckets but not the last)
-    and sets `retired` once a newer version replaces it; a retired snapshot is still served to its
-    readers, so that a fetch, once begun, ends with the version it began (an actor loads each bucket
-    as it arrives and cannot restart halfway for free). The publisher reuses the buffers only when
-    nothing says they are read (learner/publish.py)."""
-
-    version: int
-    buckets: list[tuple[list[str], list[Any]]]
-    trackers: list = field(default_factory=list)
-    retired: bool = False
-    readers: dict[bytes, float] = field(default_factory=dict)  # peer identity -> when it last asked
-
-    @property
-    def read(self) -> bool:
-        """Might a send still read these buffers: offered to new fetches, or owed to a fetch begun."""
-        return not self.retired or bool(self.readers)
-
-
 class LearnerServer:
     def __init__(self, coordinator: Coordinator, address: str, heartbeat_s: float = 2.0, missed_beats: int = 5,
-                 security: SecurityConfig = SecurityConfig()):
+                 security: SecurityConfig = SecurityConfig(), max_superseded: int = 2,
+                 stuck_after_s: float | None = None):
         self.coordinator = coordinator
+        self.model_card: ModelCard | None = None  # what the published weights fit (set before start)
+        self.require_registration = security.require_registration
+        self.stuck_after_s = stuck_after_s  # None: a worker is never declared stuck
+        self.stuck_peers: set[str] = set()  # "name#incarnation" of workers declared stuck (each restarts anew)
+        self.workers_exited = 0  # WorkerExited notices from `tiller run`
+        self.unregistered_refused = 0  # status, model and weight requests refused to unregistered sockets
         self._logs = LogBudget()
         self.peers = PeerBook(heartbeat_s * missed_beats, self._logs)
         self.endpoint = RouterEndpoint(address, security=security)
         self.address = self.endpoint.address
         self.scored: queue.Queue = queue.Queue()
         self._commands: queue.Queue = queue.Queue()
-        self._snapshot: WeightSnapshot | None = None
-        self._finishing: dict[int, WeightSnapshot] = {}  # superseded versions some peer is part-way through
+        # the published versions, and who is part-way through which (max_superseded: see weight_shelf.py)
+        self.weights = WeightShelf(max_superseded, self._logs)
         self._parked_judges: list[bytes] = []
         self._told_to_stop: set[bytes] = set()
         self._stop_deadline: float | None = None
@@ -157,7 +143,7 @@ class LearnerServer:
                 if time.monotonic() - last_expiry > 0.5:
                     last_expiry = time.monotonic()
                     self._bury_silent_peers()
-                    self._forget_idle_readers()
+                    self.weights.forget_idle(READER_IDLE_S)
                     self._note_failed_handshakes()
                     for lease_id in self.coordinator.expire():
                         log.warning("lease %d expired; its prompts will be leased again", lease_id)
@@ -179,6 +165,10 @@ class LearnerServer:
             "actor_versions": dict(c.actor_versions),
             "refusals": dict(c.problems),
             "protocol": {"rejected": stats.rejected, "handshakes_failed": stats.handshakes_failed,
+                         "send_dropped": stats.send_dropped, "unroutable": stats.unroutable,
+                         "weight_readers_cut": self.readers_cut, "superseded_held": len(self._finishing),
+                         "unregistered_refused": self.unregistered_refused,
+                         "workers_stuck": len(self.stuck_peers), "workers_exited": self.workers_exited,
                          "handler_errors": self.handler_errors, "peers_refused": self.peers.refused,
                          "impersonations": self.peers.impersonations},
             "dead_peers": list(self.peers.dead),
@@ -233,10 +223,14 @@ class LearnerServer:
         worker = next((getattr(message, f) for f in ("worker_id", "actor_id", "judge_id") if hasattr(message, f)), None)
         if worker is not None and not self.peers.key_owns(worker, self.endpoint.sender_key):
             return
+        if isinstance(message, WorkerExited):  # names a worker, not an incarnation: every one of it is gone
+            self._worker_exited(message)
+            return
         sender = f"{worker}#{message.incarnation}" if worker is not None else ""
         if isinstance(message, Heartbeat):
             if self.peers.seen(sender):
-                self.endpoint.send(identity, HeartbeatAck(c.version, c.incarnation))
+                stuck = self._stuck(sender, message.working_s)
+                self.endpoint.send(identity, HeartbeatAck(c.version, c.incarnation, c.done, stuck))
             return
         if sender and not self.peers.seen(sender):
             if isinstance(message, LeaseRequest):  # an honest actor among a flood of names backs off and asks again
@@ -278,8 +272,16 @@ class LearnerServer:
                 log.warning("%s gave up on lease %d (%s); its prompts will be generated again",
                             message.judge_id, message.lease_id, message.reason[:200])
             self._log_refusal("a judge failure", sender, refused_before)
+        elif isinstance(message, (WeightsRequest, ModelRequest, StatusRequest)) and self._unregistered(identity):
+            self.unregistered_refused += 1
+            self._reply(identity, Wait("this learner serves weights and status to registered workers only "
+                                       "(security.require_registration)", 1.0, c.version, c.incarnation))
         elif isinstance(message, WeightsRequest):
             self._serve_weights(identity, message)
+        elif isinstance(message, ModelRequest):
+            card = self.model_card
+            self._reply(identity, card if card is not None else Wait("this learner announces no model card", 1.0,
+                                                                       c.version, c.incarnation))
         elif isinstance(message, StatusRequest):
             self._reply(identity, self._status())
         else:
@@ -288,6 +290,33 @@ class LearnerServer:
                 log.warning("peer %s sent %s, which only the learner sends%s", identity.hex(), type(message).KIND,
                             self._logs.note("unexpected kind"))
 
+    def _stuck(self, peer: str, working_s: float) -> bool:
+        """A worker whose current work has run past `stuck_after_s` is stuck (alive is not making progress):
+        its leases and judge tasks go to others now. True when it must be told (it then exits)."""
+        if not self.stuck_after_s or working_s <= self.stuck_after_s:
+            return False
+        if peer not in self.stuck_peers:
+            self.stuck_peers.add(peer)
+            handed_on = self.coordinator.peer_died(peer)
+            log.warning("%s has worked on one piece of work for %.0f s (learner.stuck_after_s %.0f): declared stuck, "
+                        "%d leases or tasks handed on; it is told to exit", peer[:80], working_s, self.stuck_after_s,
+                        handed_on)
+        return True
+
+    def _worker_exited(self, message: WorkerExited) -> None:
+        """`tiller run` saw this worker's process end: whatever it held goes out again now."""
+        peers = {name for name in self.peers.identities.values() if name.rsplit("#", 1)[0] == message.worker_id}
+        peers |= {name for name in self.coordinator.actor_versions if name.rsplit("#", 1)[0] == message.worker_id}
+        handed_on = sum(self.coordinator.peer_died(peer) for peer in peers)
+        self.workers_exited += 1
+        log.warning("%s exited (code %d): %d leases or tasks handed on at once", message.worker_id[:80],
+                    message.exit_code, handed_on)
+        self._parked_judges = [i for i in self._parked_judges if self.peers.identities.get(i) not in peers]
+
+    def _unregistered(self, identity: bytes) -> bool:
+        """Under security.require_registration: a socket that never asked for work as an actor or judge."""
+        return self.require_registration and identity not in self.peers.identities
+
     def _reply(self, identity: bytes, message: Any) -> bool:
         sent = self.endpoint.send(identity, message)
         if isinstance(message, Shutdown):
@@ -295,36 +324,29 @@ class LearnerServer:
         return sent
 
     def _serve_weights(self, identity: bytes, request: WeightsRequest) -> None:
-        latest, incarnation = self._snapshot, self.coordinator.incarnation
-        snap = latest if latest is not None and request.version == latest.version else None
-        if snap is None and request.bucket > 0:  # a superseded version: only to a peer that began fetching it
-            begun = self._finishing.get(request.version)
-            snap = begun if begun is not None and identity in begun.readers else None
-        if snap is None or request.learner_incarnation != incarnation or not 0 <= request.bucket < len(snap.buckets):
+        incarnation = self.coordinator.incarnation
+        snap = self.weights.lookup(identity, request, incarnation)
+        if snap is None:
+            latest = self.weights.latest
             self._reply(identity, WeightsGone(latest.version if latest else -1, incarnation))
             return
         names, tensors = snap.buckets[request.bucket]
+        pieces = snap.pieces[request.bucket] if snap.pieces else []
         self.endpoint.send(identity, WeightsBucket(snap.version, request.bucket, len(snap.buckets), names, tensors,
-                                                   incarnation), trackers=snap.trackers)
-        # only after the send, which appended its tracker: the publisher always sees a reader or a tracker
-        if request.bucket + 1 < len(snap.buckets):
-            snap.readers[identity] = time.monotonic()
-        else:
-            snap.readers.pop(identity, None)
-            if snap.retired and not snap.readers:
-                self._finishing.pop(snap.version, None)
+                                                   incarnation, pieces), trackers=snap.trackers)
+        self.weights.sent(identity, snap, request.bucket)
 
-    def _forget_idle_readers(self) -> None:
-        """Readers that stopped asking (dead, or restarted on a fresh socket) hold no version's buffers."""
-        now = time.monotonic()
-        for snap in [self._snapshot, *self._finishing.values()]:
-            if snap is None:
-                continue
-            for identity, asked in list(snap.readers.items()):
-                if now - asked > READER_IDLE_S:
-                    del snap.readers[identity]
-            if snap.retired and not snap.readers:
-                self._finishing.pop(snap.version, None)
+    @property
+    def _snapshot(self) -> WeightSnapshot | None:  # the newest version (tests read it)
+        return self.weights.latest
+
+    @property
+    def _finishing(self) -> dict[int, WeightSnapshot]:
+        return self.weights.finishing
+
+    @property
+    def readers_cut(self) -> int:
+        return self.weights.readers_cut
 
     def _status(self) -> Status:
         c = self.coordinator
@@ -357,12 +379,7 @@ class LearnerServer:
             except queue.Empty:
                 return
             if command == "publish":
-                old = self._snapshot
-                if old is not None:
-                    old.retired = True  # no new fetch begins on it from now on
-                    if old.readers:  # ... but those begun finish with it
-                        self._finishing[old.version] = old
-                self._snapshot = arg
+                self.weights.publish(arg)
                 self.coordinator.publish(arg.version)
             elif command == "release":
                 self.coordinator.release(arg)

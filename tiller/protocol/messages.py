@@ -11,8 +11,10 @@ Conversation (every worker talks only to the learner, over one DEALER socket):
     actor   Rollout      ->                       (then the next LeaseRequest)
     judge   WorkRequest  ->   <- ScoreTask | Shutdown   (parked until work exists)
     judge   Scores | JudgeFailed ->               (then the next WorkRequest)
+    actor   ModelRequest ->   <- ModelCard           (once per learner, before its first weights)
     actor   WeightsRequest -> <- WeightsBucket | WeightsGone
     any     Heartbeat    ->   <- HeartbeatAck       (own socket, own thread, every heartbeat_s)
+    tiller run  WorkerExited ->                       (a worker's process ended)
 """
 
 from __future__ import annotations
@@ -175,9 +177,15 @@ class WeightsRequest:
     learner_incarnation: int
 
 
-@_message("weights_bucket")
+@_message("weights_bucket", schema=2)
 class WeightsBucket:
-    """One bucket of a published policy version; an actor loads it once all buckets arrived."""
+    """One bucket of a published policy version; an actor streams its tensors into the engine as it arrives.
+
+    A tensor larger than a bucket travels in pieces, one bucket each, so no frame ever holds more than a
+    bucket (a 7B model's float32 embedding alone is 2.2 GB, over a frame's limit). `pieces` is then parallel
+    to `names`: `[offset, *shape]` for a piece (a 1-D slice starting at element `offset` of the flattened
+    tensor of that `shape`), `[]` for a whole tensor; an empty `pieces` means every array is whole.
+    """
 
     version: int
     bucket: int
@@ -185,6 +193,7 @@ class WeightsBucket:
     names: list[str]
     tensors: list[Weights]  # bf16 arrives as a torch tensor, see codec
     learner_incarnation: int
+    pieces: list[list[int]] = ()
 
 
 @_message("weights_gone")
@@ -196,19 +205,57 @@ class WeightsGone:
     learner_incarnation: int
 
 
-@_message("heartbeat")
+@_message("model_request")
+class ModelRequest:
+    """An actor asks which model a learner trains, before it takes any of that learner's weights."""
+
+    learner_incarnation: int
+
+
+@_message("model_card")
+class ModelCard:
+    """What the learner's weights fit: an actor compares it with its own engine's model and refuses a
+    mismatch, so that another model never loads into its engine part-way (vLLM keeps a layer's old weights
+    when it is sent none: a learner with fewer layers of the same shapes would leave a silent hybrid).
+    `names`, `shapes` and `dtypes` are parallel: every tensor the learner publishes, in order."""
+
+    learner_incarnation: int
+    architecture: str
+    vocab_size: int
+    eos_ids: list[int]
+    max_positions: int
+    names: list[str]
+    shapes: list[list[int]]
+    dtypes: list[str]
+
+
+@_message("heartbeat", schema=2)
 class Heartbeat:
-    """A worker is alive (sent from its own thread, so a long generation does not look like death)."""
+    """A worker is alive (sent from its own thread, so a long generation does not look like death), and how
+    long its current piece of work (a generation, a weight load, a judgement) has run: alive is not the same
+    as making progress, and the learner takes back the work of a worker stuck past `learner.stuck_after_s`."""
 
     worker_id: str
     incarnation: int
     role: str  # "actor" or "judge"
+    working_s: float = 0.0  # 0 while it holds no work
 
 
-@_message("heartbeat_ack")
+@_message("worker_exited")
+class WorkerExited:
+    """`tiller run` saw a worker's process end: its leases and judge tasks go to others now, not after its
+    heartbeats are missed. Checked like any message under that worker's name (under CURVE, its key)."""
+
+    worker_id: str
+    exit_code: int
+
+
+@_message("heartbeat_ack", schema=2)
 class HeartbeatAck:
     latest_version: int
     learner_incarnation: int  # changes when the learner restarts: parked requests must be sent again
+    training_finished: bool = False  # a worker waiting on a request that was never answered can leave
+    stuck: bool = False  # the learner took this worker's work back (no progress): the worker exits to be restarted
 
 
 @_message("status_request")

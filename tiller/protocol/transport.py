@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -24,6 +24,12 @@ from tiller.protocol.security import check_bind, secure_client, secure_server
 log = logging.getLogger(__name__)
 
 SEND_TIMEOUT_S = 10.0  # a worker's send that cannot leave (no connection) gives up after this
+# Replies queued for one peer before the learner drops the next one. An honest worker holds one request
+# (and its heartbeat socket one beat) outstanding at a time, so this only ever binds a peer that asks faster
+# than it reads; without a bound such a peer's pipe fills and, with ROUTER_MANDATORY, a blocking send waits
+# for it for ever, freezing every other peer's service with it.
+PEER_SEND_HWM = 8
+INTERRUPT_POLL_S = 0.1  # a wait that can be cut short looks at its condition this often
 
 HANDSHAKE_FAILURES = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                       | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
@@ -36,6 +42,7 @@ class Stats:
     rejected: int = 0
     unroutable: int = 0
     handshakes_failed: int = 0  # CURVE learner: clients that did not speak CURVE (plaintext) or broke the handshake
+    send_dropped: int = 0  # replies dropped because the peer's queue was full (it does not read what it asks for)
     rejected_reasons: dict[str, int] = field(default_factory=dict)
 
     def reject(self, reason: str) -> bool:
@@ -59,6 +66,7 @@ class RouterEndpoint:
         self.socket.setsockopt(zmq.LINGER, 0)
         # Raise on unknown peers instead of dropping silently; a dead peer is counted, not fatal.
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.socket.setsockopt(zmq.SNDHWM, PEER_SEND_HWM)  # per peer: see PEER_SEND_HWM
         self.socket.setsockopt(zmq.MAXMSGSIZE, limits.max_total_bytes)
         # With CURVE, a socket monitor reports handshakes that fail before authentication (a plaintext
         # client, a wrong server key): ZeroMQ drops those silently, so they are counted here.
@@ -103,13 +111,23 @@ class RouterEndpoint:
         return count
 
     def send(self, identity: bytes, message: Any, trackers: list | None = None) -> bool:
-        """Send zero-copy; with `trackers`, append the send's `zmq.MessageTracker` (done once ZeroMQ has
-        let go of the message's buffers, so their owner may write them again)."""
+        """Send zero-copy, never blocking; with `trackers`, append the send's `zmq.MessageTracker` (done once
+        ZeroMQ has let go of the message's buffers, so their owner may write them again). False when the
+        message could not be queued: the peer is gone (unroutable) or its queue is full (`send_dropped`, a
+        peer that does not read); both are handled like a lost reply (leases expire or are cancelled)."""
         try:
-            tracker = self.socket.send_multipart([identity, *encode(message)], copy=False,
+            # NOBLOCK: with ROUTER_MANDATORY a full peer makes a blocking send wait until that peer reads,
+            # which a hostile or hung peer never does; the learner's one socket thread must never wait on one.
+            tracker = self.socket.send_multipart([identity, *encode(message)], flags=zmq.NOBLOCK, copy=False,
                                                  track=trackers is not None)
             if trackers is not None:
                 trackers.append(tracker)
+        except zmq.Again:
+            self.stats.send_dropped += 1
+            if self.stats.send_dropped <= 20 or self.stats.send_dropped % 1000 == 0:
+                log.warning("dropped %s for peer %s: it has %d replies it has not read (%d dropped so far)",
+                            type(message).KIND, identity.hex(), PEER_SEND_HWM, self.stats.send_dropped)
+            return False
         except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer is gone; its lease will expire
             self.stats.unroutable += 1
             log.info("could not send %s to peer %s: %s", type(message).KIND, identity.hex(), exc)
@@ -153,20 +171,26 @@ class LearnerClient:
         socket.connect(self.address)
         return socket
 
-    def request(self, message: Any, timeout_s: float) -> Any | None:
+    def request(self, message: Any, timeout_s: float, interrupt: Callable[[], bool] | None = None) -> Any | None:
         """Send `message` and return the decoded reply, or None (and a fresh socket) if none came
-        within `timeout_s`."""
+        within `timeout_s`, or as soon as `interrupt()` is true (checked every INTERRUPT_POLL_S)."""
         self.send(message)
-        reply = self.receive(timeout_s)
+        reply = self.receive(timeout_s, interrupt)
         if reply is None:
             self.reset()
         return reply
 
-    def receive(self, timeout_s: float) -> Any | None:
-        """The next decodable message within `timeout_s`, or None; the socket is kept."""
+    def receive(self, timeout_s: float, interrupt: Callable[[], bool] | None = None) -> Any | None:
+        """The next decodable message within `timeout_s` (or until `interrupt()`), or None; the socket is kept."""
         deadline = time.monotonic() + timeout_s
         while (remaining := deadline - time.monotonic()) > 0:
+            if interrupt is not None:
+                if interrupt():
+                    break
+                remaining = min(remaining, INTERRUPT_POLL_S)
             if not self.socket.poll(int(remaining * 1000) + 1, zmq.POLLIN):
+                if interrupt is not None:
+                    continue
                 break
             frames = self.socket.recv_multipart(copy=False)
             try:
