@@ -247,11 +247,14 @@ def test_an_authenticated_run_completes_while_a_stranger_is_refused(tiny_policy_
 
 def test_kill_the_learner_and_resume_it(tiny_policy_dir, tmp_path, free_address):
     """kill -9 the learner after a checkpoint; `tiller learner --resume` continues step, version and
-    data position, and the actors (never restarted) reconnect by themselves."""
+    data position, and the actors (never restarted) reconnect by themselves: a fetch or a lease request
+    the dead learner never answered is asked again of the resumed one as soon as the heartbeats see it,
+    and every worker leaves within seconds of the end."""
     steps = 16
     run = Run(tmp_path, tiny_policy_dir, free_address, steps, extra=["learner.checkpoint_every=3"])
     run.start("learner", "learner")
     run.start("actor0", "actor")
+    run.start("actor1", "actor")
     run.start("judge0", "judge")
     run.wait_for_step(7)
     os.kill(run.procs["learner"].pid, signal.SIGKILL)
@@ -262,8 +265,14 @@ def test_kill_the_learner_and_resume_it(tiny_policy_dir, tmp_path, free_address)
     run.procs["learner"] = subprocess.Popen(
         [sys.executable, "-m", "tiller", "learner", "--resume", str(tmp_path / "faults")],
         cwd=ROOT, stdout=(tmp_path / "learner.log").open("a"), stderr=subprocess.STDOUT)
+    assert run.procs["learner"].wait(timeout=300) == 0, run.log("learner")[-3000:]
+    ended = time.monotonic()
+    for name in ("actor0", "actor1", "judge0"):
+        assert run.procs[name].wait(timeout=60) == 0, run.log(name)[-3000:]
+    assert time.monotonic() - ended < 20, "a worker did not leave within seconds of the end"
     summary = run.finish()
-    assert "resuming from" in run.log("learner") and run.procs["actor0"].returncode == 0
+    assert "resuming from" in run.log("learner")
+    assert {"actor0", "actor1"} <= set(summary["actor_work"])  # both did work for the resumed learner
     metrics = [json.loads(line) for line in (tmp_path / "faults" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == list(range(1, steps + 1))  # no step lost or repeated
     assert [m["policy_version"] for m in metrics] == list(range(1, steps + 1))

@@ -70,7 +70,7 @@ def test_a_wait_ends_when_the_heartbeats_say_training_finished(free_address):
     client = LearnerClient(free_address)  # nobody answers there
     try:
         started = time.monotonic()
-        with pytest.raises(LearnerFinished, match="finished training"):
+        with pytest.raises(LearnerFinished, match="training finished"):
             request_patiently(client, StatusRequest("test"), give_up_s=60, first_wait_s=30, heartbeat=heartbeat)
         assert time.monotonic() - started < 2
     finally:

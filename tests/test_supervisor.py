@@ -54,6 +54,8 @@ def test_tiller_run_restarts_a_killed_judge_and_a_killed_actor(tiny_policy_dir, 
         proc.kill()
     log = out.read_text()
     assert "judge0 died (exit -9); restarting it" in log and "actor0 died (exit -9); restarting it" in log
+    # the learner heard of each death from `tiller run` at once, not after missed heartbeats
+    assert "judge0 exited (code -9)" in log and "actor0 exited (code -9)" in log
     summary = json.loads((tmp_path / "supervised" / "summary.json").read_text())
     assert summary["steps"] == steps
     records = [json.loads(line) for line in (tmp_path / "supervised" / "samples.jsonl").read_text().splitlines()]

@@ -51,7 +51,8 @@ def request_patiently(client: LearnerClient, message: Any, give_up_s: float, fir
         if reply is not None:
             return reply
         if heartbeat is not None and heartbeat.learner_finished:
-            raise LearnerFinished(f"the learner at {client.address} finished training")
+            raise LearnerFinished(f"training finished (the heartbeat answers of the learner at {client.address} "
+                                  "say so)")
         if heartbeat is not None and heartbeat.learner_incarnation != seen:
             log.info("learner %d answers at %s now; asking it at once", heartbeat.learner_incarnation, client.address)
             continue

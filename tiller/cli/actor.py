@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from tiller.cli.common import (
-    ConfigOption, DryRun, LearnerAddress, Overrides, finish_process, resolve, run_or_explain, setup_process,
+    EXIT_DOES_NOT_FIT, ConfigOption, DryRun, LearnerAddress, Overrides, finish_process, resolve, run_or_explain,
+    setup_process,
 )
 
 
@@ -33,7 +34,10 @@ def actor(
     rollout_actor = run_or_explain(lambda: RolloutActor(cfg, learner or cfg.learner.address, actor_id))
     try:
         sent = run_or_explain(rollout_actor.run, stay)
-    except (LearnerGone, WeightsDoNotFit) as exc:
+    except WeightsDoNotFit as exc:  # another model: a restart would fail the same way
+        typer.echo(f"actor stopped: {exc}", err=True)
+        raise typer.Exit(EXIT_DOES_NOT_FIT) from None
+    except LearnerGone as exc:
         typer.echo(f"actor stopped: {exc}", err=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:  # how a warm (--stay) actor is meant to end

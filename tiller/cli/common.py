@@ -57,17 +57,24 @@ def resolve(config: Path | None, overrides: list[str] | None, dry_run: bool,
     return cfg
 
 
+# Exit codes a worker ends with when starting it again cannot help: `tiller run` ends the run with its message
+# instead of restarting it (a config error, weights that do not fit its engine's model).
+EXIT_CONFIG = 2
+EXIT_DOES_NOT_FIT = 3
+DETERMINISTIC_EXITS = (EXIT_CONFIG, EXIT_DOES_NOT_FIT)
+
+
 def run_or_explain(fn, *args, **kwargs):
     """Run a part; a bad config, data file or key becomes one clear line and exit code 2."""
     from tiller.protocol.security import SecurityError
 
-    from tiller.learner.errors import NonFiniteTraining
+    from tiller.training.errors import NonFiniteTraining
 
     try:
         return fn(*args, **kwargs)
     except (ConfigError, SecurityError) as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_CONFIG) from None
     except NonFiniteTraining as exc:  # the run failed, not its inputs
         typer.echo(f"training stopped: {exc}", err=True)
         raise typer.Exit(1) from None

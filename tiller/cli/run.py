@@ -4,8 +4,13 @@ Plans placement (printed), starts the learner, the rollout actors and the judges
 separate processes on loopback and streams the learner's progress. It supervises: an actor or
 judge that dies is started again in its slot (after a back-off that doubles, up to
 `run.max_restarts` times per worker), and the learner hands the dead one's work on meanwhile.
-The run ends when the learner ends, or fails when the learner dies, every worker of a kind
-has used up its restarts, or `run.timeout_s` (none unless set) runs out. Worker logs go to runs/<name>/logs/ (a restart appends).
+The learner hears of a death at once (WorkerExited), so the dead worker's leases and judge tasks go
+out again without waiting for its heartbeats to be missed; a worker the learner declared stuck exits
+(code 75) and is restarted the same way. A worker that fails in a way a restart would repeat (a config
+error, weights that do not fit its model, or the same last line twice within `run.healthy_after_s` of
+a start) ends the run with its message; one that ran for `run.healthy_after_s` before dying starts
+its restart count again. The run ends when the learner ends, or fails when the learner dies, every
+worker of a kind has used up its restarts, or `run.timeout_s` (none unless set) runs out. Worker logs go to runs/<name>/logs/ (a restart appends).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -23,7 +28,7 @@ import typer
 
 from tiller import STARTED, timeline
 from tiller.cli import placement
-from tiller.cli.common import DryRun, Overrides, resolve, run_or_explain
+from tiller.cli.common import DETERMINISTIC_EXITS, DryRun, Overrides, resolve, run_or_explain
 from tiller.cli.preflight import check_before_start, check_prompts, check_setup
 from tiller.config import Config, dump_config
 from tiller.timeline import STARTED_ENV
@@ -59,6 +64,8 @@ class Child:
     restarts: int = 0
     restart_at: float | None = None  # a restart is due then
     gave_up: bool = False
+    started_at: float = field(default_factory=time.monotonic)  # of the process now in the slot
+    last_early_failure: str | None = None  # the last log line of its previous death soon after a start
 
     @property
     def kind(self) -> str:
@@ -144,6 +151,14 @@ def _child(cfg: Config, slot: placement.Slot, launch_config: Path) -> Child:
 
 
 def _supervise(cfg: Config, children: list[Child]) -> int:
+    notify = LearnerNotice(cfg)
+    try:
+        return _watch(cfg, children, notify)
+    finally:
+        notify.close()
+
+
+def _watch(cfg: Config, children: list[Child], notify: LearnerNotice) -> int:
     learner = next(c for c in children if c.role == "learner")
     workers = [c for c in children if c is not learner]
     limit = cfg.run.timeout_s or None  # null or 0: the run ends with the learner, however long it trains
@@ -153,8 +168,13 @@ def _supervise(cfg: Config, children: list[Child]) -> int:
             typer.echo(f"run.timeout_s ({limit:g} s) reached; stopping every process", err=True)
             _stop(children)
             return 1
-        for child in workers:
-            _tend(cfg, child)
+        try:
+            for child in workers:
+                _tend(cfg, child, notify)
+        except WorkerCannotStart as exc:
+            typer.echo(f"--- stopping the run: {exc}", err=True)
+            _stop(children)
+            return 1
         for kind in ("actor", "judge"):
             group = [c for c in workers if c.kind == kind]
             if group and all(c.gave_up for c in group):
@@ -178,20 +198,32 @@ def _supervise(cfg: Config, children: list[Child]) -> int:
     return learner.process.returncode or 0
 
 
-def _tend(cfg: Config, child: Child) -> None:
-    """Restart a worker that died (a clean exit 0 means the learner told it to stop: leave it)."""
+class WorkerCannotStart(Exception):
+    """A worker failed in a way a restart would repeat: the run ends with its message."""
+
+
+def _tend(cfg: Config, child: Child, notify=None) -> None:
+    """Restart a worker that died (a clean exit 0 means the learner told it to stop: leave it). `notify(role,
+    code)` tells the learner at once, so the dead worker's work goes out again without waiting for its
+    heartbeats to be missed. Raises WorkerCannotStart for a failure a restart would only repeat."""
     now = time.monotonic()
     if child.restart_at is not None:
         if now >= child.restart_at:
             child.restart_at = None
             child.process = _spawn(child.slot, child.args, child.log, append=True)
+            child.started_at = time.monotonic()
             typer.echo(f"--- {child.role} restarted (pid {child.process.pid}, restart {child.restarts} of "
                        f"{cfg.run.max_restarts})", err=True)
         return
     code = child.process.poll()
     if code in (None, 0) or child.gave_up:
         return
+    if notify is not None:
+        notify(child.role, code)
     tail = _tail(child.log) if child.log else ""
+    _give_up_if_deterministic(cfg, child, code, tail, now)
+    if now - child.started_at >= cfg.run.healthy_after_s:  # it had been working: a fresh failure, a fresh count
+        child.restarts = 0
     if child.restarts >= cfg.run.max_restarts:
         child.gave_up = True
         typer.echo(f"--- {child.role} died (exit {code}) with no restarts left; last lines of {child.log}:\n{tail}",
@@ -202,6 +234,38 @@ def _tend(cfg: Config, child: Child) -> None:
     child.restart_at = now + backoff
     typer.echo(f"--- {child.role} died (exit {code}); restarting it in {backoff:.0f} s "
                f"({child.restarts} of {cfg.run.max_restarts}); last lines of {child.log}:\n{tail}", err=True)
+
+
+def _give_up_if_deterministic(cfg: Config, child: Child, code: int, tail: str, now: float) -> None:
+    """A config error, weights that do not fit (their exit codes), or the same last words twice in a row within
+    `run.healthy_after_s` of a start: starting it again would fail again, so the run ends with the message."""
+    last_line = tail.strip().splitlines()[-1] if tail.strip() else f"exit {code}"
+    early = now - child.started_at < cfg.run.healthy_after_s
+    repeated = early and child.last_early_failure == last_line
+    child.last_early_failure = last_line if early else None
+    if code in DETERMINISTIC_EXITS or repeated:
+        why = "a failure a restart cannot fix" if code in DETERMINISTIC_EXITS else "the same failure twice at start"
+        raise WorkerCannotStart(f"{child.role} failed (exit {code}): {last_line}\n({why}; last lines of "
+                                f"{child.log}:\n{tail})")
+
+
+class LearnerNotice:
+    """Tells the learner that a worker's process ended (WorkerExited), from the supervisor: fire and forget."""
+
+    def __init__(self, cfg: Config):
+        self.cfg, self._client = cfg, None
+
+    def __call__(self, role: str, code: int) -> None:
+        from tiller.protocol.messages import WorkerExited
+        from tiller.protocol.transport import LearnerClient
+
+        if self._client is None:
+            self._client = LearnerClient(self.cfg.learner.address, security=self.cfg.security)
+        self._client.send(WorkerExited(role, int(code)))
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
 
 
 def run(

@@ -1,0 +1,126 @@
+"""Offline data formats: which tokens are trained, token by token, for each SFT format (multi-turn included),
+preference rows in both forms, mixing by weight, and malformed rows refused with file, line and field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tiller.config import ConfigError
+from tiller.models import JUDGE_ALPHABET, build_char_tokenizer
+from tiller.offline.data import Source, read_preferences, read_sft
+
+# a chat template that ends each turn with <eos>, as real ones end it with their end-of-turn token
+TEMPLATE = ("{% for m in messages %}{{ m['role'][0] }}:{{ m['content'] }}<eos>{% endfor %}"
+            "{% if add_generation_prompt %}a:{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    tok = build_char_tokenizer(JUDGE_ALPHABET + "#")
+    tok.chat_template = TEMPLATE
+    return tok
+
+
+def write(tmp_path, rows, name="data.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return str(path)
+
+
+def marked(tokenizer, example) -> str:
+    """The example's text with every trained token in [brackets]: the mask, readable token by token."""
+    out = []
+    for token_id, trained in zip(example.input_ids, example.trained):
+        piece = tokenizer.convert_ids_to_tokens(token_id)
+        out.append(f"[{piece}]" if trained else piece)
+    return "".join(out)
+
+
+def test_prompt_completion_strings_train_the_completion_and_eos(tokenizer, tmp_path):
+    path = write(tmp_path, [{"prompt": "hi ", "completion": "yo"}])
+    (example,) = read_sft([Source(path)], tokenizer)
+    assert marked(tokenizer, example) == "hi [y][o][<eos>]"
+
+
+def test_instruction_rows_use_the_classic_template(tokenizer, tmp_path):
+    path = write(tmp_path, [{"instruction": "add", "input": "1 2", "output": "3"},
+                            {"instruction": "say a", "input": "", "output": "a"}])
+    with_input, without = read_sft([Source(path)], tokenizer)
+    assert marked(tokenizer, with_input) == "### Instruction:\nadd\n\n### Input:\n1 2\n\n### Response:\n[3][<eos>]"
+    assert marked(tokenizer, without) == "### Instruction:\nsay a\n\n### Response:\n[a][<eos>]"
+
+
+def test_messages_train_every_assistant_turn_and_nothing_else(tokenizer, tmp_path):
+    conversation = [{"role": "system", "content": "be kind"}, {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "hello"}, {"role": "user", "content": "bye"},
+                    {"role": "assistant", "content": "ciao"}]
+    (example,) = read_sft([Source(write(tmp_path, [{"messages": conversation}]))], tokenizer)
+    assert marked(tokenizer, example) == (
+        "s:be kind<eos>u:hi<eos>a:[h][e][l][l][o][<eos>]u:bye<eos>a:[c][i][a][o][<eos>]")
+
+
+def test_conversational_prompt_completion_trains_only_the_completion(tokenizer, tmp_path):
+    row = {"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "earlier"},
+                      {"role": "user", "content": "again"}],
+           "completion": [{"role": "assistant", "content": "ok"}]}
+    (example,) = read_sft([Source(write(tmp_path, [row]))], tokenizer)
+    assert marked(tokenizer, example) == "u:q<eos>a:earlier<eos>u:again<eos>a:[o][k][<eos>]"
+
+
+def test_preferences_share_one_prompt_in_both_forms(tokenizer, tmp_path):
+    path = write(tmp_path, [
+        {"prompt": "how? ", "chosen": "no", "rejected": "sure"},
+        {"prompt": [{"role": "user", "content": "how?"}], "chosen": [{"role": "assistant", "content": "no"}],
+         "rejected": [{"role": "assistant", "content": "sure"}]}])
+    plain, chat = read_preferences([Source(path)], tokenizer)
+    text = lambda ids: "".join(tokenizer.convert_ids_to_tokens(ids))  # noqa: E731
+    assert (text(plain.prompt_ids), text(plain.chosen_ids), text(plain.rejected_ids)) == ("how? ", "no<eos>",
+                                                                                           "sure<eos>")
+    assert (text(chat.prompt_ids), text(chat.chosen_ids), text(chat.rejected_ids)) == ("u:how?<eos>a:", "no<eos>",
+                                                                                       "sure<eos>")
+
+
+def test_sources_mix_by_weight(tokenizer, tmp_path):
+    refusals = write(tmp_path, [{"prompt": f"bad {c} ", "completion": "no"} for c in "abcd"], "refusals.jsonl")
+    helpful = write(tmp_path, [{"prompt": f"ok {c} ", "completion": "yes"} for c in "abcd"], "helpful.jsonl")
+    examples = read_sft([Source(refusals, weight=2.0), Source(helpful, weight=0.5)], tokenizer)
+    wheres = [e.where for e in examples]
+    assert sum("refusals" in w for w in wheres) == 8 and sum("helpful" in w for w in wheres) == 2
+    assert examples == read_sft([Source(refusals, weight=2.0), Source(helpful, weight=0.5)], tokenizer)  # seeded
+
+
+@pytest.mark.parametrize("rows, message", [
+    (['{"prompt": "a", "completion": "b"}', "{not json"], r"data.jsonl:2: not valid JSON"),
+    ([{"prompt": "a", "completion": "b"}, {"messages": [{"role": "user", "content": "x"}]}],
+     r"data.jsonl:2: a messages row in a file of prompt_completion rows"),
+    ([{"prompt": "a", "completion": 3}], r"data.jsonl:1: 'completion' must be a non-empty string, got int"),
+    ([{"messages": [{"role": "user", "content": "x"}, {"role": "assistant"}]}],
+     r"data.jsonl:1: messages\[1\] must be \{\"role\": str, \"content\": str\}"),
+    ([{"messages": [{"role": "user", "content": "x"}]}], r"data.jsonl:1: 'messages' has no assistant turn"),
+    ([{"text": "x"}], r"data.jsonl:1: not an SFT row: .* got keys \['text'\]"),
+])
+def test_a_malformed_row_names_file_line_and_field(tokenizer, tmp_path, rows, message):
+    with pytest.raises(ConfigError, match=message):
+        read_sft([Source(write(tmp_path, rows))], tokenizer)
+
+
+def test_a_malformed_preference_row_names_its_field(tokenizer, tmp_path):
+    path = write(tmp_path, [{"prompt": "a", "chosen": "b"}])
+    with pytest.raises(ConfigError, match=r"data.jsonl:1: .* 'rejected' is missing"):
+        read_preferences([Source(path)], tokenizer)
+    path = write(tmp_path, [{"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "user", "content": "b"}],
+                             "rejected": [{"role": "assistant", "content": "c"}]}])
+    with pytest.raises(ConfigError, match=r"data.jsonl:1: chosen\[0\] has role 'user'; expected assistant"):
+        read_preferences([Source(path)], tokenizer)
+
+
+def test_too_long_and_template_less_rows_are_refused(tokenizer, tmp_path):
+    path = write(tmp_path, [{"prompt": "a" * 30, "completion": "b"}])
+    with pytest.raises(ConfigError, match=r"data.jsonl:1: 32 tokens, more than data.max_length \(16\)"):
+        read_sft([Source(path)], tokenizer, max_length=16)
+    plain = build_char_tokenizer(JUDGE_ALPHABET)  # no chat template
+    path = write(tmp_path, [{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}])
+    with pytest.raises(ConfigError, match="no chat template"):
+        read_sft([Source(path)], plain)
