@@ -116,7 +116,7 @@ def plain_dpo(model_dir: Path, items, device: torch.device, dtype: torch.dtype, 
 
 def tiller_trainer(model_dir: Path, args, precision: str):
     from tiller.config import Config, LearnerConfig, ModelConfig
-    from tiller.learner.engine import PolicyTrainer
+    from tiller.learner.trainer import PolicyTrainer
 
     cfg = Config(model=ModelConfig(path=str(model_dir)),
                  learner=LearnerConfig(batch_size=args.pairs, lr=1e-6, zero_stage=args.zero_stage, precision=precision,

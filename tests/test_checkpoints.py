@@ -16,7 +16,7 @@ import torch
 
 from tiller.config import Config, LearnerConfig, ModelConfig
 from tiller.learner import checkpoint, main
-from tiller.learner.errors import NonFiniteTraining
+from tiller.training.errors import NonFiniteTraining
 
 
 def disk_full() -> OSError:
@@ -219,7 +219,7 @@ def test_a_real_checkpoint_stays_restorable_after_a_full_disk_and_final_is_repla
                                                                                          tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 
-    from tiller.learner.engine import PolicyTrainer
+    from tiller.learner.trainer import PolicyTrainer
 
     cfg = Config(model=ModelConfig(path=str(tiny_policy_dir)), learner=LearnerConfig(batch_size=4))
     trainer = PolicyTrainer(cfg, tiny_policy_dir)

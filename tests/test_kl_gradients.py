@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tiller.config import ConfigError, load_config
-from tiller.learner import pg_losses as pg
+from tiller.training import pg_losses as pg
 
 V, N = 6, 400_000
 

@@ -14,9 +14,9 @@ import torch
 from tiller.config import Config, DPOConfig, LearnerConfig, ModelConfig, PGConfig
 from tiller.learner.coordinator import ScoredPrompt
 from tiller.learner.dpo import dpo_step
-from tiller.learner.engine import PolicyTrainer
-from tiller.learner.logprobs import taken_logprobs
 from tiller.learner.pg import pg_step
+from tiller.learner.trainer import PolicyTrainer
+from tiller.training.logprobs import taken_logprobs
 
 K = 4
 

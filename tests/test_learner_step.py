@@ -10,7 +10,7 @@ import torch
 
 from tiller.config import Config, DPOConfig, LearnerConfig, ModelConfig
 from tiller.learner.dpo import build_pair_batch, dpo_step
-from tiller.learner.engine import PolicyTrainer
+from tiller.learner.trainer import PolicyTrainer
 from tiller.learner.coordinator import ScoredPrompt
 
 pytestmark = pytest.mark.slow
@@ -70,7 +70,7 @@ def test_saved_checkpoint_loads_with_transformers(tiny_policy_dir, tmp_path):
 
 
 def revision_logprob(trainer, item: ScoredPrompt, candidate: int) -> float:
-    from tiller.learner import losses
+    from tiller.training import losses
 
     batch = build_pair_batch([(item.prompt, item.candidate(candidate), item.candidate(candidate))], pad_id=0)
     with torch.no_grad():

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tiller.learner import losses
+from tiller.training import losses
 
 PC = torch.tensor([-1.0, -3.0])  # policy log p(chosen), summed over response tokens
 PR = torch.tensor([-2.0, -1.0])

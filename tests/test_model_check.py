@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
 from tiller.actors.model_check import LocalModel, mismatch
 from tiller.actors.rollout import RolloutActor, WeightsDoNotFit

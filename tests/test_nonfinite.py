@@ -12,10 +12,10 @@ import torch
 from tiller.config import Config, LearnerConfig, ModelConfig, PGConfig
 from tiller.learner.coordinator import ScoredPrompt
 from tiller.learner.dpo import dpo_step
-from tiller.learner.engine import PolicyTrainer
-from tiller.learner.guard import NonFiniteTraining
+from tiller.learner.trainer import PolicyTrainer
 from tiller.learner.publish import WeightPublisher
 from tiller.learner.pg import pg_step
+from tiller.training.guard import NonFiniteTraining
 
 pytestmark = pytest.mark.slow
 

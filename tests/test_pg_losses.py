@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tiller.learner import pg_losses as pg
+from tiller.training import pg_losses as pg
 
 
 def test_gae_matches_a_loop_written_from_the_formula():

@@ -8,7 +8,7 @@ import torch
 
 from tiller.config import Config, LearnerConfig, ModelConfig, PGConfig
 from tiller.learner.coordinator import ScoredPrompt
-from tiller.learner.engine import PolicyTrainer
+from tiller.learner.trainer import PolicyTrainer
 from tiller.learner.pg import build_sample_batch, pg_step, token_logprobs
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tiller.config import Config, LearnerConfig, ModelConfig
-from tiller.learner.engine import PolicyTrainer
+from tiller.learner.trainer import PolicyTrainer
 from tiller.learner.publish import WeightPublisher
 from tiller.protocol import LearnerClient, RouterEndpoint
 from tiller.protocol.messages import Heartbeat, WeightsBucket
@@ -26,13 +26,26 @@ def test_a_bf16_learner_publishes_float32_for_float32_actors(bf16_trainer, capsy
     publisher = WeightPublisher(bf16_trainer, torch.float32, bucket_bytes=64 << 10)
     assert "actors get torch.float32" in capsys.readouterr().out  # said once, at start
     snap, metrics = publisher.snapshot(1)
-    published = {n: t for names, tensors in snap.buckets for n, t in zip(names, tensors)}
+    published = whole_tensors(snap)
     params = dict(bf16_trainer.module.named_parameters(remove_duplicate=False))
     assert len(snap.buckets) > 1 and set(params) <= set(published)
+    assert snap.pieces  # an MLP weight (128 KiB in float32) is larger than a bucket: it travels in pieces
     for name, param in params.items():
         assert published[name].dtype == torch.float32
         assert torch.equal(published[name], param.detach().float()), name
     assert metrics["weights/publish_gbps"] > 0 and metrics["weights/publish_s"] > 0
+
+
+def whole_tensors(snap) -> dict[str, torch.Tensor]:
+    """The snapshot's tensors as an actor puts them back together (a tensor over a bucket comes in pieces)."""
+    from tiller.actors.weight_stream import Pieces
+
+    pieces, out = Pieces(), {}
+    for index, (names, tensors) in enumerate(snap.buckets):
+        done, problem = pieces.whole(names, tensors, snap.pieces[index] if snap.pieces else [])
+        assert problem is None, problem
+        out.update(done)
+    return out
 
 
 def pointers(snapshot) -> set[int]:

@@ -19,7 +19,19 @@ CHARTS: dict[str, tuple[str, str, list[tuple[str, str]], bool]] = {
     "reward": ("mean judge reward", "reward", [("reward/mean", "mean reward"), ("reward/chosen", "chosen"),
                                                ("reward/rejected", "rejected")], False),
     "kl": ("KL to the reference", "nats", [("kl/sequence", "per response (k1 sum)"), ("kl/mean", "per token")], False),
-    "loss": ("loss and gradient", "value", [("loss", "loss"), ("grad_norm", "pre-clip gradient norm")], False),
+    "loss": ("loss and gradient", "value", [("loss", "loss"), ("grad_norm", "pre-clip gradient norm"),
+                                            ("train/loss", "training loss"), ("eval/loss", "held-out loss"),
+                                            ("train/grad_norm", "pre-clip gradient norm")], False),
+    # the offline stages (tiller sft / rm / dpo)
+    "lr": ("learning rate", "learning rate", [("train/lr", "learning rate")], False),
+    "accuracy": ("accuracy", "fraction", [("train/accuracy", "training pairs ranked right"),
+                                          ("eval/accuracy", "held-out pairs ranked right"),
+                                          ("train/rewards/accuracy", "training pairs, implicit reward"),
+                                          ("eval/rewards/accuracy", "held-out pairs, implicit reward"),
+                                          ("eval/token_accuracy", "held-out next-token accuracy")], False),
+    "margins": ("reward margins", "chosen - rejected", [("train/margin", "training"), ("eval/margin", "held-out"),
+                                                         ("train/rewards/margin", "training, implicit reward"),
+                                                         ("eval/rewards/margin", "held-out, implicit reward")], False),
     "throughput": ("throughput", "per second", [("samples_per_s", "judged samples"),
                                                  ("tokens/generated_per_s", "tokens generated"),
                                                  ("tokens/trained_per_s", "tokens trained")], False),
@@ -91,7 +103,7 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
         else:
             for key, label in present:
                 ax.plot(*_series(history, key), label=label)
-        ax.set_xlabel("learner step")
+        ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
         ax.set_title(f"{run_dir.name}: {title}")
         ax.legend(loc="best", fontsize=8)

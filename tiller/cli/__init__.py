@@ -4,11 +4,14 @@ import typer
 
 from tiller.cli import common
 from tiller.cli.actor import actor
+from tiller.cli.dpo import dpo
 from tiller.cli.judge import judge
 from tiller.cli.keys import keys
 from tiller.cli.learner import learner
 from tiller.cli.plot import plot
+from tiller.cli.rm import rm
 from tiller.cli.run import run
+from tiller.cli.sft import sft
 from tiller.cli.status import status
 
 app = typer.Typer(help="Tiller: asynchronous online alignment (vLLM actors, judges, a DeepSpeed learner).",
@@ -20,6 +23,9 @@ app.command("judge")(judge)
 app.command("keys")(keys)
 app.command("plot")(plot)
 app.command("status")(status)
+app.command("sft")(sft)
+app.command("rm")(rm)
+app.command("dpo")(dpo)
 
 
 def main() -> None:

@@ -171,7 +171,9 @@ def _blame(exc: ConfigError, lines: dict[str, str], typed: dict[str, str], sourc
     spans several names (the value just typed is the likelier mistake), then its file line; a default
     is blamed on the file."""
     key = str(exc).split(":")[0].split("[")[0]
-    places = list(dict.fromkeys(typed[k] for k in (key, *exc.keys) if k in typed))  # in order, once each
+    # in order, once each; a key refused whole (an unknown section) is blamed on the overrides inside it
+    places = list(dict.fromkeys(typed[k] for k in (key, *exc.keys) if k in typed))
+    places = places or list(dict.fromkeys(v for k, v in typed.items() if k.startswith(f"{key}.")))
     if key not in typed and key in lines:
         places.append(lines[key])
     return " and ".join(places) or source
@@ -201,6 +203,8 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
             sub = f"{dotted}.{f.name}" if dotted else f.name
             if dataclasses.is_dataclass(value):
                 changes[f.name] = section(value, sub)
+        if dotted in ("sft", "rm", "dpo"):  # each stage's list of data files
+            changes["data"] = [dataclasses.replace(source, path=_near(source.path, base)) for source in node.data]
         if dotted == "judge":
             changes["scorers"] = [dataclasses.replace(s, reward_model_path=_near(s.reward_model_path, base))
                                   for s in node.scorers]

@@ -67,7 +67,7 @@ class PGConfig:
     gamma: float = ranged(1.0, at_least=0, at_most=1)
     lam: float = ranged(0.95, at_least=0, at_most=1)
     kl_coef: float = ranged(0.05, at_least=0)  # weight of the KL penalty to the reference
-    # Where the KL penalty goes and how it is estimated (learner/pg_losses.py: kl_penalty). In the reward
+    # Where the KL penalty goes and how it is estimated (training/pg_losses.py: kl_penalty). In the reward
     # only k1 is right; as a loss term k2 follows grad KL(policy || reference) and k3 grad KL(reference ||
     # policy). Unset (null/auto): ppo puts k1 in the reward; grpo and rloo (no per-token reward) use a k2 loss.
     kl_estimator: Literal["auto", "k1", "k2", "k3"] = "auto"

@@ -9,67 +9,14 @@ sequence log-probs, gathered from the micro-batches, through the same pure loss 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from functools import partial
 
-import numpy as np
 import torch
 
-from tiller.config import Config, DPOConfig
-from tiller.learner import losses
+from tiller.config import Config
 from tiller.learner.coordinator import ScoredPrompt
-from tiller.learner.micro_batches import row_chunks, trimmed
-
-
-@dataclass
-class PairBatch:
-    """Chosen rows first, then rejected rows: one forward pass for both. Shapes [2B, T] / [2B]."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    response_mask: torch.Tensor
-    response_lengths: torch.Tensor
-
-    @property
-    def num_pairs(self) -> int:
-        return self.input_ids.shape[0] // 2
-
-    def to(self, device: torch.device) -> "PairBatch":
-        return PairBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.response_mask,
-                                                 self.response_lengths)))
-
-
-def build_pair_batch(pairs: list[tuple], pad_id: int) -> PairBatch:
-    """pairs: (prompt, chosen, rejected) int arrays. Right-padded to the longest sequence."""
-    rows = [(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs]
-    width = max(len(p) + len(r) for p, r in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    response = torch.zeros((len(rows), width), dtype=torch.float32)
-    for i, (prompt, resp) in enumerate(rows):
-        n_p, n_r = len(prompt), len(resp)
-        # np.array copies: token arrays are read-only views of received frames, which torch warns about
-        input_ids[i, :n_p] = torch.from_numpy(np.array(prompt, dtype=np.int64))
-        input_ids[i, n_p:n_p + n_r] = torch.from_numpy(np.array(resp, dtype=np.int64))
-        attention[i, :n_p + n_r] = 1
-        response[i, n_p:n_p + n_r] = 1
-    lengths = response.sum(-1).clamp(min=1)
-    return PairBatch(input_ids, attention, response, lengths)
-
-
-def preference_loss(policy: torch.Tensor, reference: torch.Tensor, lengths: torch.Tensor, cfg: DPOConfig,
-                    weights: torch.Tensor | None = None):
-    """Split [2B] sequence log-probs into chosen/rejected halves and apply the configured variant
-    (each pair's loss scaled by `weights` [B], if given)."""
-    b = policy.shape[0] // 2
-    pc, pr, rc, rr, lc, lr = policy[:b], policy[b:], reference[:b], reference[b:], lengths[:b], lengths[b:]
-    if cfg.variant == "sigmoid":
-        if cfg.logprob == "mean":  # per-token averages instead of sums (dpo.logprob)
-            pc, pr, rc, rr = pc / lc, pr / lr, rc / lc, rr / lr
-        return losses.dpo_sigmoid_loss(pc, pr, rc, rr, cfg.beta, cfg.label_smoothing, weights)
-    if cfg.variant == "ipo":
-        return losses.ipo_loss(pc, pr, rc, rr, lc, lr, cfg.beta, weights)
-    return losses.simpo_loss(pc, pr, lc, lr, cfg.beta, cfg.simpo_gamma, weights)
+from tiller.training.micro_batches import row_chunks
+from tiller.training.pairs import build_pair_batch, pair_logprobs, preference_loss
 
 
 def offpolicy_log_ratio(policy: torch.Tensor, behaviour: torch.Tensor, pair_tokens: torch.Tensor) -> torch.Tensor:
@@ -87,12 +34,6 @@ def offpolicy_weights(log_ratio: torch.Tensor, cap: float) -> torch.Tensor:
     return torch.where(torch.isnan(weights), torch.ones_like(weights), weights)
 
 
-def _sequence_logprobs(logprob_fn, batch: PairBatch, rows: torch.Tensor) -> torch.Tensor:
-    """Summed response log-probs [len(rows)] of `rows`, from `logprob_fn(ids, attn, mask) -> [n, T-1]`."""
-    ids, attn, mask = trimmed(batch.input_ids[rows], batch.attention_mask[rows], batch.response_mask[rows, 1:])
-    return logprob_fn(ids, attn, mask).sum(-1)
-
-
 def dpo_step(trainer, items: list[ScoredPrompt], cfg: Config, pad_id: int) -> dict[str, float]:
     """One optimizer step of the configured DPO variant on every pair of `items` (each has at least one:
     best over worst sample for scoring judges, revision over original for a CAI judge)."""
@@ -107,7 +48,7 @@ def dpo_step(trainer, items: list[ScoredPrompt], cfg: Config, pad_id: int) -> di
     ref_logps = torch.zeros(2 * b, device=trainer.device)
     if dpo.variant != "simpo":  # reference-free: skip the reference forward
         for rows in rows_of:
-            ref_logps[rows] = _sequence_logprobs(trainer.reference_logprobs, batch, rows)
+            ref_logps[rows] = pair_logprobs(trainer.reference_logprobs, batch, rows)
     policy_logps = torch.full((2 * b,), float("nan"), device=trainer.device)  # filled as micro-batches run
     k = len(items[0].responses)
     # What the actors sampled each pair with (summed over both responses); NaN for a revision (never sampled).
@@ -119,7 +60,7 @@ def dpo_step(trainer, items: list[ScoredPrompt], cfg: Config, pad_id: int) -> di
     weigh = dpo.offpolicy_weight == "is"  # the config loader refused it unless `comparable`
 
     def micro_loss(rows: torch.Tensor) -> torch.Tensor:
-        logps = _sequence_logprobs(lambda *args: trainer.policy_logprobs(*args)[0], batch, rows)
+        logps = pair_logprobs(lambda *args: trainer.policy_logprobs(*args)[0], batch, rows)
         policy_logps[rows] = logps.detach()
         chunk = rows[:len(rows) // 2]  # the pairs of this micro-batch (rows: their chosen, then their rejected)
         weights = offpolicy_weights(offpolicy_log_ratio(logps.detach(), behaviour[chunk], pair_tokens[chunk]),
@@ -127,7 +68,7 @@ def dpo_step(trainer, items: list[ScoredPrompt], cfg: Config, pad_id: int) -> di
         loss, _ = preference_loss(logps, ref_logps[rows], batch.response_lengths[rows], dpo, weights)
         return loss * len(chunk) / b  # the batch loss is the mean over pairs
 
-    step = trainer.guard.step(trainer.engine, [partial(micro_loss, rows) for rows in rows_of])
+    step = trainer.policy.step([partial(micro_loss, rows) for rows in rows_of])
     with torch.no_grad():  # the whole batch's loss and metrics, from the gathered log-probs
         log_ratio = offpolicy_log_ratio(policy_logps, behaviour, pair_tokens)
         weights = offpolicy_weights(log_ratio, dpo.offpolicy_cap) if weigh else None

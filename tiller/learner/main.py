@@ -32,8 +32,6 @@ import torch
 from tiller.config import Config, ConfigError, dump_config
 from tiller.learner.algorithms import ALGORITHMS, Algorithm
 from tiller.learner.coordinator import Coordinator, ScoredPrompt
-from tiller.learner.engine import DTYPES, PolicyTrainer
-from tiller.learner.errors import NonFiniteTraining
 from tiller.learner.publish import WeightPublisher
 from tiller.learner import checkpoint
 from tiller.learner.model_card import model_card
@@ -43,9 +41,12 @@ from tiller.learner.metrics import (
 from tiller.learner.phases import StepClock
 from tiller.learner.prompts import load_prompts
 from tiller.learner.server import LearnerServer
+from tiller.learner.trainer import PolicyTrainer
 from tiller.models import load_tokenizer, prepare_model
 from tiller.protocol.security import check_bind
 from tiller.timeline import mark
+from tiller.training.engine import DTYPES
+from tiller.training.errors import NonFiniteTraining
 
 log = logging.getLogger(__name__)
 

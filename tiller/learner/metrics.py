@@ -1,94 +1,28 @@
 """Where the learner's numbers go: a progress line, `metrics.jsonl`, W&B, and a closing summary.
 
-W&B never blocks or breaks a run: `auto` logs online only when a login exists (else
-offline), and any W&B failure is logged once and the run goes on with the JSONL file.
+The file and W&B are written by `tiller.records.RunRecord`, as every stage's are.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import netrc
-import os
 import threading
 from pathlib import Path
 from typing import Any
 
-from tiller.config import Config, to_dict
+from tiller.config import Config
+from tiller.records import RunRecord, keep_steps_up_to  # noqa: F401 - keep_steps_up_to: main.py reads it here
 
 log = logging.getLogger(__name__)
 
 
-def _wandb_mode(requested: str) -> str:
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    if requested != "auto":
-        return requested
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    try:
-        logged_in = netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (OSError, netrc.NetrcParseError):
-        logged_in = False
-    return "online" if logged_in else "offline"
+class MetricsSink(RunRecord):
+    """The online learner's record: `RunRecord` with its progress line (and its KL warning level)."""
 
-
-def keep_steps_up_to(path: Path, step: int) -> list[dict[str, Any]]:
-    """Rows of a JSONL file with "step" <= `step` (a resumed run drops what came after its checkpoint)."""
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    kept = [r for r in rows if r["step"] <= step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    return kept
-
-
-class MetricsSink:
     def __init__(self, cfg: Config, run_dir: Path, resume_step: int = 0, wandb_id: str | None = None):
-        self.run_dir = run_dir
         self.kl_warn_nats = cfg.metrics.kl_warn_nats
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self.path = run_dir / "metrics.jsonl"
-        self.history: list[dict[str, Any]] = keep_steps_up_to(self.path, resume_step) if resume_step else []
-        self._file = self.path.open("a" if resume_step else "w")
-        self._wandb = None
-        self.wandb_id = wandb_id
-        mode = _wandb_mode(cfg.metrics.wandb)
-        if mode != "disabled":
-            try:
-                import wandb
-
-                self._wandb = wandb.init(
-                    project=cfg.metrics.wandb_project, name=cfg.name, dir=str(run_dir), mode=mode,
-                    config=to_dict(cfg), settings=wandb.Settings(init_timeout=60, silent=True),
-                    id=wandb_id, resume="allow" if wandb_id else None,
-                )
-                self.wandb_id = self._wandb.id
-            except Exception as exc:  # noqa: BLE001 - metrics must never stop training
-                log.warning("W&B unavailable (%s); metrics go to %s only", exc, self.path)
-
-    def log(self, metrics: dict[str, Any]) -> None:
-        self.history.append(metrics)
-        # strict JSON: a NaN (e.g. the gradient norm of a skipped step) is written as null
-        self._file.write(json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v
-                                     for k, v in metrics.items()}) + "\n")
-        self._file.flush()
-        print(progress_line(metrics, self.kl_warn_nats), flush=True)
-        if self._wandb is not None:
-            try:
-                self._wandb.log(metrics, step=metrics["step"])
-            except Exception as exc:  # noqa: BLE001
-                log.warning("W&B log failed (%s); continuing without it", exc)
-                self._wandb = None
-
-    def close(self) -> None:
-        self._file.close()
-        if self._wandb is not None:
-            try:
-                self._wandb.finish()
-            except Exception as exc:  # noqa: BLE001
-                log.warning("W&B finish failed: %s", exc)
+        super().__init__(cfg, run_dir, resume_step, wandb_id, line=lambda m: progress_line(m, self.kl_warn_nats))
 
 
 def progress_line(m: dict[str, Any], kl_warn_nats: float = 0.0) -> str:

@@ -21,9 +21,9 @@ from functools import partial
 import torch
 
 from tiller.config import Config, resolve_pg
-from tiller.learner import pg_losses as pg
 from tiller.learner.coordinator import ScoredPrompt
-from tiller.learner.micro_batches import row_chunks, trimmed
+from tiller.training import pg_losses as pg
+from tiller.training.micro_batches import row_chunks, trimmed
 
 
 @dataclass
@@ -212,7 +212,7 @@ def _minibatch(trainer, batch: SampleBatch, mb: torch.Tensor, targets: Targets, 
         loss, _ = _policy_objective(logp, entropy, rows, mask, batch, targets, cfg)
         return loss * mask.sum() / tokens
 
-    step = trainer.guard.step(trainer.engine, [partial(policy_loss, i) for i in range(len(chunks))])
+    step = trainer.policy.step([partial(policy_loss, i) for i in range(len(chunks))])
     with torch.no_grad():
         loss, m = _policy_objective(logp_all, entropy_all, mb, batch.mask[mb], batch, targets, cfg)
     m.update(step)
@@ -238,7 +238,7 @@ def _critic_step(trainer, batch: SampleBatch, mb, chunks, offsets, tokens, targe
                                         pc.cliprange_value)
         return pc.vf_coef * loss * mask.sum() / tokens
 
-    step = trainer.critic_guard.step(trainer.critic, [partial(value_loss, i) for i in range(len(chunks))])
+    step = trainer.value.step([partial(value_loss, i) for i in range(len(chunks))])
     with torch.no_grad():
         loss, m = pg.clipped_value_loss(new_values, targets.values[mb], targets.returns[mb], batch.mask[mb],
                                         pc.cliprange_value)

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
-from tiller.learner.guard import NonFiniteTraining, assert_finite
 from tiller.learner.weight_shelf import WeightSnapshot
+from tiller.training.guard import NonFiniteTraining, assert_finite
 
 log = logging.getLogger(__name__)
 

@@ -252,3 +252,23 @@ def read_sft(sources: list[Source], tokenizer, max_length: int = 2048) -> list[S
 def read_preferences(sources: list[Source], tokenizer, max_length: int = 2048) -> list[PreferenceExample]:
     renderer = Renderer(tokenizer, max_length)
     return _mixed(sources, lambda path: [renderer.preference(row, where) for where, row in read_jsonl(path)])
+
+
+def check_sources(sources, stage: str) -> None:
+    """What needs no tokenizer, for --dry-run and before a model loads: every file there, every row JSON in a
+    format the stage reads (SFT: one format per file; RM and DPO: preference rows)."""
+    if not sources:
+        raise ConfigError(f"{stage}.data: no data files (a list of {{path, weight}})")
+    for source in sources:
+        rows = read_jsonl(source.path)
+        for where, row in rows:
+            if stage == "sft":
+                if sft_format(row, where) != sft_format(rows[0][1], rows[0][0]):
+                    raise ConfigError(f"{where}: a {sft_format(row, where)} row in a file of "
+                                      f"{sft_format(rows[0][1], rows[0][0])} rows")
+            else:
+                missing = [f for f in ("prompt", "chosen", "rejected") if f not in row]
+                if missing:
+                    raise ConfigError(f"{where}: a preference row needs 'prompt', 'chosen' and 'rejected'; "
+                                      f"{missing[0]!r} is missing")
+

@@ -10,7 +10,7 @@ recomputes each chunk's softmax and writes the gradient straight into a tensor s
 logits, in their dtype. Only positions where `mask` is 1 are computed (prompt and padding
 positions cost nothing); the others come back as 0 with no gradient.
 
-Index j of the [N, T-1] results is about token j+1, predicted from position j (as in pg.py).
+Index j of the [N, T-1] results is about token j+1, predicted from position j (as in learner/pg.py).
 """
 
 from __future__ import annotations

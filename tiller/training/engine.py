@@ -1,12 +1,20 @@
-"""The DeepSpeed side of the learner: the policy engine, the frozen reference, an optional critic.
+"""The DeepSpeed side of every stage: one engine class for any trained model, and frozen models.
 
-What one training step does lives with each algorithm (`dpo.py`, `pg.py`); this file owns
-the models. Single-process DeepSpeed (world size 1) with the ZeRO stage from config; on CPU it uses
+    precision = resolve_precision("auto")
+    trained = ModelEngine(load_model(AutoModelForCausalLM, path, DTYPES[precision]),  # dropout off
+                          OptimConfig(lr=1e-5, precision=precision, batch_size=8, micro_batch_size=4))
+    metrics = trained.step([lambda: loss_of(chunk) for chunk in chunks])          # through its own guard
+    reference = load_frozen(path, DTYPES[precision], trained.device)
+    trained.save(run_dir / "final", tokenizer_dir=path)
+
+What one training step does lives with each update (the online learner's `dpo.py` and `pg.py`, the
+offline stages); this file owns the models. A policy, PPO's critic and a reward model are each a
+`ModelEngine`. Single-process DeepSpeed (world size 1) with the ZeRO stage from `OptimConfig`; on CPU it uses
 the gloo backend. Two first-run compiles are avoided on purpose (platform notes): the
 shared-memory comm op is disabled before `init_distributed`, and the optimizer is torch's
 AdamW (`torch_adam`) rather than DeepSpeed's JIT-compiled CPU FusedAdam.
 
-Each engine (policy, critic) steps through its own `FiniteGuard`, so each has its own count of
+Each engine (policy, critic, reward model) steps through its own `FiniteGuard`, so each has its own count of
 non-finite steps in a row. `save` (the run's final/) is written whole or not at all: aside, fsynced,
 then swapped in for the old directory (`checkpoint.replace_dir`).
 """
@@ -17,15 +25,14 @@ import os
 import shutil
 import socket
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 
-from tiller.config import Config
-from tiller.learner.checkpoint import replace_dir
-from tiller.learner.guard import FiniteGuard, assert_finite
-from tiller.learner.logprobs import taken_logprobs
+from tiller.training.checkpoint import replace_dir
+from tiller.training.guard import FiniteGuard, assert_finite
 
 
 def _free_port() -> int:
@@ -57,6 +64,8 @@ def init_single_process_distributed() -> None:
     import deepspeed
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # an 85 s compile on cold machines
+    if torch.distributed.is_initialized():  # a second engine in this process (PPO's critic beside the policy)
+        return
     backend = "gloo" if not torch.cuda.is_available() else "nccl"
     if launched:
         deepspeed.init_distributed(dist_backend=backend)
@@ -66,8 +75,8 @@ def init_single_process_distributed() -> None:
 
 
 def resolve_precision(precision: str) -> str:
-    """learner.precision `auto`: bf16 where there is a GPU, fp32 on a CPU (where bf16 matmuls are slow
-    on most processors and fp32 keeps the tiny demos on-policy)."""
+    """Precision `auto` (learner.precision, train.precision): bf16 where there is a GPU, fp32 on a CPU
+    (where bf16 matmuls are slow on most processors and fp32 keeps the tiny demos on-policy)."""
     if precision != "auto":
         return precision
     return "bf16" if torch.cuda.is_available() else "fp32"
@@ -85,7 +94,9 @@ def _without_dropout(config) -> None:
             setattr(config, key, 0.0)
 
 
-def _load(auto_class, path: str, dtype: torch.dtype, **config_kwargs) -> torch.nn.Module:
+def load_model(auto_class, path: str, dtype: torch.dtype, **config_kwargs) -> torch.nn.Module:
+    """`auto_class.from_pretrained(path)` in `dtype` with every dropout off; `config_kwargs` go to its
+    config (num_labels=1 for a one-score head)."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(path, **config_kwargs)
@@ -97,112 +108,95 @@ def _load(auto_class, path: str, dtype: torch.dtype, **config_kwargs) -> torch.n
     return model
 
 
-def _ds_config(cfg: Config, lr: float, precision: str) -> dict:
-    lc = cfg.learner
-    # DeepSpeed's own batch bookkeeping only: the learner sets the accumulation boundary itself
+def load_frozen(path: str | Path, dtype: torch.dtype, device: torch.device | str, auto_class=None
+                ) -> torch.nn.Module:
+    """A model that is never trained (a reference): in eval mode, without gradients, on `device`.
+    `auto_class` defaults to AutoModelForCausalLM."""
+    if auto_class is None:
+        from transformers import AutoModelForCausalLM as auto_class
+    model = load_model(auto_class, str(path), dtype)
+    model.eval().requires_grad_(False)
+    return model.to(device)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """What DeepSpeed needs to train one model, whichever stage's config it comes from. `precision` is
+    resolved ("fp32" or "bf16", `resolve_precision`) and is the dtype the model was loaded in;
+    `micro_batch_size` 0 means the whole `batch_size` at once."""
+
+    lr: float
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # 0: no clipping (DeepSpeed's gradient_clipping)
+    zero_stage: int = 0
+    precision: str = "fp32"
+    batch_size: int = 1
+    micro_batch_size: int = 0
+
+    def __post_init__(self):
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"OptimConfig.precision is {self.precision!r}: resolve it first (fp32 or bf16)")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"OptimConfig.zero_stage is {self.zero_stage}: DeepSpeed has stages 0 to 3")
+
+
+def deepspeed_config(optim: OptimConfig) -> dict:
+    """The DeepSpeed config of one engine."""
+    # DeepSpeed's own batch bookkeeping only: the guard sets the accumulation boundary itself
     # (guard.py), because how many micro-batches a step has depends on the step's data.
-    micro = lc.micro_batch_size or lc.batch_size
+    micro = optim.micro_batch_size or optim.batch_size
     return {
         "train_micro_batch_size_per_gpu": micro,
-        "gradient_accumulation_steps": max(1, -(-lc.batch_size // micro)),
+        "gradient_accumulation_steps": max(1, -(-optim.batch_size // micro)),
         # bf16: the module in bf16, fp32 master weights and optimizer states kept by DeepSpeed
-        "bf16": {"enabled": precision == "bf16"},
-        "gradient_clipping": lc.max_grad_norm,
+        "bf16": {"enabled": optim.precision == "bf16"},
+        "gradient_clipping": optim.max_grad_norm,
         # torch's AdamW: DeepSpeed's own CPU FusedAdam is a 110 s JIT compile on a cold machine
-        "optimizer": {"type": "AdamW", "params": {"lr": lr, "weight_decay": lc.weight_decay, "torch_adam": True}},
-        "zero_optimization": {"stage": lc.zero_stage, "stage3_param_persistence_threshold": 0},
+        "optimizer": {"type": "AdamW",
+                      "params": {"lr": optim.lr, "weight_decay": optim.weight_decay, "torch_adam": True}},
+        "zero_optimization": {"stage": optim.zero_stage, "stage3_param_persistence_threshold": 0},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
 
 
-class PolicyTrainer:
-    """Owns the DeepSpeed policy engine, the frozen reference model and, for PPO, the critic.
+class ModelEngine:
+    """One trainable model (a policy, a critic, a reward model) in its own DeepSpeed engine, with its own
+    optimizer and its own `FiniteGuard`.
 
-    The critic is a separate model (a token-classification head with one output on the
-    policy's backbone) in its own DeepSpeed engine with its own optimizer.
+    `engine` is the DeepSpeed engine (call it for a forward pass; `save_checkpoint`/`load_checkpoint` keep
+    the optimizer state); `step(chunks)` is one optimizer step through the guard; `weight_buckets` gives
+    the full weights (gathered under ZeRO-3) for publishing or checking; `save` writes a final/ directory.
     """
 
-    def __init__(self, cfg: Config, model_dir: str | Path, with_critic: bool = False,
-                 reference_dir: str | Path | None = None):
-        from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
+    def __init__(self, model: torch.nn.Module, optim: OptimConfig, max_nonfinite_steps: int = 5,
+                 name: str = "policy", setting: str = "max_nonfinite_steps", gradient_checkpointing: bool = False):
         import deepspeed
 
-        init_single_process_distributed()
-        lc = cfg.learner
-        self.cfg = cfg
-        self.precision = resolve_precision(lc.precision)
-        self.dtype = DTYPES[self.precision]
-        # One guard per engine, each with its own skip counter: a shared one let the critic's good
-        # steps reset the policy's run of NaN steps, so a policy that only skipped never stopped.
-        self.guard = FiniteGuard(lc.max_nonfinite_steps)  # every policy optimizer step goes through it
-        self.critic_guard: FiniteGuard | None = None  # every critic step, when there is a critic
-        torch.manual_seed(cfg.seed)
-        policy = _load(AutoModelForCausalLM, str(model_dir), self.dtype)
-        if lc.gradient_checkpointing:
-            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.engine, *_ = deepspeed.initialize(
-            model=policy, model_parameters=policy.parameters(), config=_ds_config(cfg, lc.lr, self.precision))
+        init_single_process_distributed()  # once per process: a second engine finds the group made
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.optim = optim
+        self.name = name
+        trainable = [p for p in model.parameters() if p.requires_grad]  # a stage may freeze some layers
+        self.engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable,
+                                               config=deepspeed_config(optim))
         self.engine.train()
         self.device = self.engine.device  # every batch goes here (cuda:N under a GPU, cpu otherwise)
-        # The frozen reference sits beside the policy, in the same dtype, unless offloaded to host memory
-        # by config (learner.reference_offload): then it runs on the CPU and only log-probs move.
-        self.reference = _load(AutoModelForCausalLM, str(reference_dir or model_dir), self.dtype)
-        self.reference.eval().requires_grad_(False)
-        self.reference_device = torch.device("cpu") if lc.reference_offload else self.device
-        self.reference.to(self.reference_device)
-        self.critic = None
-        if with_critic:
-            # From the policy (a fresh value head) or from a reward model, whose one-logit `score`
-            # head becomes the per-token value head (both are `score` on transformers' classifiers).
-            critic_dir = str(lc.pg.critic_path or model_dir)
-            critic = _load(AutoModelForTokenClassification, critic_dir, self.dtype, num_labels=1)
-            if lc.gradient_checkpointing:
-                critic.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            self.critic, *_ = deepspeed.initialize(
-                model=critic, model_parameters=critic.parameters(),
-                config=_ds_config(cfg, lc.pg.critic_lr, self.precision))
-            self.critic.train()
-            self.critic_guard = FiniteGuard(lc.max_nonfinite_steps, name="critic")
-        print(f"learner: policy on {self.device} in {self.precision}"
-              f"{', gradient checkpointing' if lc.gradient_checkpointing else ''}; reference on "
-              f"{self.reference_device}; "
-              f"{f'micro-batches of {lc.micro_batch_size} sequences' if lc.micro_batch_size else 'no micro-batches'}",
-              flush=True)
-
-    def reference_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor,
-                           temperature: float = 1.0) -> torch.Tensor:
-        """[N, T-1] log-probs of the taken tokens under the frozen reference, on the policy's device."""
-        device = self.reference_device
-        with torch.no_grad():
-            logits = self.reference(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-            logp, _ = taken_logprobs(logits, input_ids.to(device), mask.to(device), temperature,
-                                     chunk_bytes=self.cfg.learner.logprob_chunk_mb << 20)
-        return logp.to(self.device)
-
-    def policy_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor,
-                        temperature: float = 1.0, with_entropy: bool = False):
-        """(log-probs [N, T-1], entropy or None) of the taken tokens under the policy being trained."""
-        logits = self.engine(input_ids=input_ids, attention_mask=attention_mask).logits
-        return taken_logprobs(logits, input_ids, mask, temperature, with_entropy,
-                              chunk_bytes=self.cfg.learner.logprob_chunk_mb << 20)
-
-    @property
-    def skipped_steps(self) -> dict[str, int]:
-        """Optimizer steps skipped for non-finite numbers over the run, per engine."""
-        skipped = {"policy": self.guard.skipped}
-        if self.critic_guard is not None:
-            skipped["critic"] = self.critic_guard.skipped
-        return skipped
+        self.dtype = DTYPES[optim.precision]
+        self.guard = FiniteGuard(max_nonfinite_steps, name=name, setting=setting)
 
     @property
     def module(self) -> torch.nn.Module:
         return self.engine.module
 
-    @property
-    def vocab_size(self) -> int:
-        """Rows of the reference's embedding table (ZeRO-3 may partition the policy's)."""
-        return self.reference.get_input_embeddings().num_embeddings
+    def __call__(self, *args, **kwargs):
+        return self.engine(*args, **kwargs)
+
+    def step(self, chunks: Sequence[Callable[[], torch.Tensor]]) -> dict[str, float]:
+        """Backward of every micro-batch loss `chunks` compute, then one optimizer step, unless something
+        is not finite (`FiniteGuard.step`). Returns {"grad_norm", "skipped"}."""
+        return self.guard.step(self.engine, chunks)
 
     def weight_buckets(self, bucket_bytes: int, copy: Callable[[str, torch.Tensor], torch.Tensor] = None
                        ) -> Iterator[list[tuple[str, torch.Tensor]]]:
@@ -231,7 +225,7 @@ class PolicyTrainer:
             yield [(n, copy(n, b)) for n, b in buffers]
 
     def _gather(self, bucket: list[tuple[str, torch.nn.Parameter]], copy) -> list[tuple[str, torch.Tensor]]:
-        if self.cfg.learner.zero_stage == 3:
+        if self.optim.zero_stage == 3:
             import deepspeed
 
             with deepspeed.zero.GatheredParameters([p for _, p in bucket], modifier_rank=None):
@@ -239,7 +233,7 @@ class PolicyTrainer:
         return [(n, copy(n, p)) for n, p in bucket]
 
     def save(self, path: str | Path, tokenizer_dir: str | Path | None = None) -> None:
-        """Write a transformers checkpoint (loads with AutoModelForCausalLM.from_pretrained),
+        """Write a transformers checkpoint (loads with the model's own Auto class `from_pretrained`),
         with the tokenizer files copied from `tokenizer_dir`. Written whole or not at all: into the
         hidden sibling `.<name>.tmp`, fsynced, then swapped in for any old one (`checkpoint.replace_dir`);
         raises on failure, leaving the old directory in place."""
@@ -252,7 +246,7 @@ class PolicyTrainer:
         try:
             self.module.save_pretrained(str(tmp), state_dict=state)
             for file in Path(tokenizer_dir).glob("*") if tokenizer_dir else []:
-                if file.name.startswith(("tokenizer", "special_tokens")):
+                if file.name.startswith(("tokenizer", "special_tokens", "chat_template")):
                     shutil.copy(file, tmp / file.name)
             replace_dir(tmp, path)
         finally:

@@ -1,4 +1,4 @@
-"""Micro-batches: a step's rows cut into pieces of at most `learner.micro_batch_size` sequences.
+"""Micro-batches: a step's rows cut into pieces of at most `micro_batch_size` sequences (a stage's setting).
 
     for rows in row_chunks(torch.arange(n), size):   # index tensors, in order, covering every row once
         ids, attn, mask = trimmed(ids_all[rows], attn_all[rows], mask_all[rows])

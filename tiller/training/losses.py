@@ -92,6 +92,27 @@ def simpo_loss(
     return _weighted_mean(losses, weights), _reward_metrics(chosen_rewards.detach(), rejected_rewards.detach())
 
 
+def bradley_terry_loss(
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    margin: float = 0.0,
+    center_coef: float = 0.0,
+) -> tuple[torch.Tensor, Metrics]:
+    """Reward-model loss on scalar rewards [B]: -log sigmoid(r_chosen - r_rejected - margin), the
+    Bradley-Terry likelihood of the preference (Ouyang et al. 2022, https://arxiv.org/abs/2203.02155, eq. 1),
+    with an optional margin (Llama 2, Touvron et al. 2023, https://arxiv.org/abs/2307.09288, eq. 2) and
+    optional reward centering, + center_coef * (r_chosen + r_rejected)^2, which pins the rewards' level that
+    the pairwise loss leaves free (Eisenstein et al. 2023, https://arxiv.org/abs/2312.09244; TRL's
+    `center_rewards_coefficient`)."""
+    losses = -F.logsigmoid(chosen - rejected - margin)
+    if center_coef:
+        losses = losses + center_coef * (chosen + rejected) ** 2
+    chosen, rejected = chosen.detach(), rejected.detach()
+    metrics = {"accuracy": (chosen > rejected).float().mean().item(), "margin": (chosen - rejected).mean().item(),
+               "chosen": chosen.mean().item(), "rejected": rejected.mean().item()}
+    return losses.mean(), metrics
+
+
 def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
     """Sum of log p(token) over the response tokens of each sequence.
 

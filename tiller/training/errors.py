@@ -1,4 +1,4 @@
-"""The learner's own failures, in a module without heavy imports: the CLI catches them in every
+"""Training's own failures (any stage's), in a module without heavy imports: the CLI catches them in every
 process, and a launcher that never trains should not import torch (1.8 s) to name one."""
 
 

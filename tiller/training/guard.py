@@ -1,6 +1,6 @@
-"""Non-finite numbers never train: every optimizer step of the learner goes through `FiniteGuard`.
+"""Non-finite numbers never train: every optimizer step of every stage goes through `FiniteGuard`.
 
-    guard = FiniteGuard(max_in_a_row=5, name="policy")
+    guard = FiniteGuard(max_in_a_row=5, name="policy", setting="learner.max_nonfinite_steps")
     metrics = guard.step(engine, [lambda: loss_of(chunk) for chunk in chunks])  # backward + step, or a skip
 
 One guard per engine (the policy's, the critic's): its counters are that engine's alone, so one
@@ -32,7 +32,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from tiller.learner.errors import NonFiniteTraining
+from tiller.training.errors import NonFiniteTraining
 
 __all__ = ["FiniteGuard", "NonFiniteTraining", "assert_finite", "grad_norm"]
 
@@ -56,9 +56,10 @@ def assert_finite(named: Iterable[tuple[str, torch.Tensor]], what: str) -> None:
 
 
 class FiniteGuard:
-    def __init__(self, max_in_a_row: int = 5, name: str = "policy"):
+    def __init__(self, max_in_a_row: int = 5, name: str = "policy", setting: str = "max_nonfinite_steps"):
         self.max_in_a_row = max_in_a_row
         self.name = name  # which engine's steps these are, in warnings and the error
+        self.setting = setting  # the config key that sets max_in_a_row, named in the error (stages differ)
         self.skipped = 0  # over the whole run
         self.in_a_row = 0
 
@@ -109,5 +110,5 @@ class FiniteGuard:
         if self.in_a_row >= self.max_in_a_row:
             raise NonFiniteTraining(f"{self.in_a_row} optimizer steps in a row of the {self.name} had non-finite "
                                     f"numbers ({why}); stopping rather than training on them "
-                                    "(learner.max_nonfinite_steps)")
+                                    f"({self.setting})")
         return {"grad_norm": math.nan, "skipped": 1.0}

@@ -1,0 +1,136 @@
+"""The offline stages on tiny models built on the spot: SFT learns its responses, a reward model separates an
+easy preference set, offline DPO widens the margin with the online learner's own loss, frozen layers stay
+frozen, and each stage's final/ feeds the next (SFT -> RM base, SFT -> DPO policy, RM -> reward_model judge)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from tiller.config import ConfigError, load_config
+
+pytestmark = pytest.mark.slow
+
+
+def rows(path, items) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in items))
+    return str(path)
+
+
+def prompts(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return ["".join(rng.choice("abcdefghij") for _ in range(rng.randint(3, 8))) + " " for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("offline-data")
+    sft = rows(d / "sft.jsonl", [{"prompt": p, "completion": "no thanks."} for p in prompts(24, 0)])
+    # easily separable: the chosen answer always says "good", the rejected one "bad"
+    prefs = rows(d / "prefs.jsonl", [{"prompt": p, "chosen": "good good.", "rejected": "bad bad."}
+                                     for p in prompts(48, 1)])
+    return {"sft": sft, "prefs": prefs}
+
+
+def config(tmp_path, model_dir, stage: str, data_path: str, *extra: str, name: str | None = None):
+    return load_config(None, [f"name={name or stage}", f"output_dir={tmp_path}", f"model.path={model_dir}",
+                              "metrics.wandb=disabled", f"{stage}.data=[{{path: {data_path}}}]", "train.lr=1e-3",
+                              "train.batch_size=8", "train.schedule=constant", "train.eval_fraction=0.25", *extra])
+
+
+def test_sft_learns_its_responses_and_writes_a_loadable_final(tiny_policy_dir, tmp_path, data):
+    from transformers import AutoModelForCausalLM
+
+    from tiller.offline import sft
+
+    summary = sft.run(config(tmp_path, tiny_policy_dir, "sft", data["sft"], "train.epochs=6"))
+    assert summary["eval"]["eval/loss"] < 0.5 * summary["first_eval"]["eval/loss"]
+    assert summary["eval"]["eval/token_accuracy"] > 0.9  # "no thanks.<eos>" after any prompt
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "sft" / "final"))
+    assert model.config.num_hidden_layers == 2 and (tmp_path / "sft" / "final" / "tokenizer.json").exists()
+    history = [json.loads(line) for line in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) == 18 and all("train/lr" in m and "train/loss" in m for m in history)
+    assert (tmp_path / "sft" / "plots" / "loss.png").stat().st_size > 0
+
+
+def test_a_reward_model_separates_an_easy_preference_set_with_its_lower_layers_frozen(
+        tiny_policy_dir, tmp_path, data):
+    from transformers import AutoModelForSequenceClassification
+
+    from tiller.offline import rm
+
+    before = AutoModelForSequenceClassification.from_pretrained(str(tiny_policy_dir), num_labels=1)
+    summary = rm.run(config(tmp_path, tiny_policy_dir, "rm", data["prefs"], "train.epochs=4",
+                            "rm.unfrozen_layers=1"))
+    assert summary["eval"]["eval/accuracy"] > 0.9 and summary["eval"]["eval/margin"] > 0
+    after = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "rm" / "final"))
+    old, new = dict(before.named_parameters()), dict(after.named_parameters())
+    frozen = [n for n in old if ".layers.0." in n or "embed_tokens" in n]
+    trained = [n for n in old if ".layers.1." in n or n.startswith("score")]
+    assert frozen and all(torch.equal(old[n], new[n]) for n in frozen)  # below the top block: untouched
+    assert all(not torch.equal(old[n], new[n]) for n in trained if not n.startswith("score"))
+
+
+def test_offline_dpo_widens_the_margin_with_the_online_loss(tiny_policy_dir, tmp_path, data):
+    from tiller.offline import dpo
+
+    summary = dpo.run(config(tmp_path, tiny_policy_dir, "dpo", data["prefs"], "train.epochs=3",
+                             "dpo.loss.beta=0.5"))
+    first, last = summary["first_eval"], summary["eval"]
+    assert last["eval/rewards/margin"] > first["eval/rewards/margin"] + 0.5
+    assert last["eval/rewards/accuracy"] > 0.9
+
+
+def test_the_offline_dpo_loss_is_the_online_learners_function(tiny_policy_dir, tmp_path, data):
+    from tiller.config import DPOConfig
+    from tiller.models import load_tokenizer
+    from tiller.offline import dpo
+    from tiller.offline.data import Source, read_preferences
+    from tiller.offline.loop import stage_engine
+    from tiller.training import losses
+    from tiller.training.engine import load_frozen
+
+    cfg = config(tmp_path, tiny_policy_dir, "dpo", data["prefs"], "dpo.loss.beta=0.3", name="dpo-check")
+    tokenizer = load_tokenizer(tiny_policy_dir)
+    examples = read_preferences([Source(data["prefs"])], tokenizer)[:4]
+    engine = stage_engine(cfg, tiny_policy_dir)
+    reference = load_frozen(tiny_policy_dir, engine.dtype, engine.device)
+    pairs = dpo.with_reference(examples, reference, tokenizer.pad_token_id, engine.device)
+    total, metrics = dpo.recipe(cfg, engine, tokenizer.pad_token_id, None).loss(pairs)
+    # by hand: the summed log-probs of each response under both models, through the paper's equation
+    with torch.no_grad():
+        batch = dpo._batch(pairs, tokenizer.pad_token_id, engine.device)
+        from tiller.training.pairs import model_logprobs, pair_logprobs
+
+        policy = pair_logprobs(model_logprobs(engine), batch)
+        ref = pair_logprobs(model_logprobs(reference), batch)
+    expected, _ = losses.dpo_sigmoid_loss(policy[:4], policy[4:], ref[:4], ref[4:], beta=0.3)
+    assert total.item() / 4 == pytest.approx(expected.item(), abs=1e-5)
+    assert DPOConfig().variant == "sigmoid"
+
+
+def test_each_final_feeds_the_next_stage(tiny_policy_dir, tmp_path, data):
+    """SFT -> RM base and DPO policy, RM -> the reward_model judge, with no conversion in between."""
+    from tiller.actors.judges import build_judge
+    from tiller.offline import dpo, rm, sft
+
+    sft.run(config(tmp_path, tiny_policy_dir, "sft", data["sft"], "train.max_steps=2"))
+    sft_final = tmp_path / "sft" / "final"
+    rm.run(config(tmp_path, sft_final, "rm", data["prefs"], "train.max_steps=2"))
+    dpo.run(config(tmp_path, sft_final, "dpo", data["prefs"], "train.max_steps=2"))
+    cfg = load_config(None, [f"model.path={sft_final}", "judge.kind=reward_model",
+                             f"judge.reward_model_path={tmp_path / 'rm' / 'final'}"])
+    judge = build_judge(cfg.judge, sft_final)
+    assert type(judge).__name__ == "RewardModelJudge"
+
+
+def test_a_malformed_row_stops_the_stage_before_training(tiny_policy_dir, tmp_path):
+    from tiller.offline import sft
+
+    bad = rows(tmp_path / "bad.jsonl", [{"prompt": "a ", "completion": "b"}, {"prompt": "a ", "completion": 7}])
+    with pytest.raises(ConfigError, match=r"bad.jsonl:2: 'completion' must be a non-empty string, got int"):
+        sft.run(config(tmp_path, tiny_policy_dir, "sft", bad))
+    assert not (tmp_path / "sft" / "metrics.jsonl").exists()

@@ -1,0 +1,203 @@
+"""The loop every offline stage runs: seeded epochs of batches, one optimizer step each, evaluation on the
+held-out rows, checkpoints and `--resume`, metrics, plots, a summary and `final/`.
+
+    recipe = Recipe("sft", units=lambda e: sum(e.trained), loss=sft_loss, evaluate=sft_eval)
+    summary = fit(cfg, recipe, engine, train_rows, held_out_rows, model_dir, resume=False)
+
+A stage is the `Recipe` it passes (what its loss is averaged over, its micro-batch loss, its evaluation),
+not a subclass: the loop knows nothing of tokens or pairs. A step's batch is cut into micro-batches
+(`train.micro_batch_size`); each micro-batch's summed loss is divided by the whole batch's units (trained
+tokens for SFT, pairs for RM and DPO), so the accumulated gradient is the batch mean whatever the cut. The
+learning rate follows `train.schedule` after `train.warmup_steps`, set on the optimizer before each step.
+The order of the rows is drawn from `seed` and the epoch, so a resumed run continues with the same batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import subprocess
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from tiller.config import Config, dump_config
+from tiller.records import RunRecord
+from tiller.training import checkpoint
+from tiller.training.engine import DTYPES, ModelEngine, OptimConfig, load_model, resolve_precision
+from tiller.training.schedule import lr_schedule
+
+Loss = Callable[[list], tuple[torch.Tensor, dict[str, float]]]  # micro-batch -> (summed loss, summed metrics)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str  # the stage: "sft", "rm", "dpo" (metric names and the console line say it)
+    units: Callable[[Any], float]  # what one example adds to the batch the loss is averaged over
+    loss: Loss  # summed over the micro-batch's units, with metrics summed the same way
+    evaluate: Callable[[list], dict[str, float]]  # held-out rows -> metrics (averages), under no_grad
+
+
+def split_held_out(rows: list, fraction: float, seed: int) -> tuple[list, list]:
+    """(train, held out): a seeded `fraction` of the rows held out (at least one when any is asked for)."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n = 0 if fraction <= 0 else max(1, round(fraction * len(rows)))
+    if n >= len(rows):
+        raise ValueError(f"train.eval_fraction {fraction} leaves no training rows of {len(rows)}")
+    held = set(order[:n])
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
+def batches(rows: list, batch_size: int, epoch: int, seed: int) -> list[list]:
+    order = list(range(len(rows)))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return [[rows[i] for i in order[start:start + batch_size]] for start in range(0, len(order), batch_size)]
+
+
+def micro_batches(batch: list, size: int) -> list[list]:
+    return [batch] if size <= 0 or size >= len(batch) else [batch[i:i + size] for i in range(0, len(batch), size)]
+
+
+def _step(recipe: Recipe, engine: ModelEngine, batch: list, micro: int) -> dict[str, float]:
+    """One optimizer step on `batch`; returns the step's loss and metrics as batch means."""
+    total = float(sum(recipe.units(row) for row in batch))
+    sums: dict[str, float] = {}
+
+    def chunk_loss(rows: list) -> torch.Tensor:
+        loss, metrics = recipe.loss(rows)
+        for key, value in metrics.items():
+            sums[key] = sums.get(key, 0.0) + value
+        sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+        return loss / total
+
+    step = engine.step([partial(chunk_loss, rows) for rows in micro_batches(batch, micro)])
+    return {**{f"train/{k}": v / total for k, v in sums.items()}, "train/grad_norm": step["grad_norm"],
+            "train/skipped": step["skipped"], "train/units": total}
+
+
+def _line(stage: str, total_steps: int, started: float, first_step: int):
+    def line(m: dict[str, Any]) -> str:
+        done = m["step"] - first_step + 1
+        elapsed = time.monotonic() - started
+        eta = elapsed / done * (total_steps - m["step"])
+        extra = "".join(f" | {k.split('/', 1)[1]} {v:.3f}" for k, v in m.items()
+                        if k.startswith("eval/") and isinstance(v, float))
+        return (f"{stage} step {m['step']:>4}/{total_steps} | loss {m.get('train/loss', float('nan')):.4f} | "
+                f"lr {m['train/lr']:.2e}{extra} | {elapsed:.0f} s elapsed, ETA {eta:.0f} s"
+                + (" | SKIPPED: non-finite loss or gradient" if m.get("train/skipped") else ""))
+    return line
+
+
+def _set_lr(engine: ModelEngine, lr: float) -> None:
+    for group in engine.engine.optimizer.param_groups:
+        group["lr"] = lr
+
+
+def fit(cfg: Config, recipe: Recipe, engine: ModelEngine, train: list, held_out: list, model_dir: Path,
+        resume: bool = False) -> dict[str, Any]:
+    """Train to `train.epochs` (or `train.max_steps`), evaluating, checkpointing and logging as configured;
+    writes `final/` (the model and `model_dir`'s tokenizer) and summary.json; returns the summary."""
+    tc, run_dir = cfg.train, cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint.clean_stale(run_dir)
+    per_epoch = math.ceil(len(train) / tc.batch_size)
+    total = tc.max_steps or tc.epochs * per_epoch
+    # a run shorter than its warmup has nothing left to decay: it warms up and stays
+    factor = lr_schedule(tc.schedule if total > tc.warmup_steps else "constant", tc.warmup_steps, total)
+    state = {"step": 0, "wandb_id": None}
+    latest = checkpoint.latest(run_dir) if resume else None
+    if resume and latest is None:
+        raise FileNotFoundError(f"--resume: no complete checkpoint under {run_dir / 'checkpoints'}")
+    if latest is not None:
+        state = checkpoint.restore(latest, {recipe.name: engine.engine})
+        print(f"resuming from {latest}: step {state['step']} of {total}", flush=True)
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    started = time.monotonic()
+    record = RunRecord(cfg, run_dir, resume_step=state["step"], wandb_id=state["wandb_id"],
+                       line=_line(recipe.name, total, started, state["step"] + 1))
+    print(f"{recipe.name}: {len(train)} training rows, {len(held_out)} held out; {total} steps of {tc.batch_size}",
+          flush=True)
+    step = state["step"]
+    try:
+        while step < total:
+            epoch, index = divmod(step, per_epoch)
+            batch = batches(train, tc.batch_size, epoch, cfg.seed)[index]
+            lr = tc.lr * factor(step)
+            _set_lr(engine, lr)
+            metrics = {"step": step + 1, "epoch": epoch + (index + 1) / per_epoch, "train/lr": lr,
+                       **_step(recipe, engine, batch, tc.micro_batch_size)}
+            step += 1
+            end_of_epoch = step % per_epoch == 0 or step == total
+            if held_out and ((tc.eval_every and step % tc.eval_every == 0) or (not tc.eval_every and end_of_epoch)
+                             or step == total):
+                metrics.update({f"eval/{k}": v for k, v in _evaluate(recipe, engine, held_out).items()})
+            record.log(metrics)
+            if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < total:
+                checkpoint.save(run_dir, step, {recipe.name: engine.engine}, {"wandb_id": record.wandb_id})
+    finally:
+        record.close()
+    engine.save(run_dir / "final", tokenizer_dir=model_dir)
+    summary = _summary(cfg, recipe.name, record.history, time.monotonic() - started, engine)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    _plot(run_dir)
+    print(f"{recipe.name} done: {run_dir / 'final'} ({summary['wall_s']:.0f} s)", flush=True)
+    return summary
+
+
+def _evaluate(recipe: Recipe, engine: ModelEngine, held_out: list) -> dict[str, float]:
+    engine.engine.eval()
+    try:
+        with torch.no_grad():
+            return recipe.evaluate(held_out)
+    finally:
+        engine.engine.train()
+
+
+def _summary(cfg: Config, stage: str, history: list[dict], wall_s: float, engine: ModelEngine) -> dict[str, Any]:
+    last = history[-1] if history else {}
+    evals = [m for m in history if any(k.startswith("eval/") for k in m)]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                timeout=5, cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"stage": stage, "name": cfg.name, "steps": last.get("step", 0), "wall_s": round(wall_s, 2),
+            "final_train_loss": last.get("train/loss"), "skipped_nonfinite_steps": engine.guard.skipped,
+            "eval": {k: v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else {},
+            "first_eval": {k: v for k, v in evals[0].items() if k.startswith("eval/")} if evals else {},
+            "final": str(cfg.run_dir / "final"), "commit": commit,
+            "config_sha256": hashlib.sha256(dump_config(cfg).encode()).hexdigest()[:16]}
+
+
+def _plot(run_dir: Path) -> None:
+    from tiller.plots import plot_run
+
+    try:
+        plot_run(run_dir)
+    except Exception as exc:  # noqa: BLE001 - a chart is never worth a failed stage
+        print(f"plots skipped: {exc}", flush=True)
+
+
+def stage_engine(cfg: Config, model_dir: Path, auto_class=None, freeze=None, **config_kwargs) -> ModelEngine:
+    """The stage's model in a DeepSpeed engine with the `train` section's optimizer settings; `freeze(model)`
+    may set requires_grad before the optimizer is built (the reward model's frozen layers)."""
+    if auto_class is None:
+        from transformers import AutoModelForCausalLM as auto_class
+    tc = cfg.train
+    precision = resolve_precision(tc.precision)
+    model = load_model(auto_class, model_dir, DTYPES[precision], **config_kwargs)
+    if freeze is not None:
+        freeze(model)
+    torch.manual_seed(cfg.seed)
+    optim = OptimConfig(lr=tc.lr, weight_decay=tc.weight_decay, max_grad_norm=tc.max_grad_norm,
+                        zero_stage=tc.zero_stage, precision=precision, batch_size=tc.batch_size,
+                        micro_batch_size=tc.micro_batch_size)
+    return ModelEngine(model, optim, name="policy", setting="train (non-finite steps in a row)",
+                       gradient_checkpointing=tc.gradient_checkpointing)

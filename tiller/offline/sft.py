@@ -1,0 +1,97 @@
+"""`tiller sft`: supervised fine-tuning on response tokens only, with refusal data mixed in by weight.
+
+    tiller sft configs/safety/sft.yaml                         # sft.data: [{path, weight}, ...]
+    tiller sft configs/safety/sft.yaml train.epochs=3 --dry-run
+
+The loss is the mean negative log-likelihood of the trained tokens (offline/data.py decides which: the
+completion, every assistant turn, or the output of an instruction row, end-of-turn included) over all of a
+batch's trained tokens, as TRL's SFTTrainer with completion-only loss averages. Held-out rows report
+`eval/loss` (per token) and `eval/token_accuracy` (greedy next-token match on trained tokens). With
+`sft.packing`, examples are concatenated into rows of `train.max_length` (attention crosses their
+boundaries, as in TRL's classic packing), so no step pays for padding.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tiller.config import Config
+from tiller.offline.data import SFTExample, Source, read_sft
+from tiller.offline.loop import Recipe, fit, split_held_out, stage_engine
+from tiller.training.engine import ModelEngine
+from tiller.training.logprobs import taken_logprobs
+from tiller.training.micro_batches import trimmed
+
+
+def pad(examples: list[SFTExample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded (input_ids [N, T], attention_mask [N, T], target mask [N, T-1]); the target mask is about
+    the next token (position j predicts token j + 1), the convention of `taken_logprobs`."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(examples), width), dtype=torch.long)
+    targets = torch.zeros((len(examples), width), dtype=torch.bool)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        attention[i, :n] = 1
+        targets[i, :n] = torch.tensor(e.trained)
+    return ids, attention, targets[:, 1:]
+
+
+def pack(examples: list[SFTExample], max_length: int) -> list[SFTExample]:
+    """Examples concatenated in order into rows of at most `max_length` tokens (an example never split)."""
+    rows: list[SFTExample] = []
+    ids: list[int] = []
+    trained: list[bool] = []
+    for e in examples:
+        if ids and len(ids) + len(e.input_ids) > max_length:
+            rows.append(SFTExample(f"packed row {len(rows) + 1}", ids, trained))
+            ids, trained = [], []
+        ids, trained = ids + e.input_ids, trained + e.trained
+    if ids:
+        rows.append(SFTExample(f"packed row {len(rows) + 1}", ids, trained))
+    return rows
+
+
+def nll(engine: ModelEngine, examples: list[SFTExample], pad_id: int, chunk_bytes: int = 256 << 20):
+    """(summed NLL of the trained tokens, their count, how many the greedy next token got right)."""
+    ids, attention, targets = (t.to(engine.device) for t in pad(examples, pad_id))
+    ids, attention, targets = trimmed(ids, attention, targets)
+    logits = engine(input_ids=ids, attention_mask=attention).logits
+    logp, _ = taken_logprobs(logits, ids, targets, chunk_bytes=chunk_bytes)
+    with torch.no_grad():
+        right = ((logits[:, :-1].argmax(-1) == ids[:, 1:]) & targets).sum()
+    return -(logp * targets).sum(), targets.sum(), right
+
+
+def recipe(engine: ModelEngine, pad_id: int) -> Recipe:
+    def loss(rows: list[SFTExample]):
+        total, tokens, right = nll(engine, rows, pad_id)
+        return total, {"tokens": float(tokens), "token_accuracy": float(right)}
+
+    def evaluate(rows: list[SFTExample]) -> dict[str, float]:
+        sums = [0.0, 0.0, 0.0]
+        for start in range(0, len(rows), 16):
+            for i, value in enumerate(nll(engine, rows[start:start + 16], pad_id)):
+                sums[i] += float(value)
+        return {"loss": sums[0] / sums[1], "token_accuracy": sums[2] / sums[1]}
+
+    return Recipe("sft", units=lambda e: sum(e.trained), loss=loss, evaluate=evaluate)
+
+
+def run(cfg: Config, resume: bool = False) -> dict:
+    from tiller.models import load_tokenizer, prepare_model
+
+    if not cfg.sft.data:
+        raise ValueError("sft.data: no data files (a list of {path, weight})")
+    model_dir = Path(prepare_model(cfg))
+    tokenizer = load_tokenizer(model_dir)
+    examples = read_sft([Source(s.path, s.weight) for s in cfg.sft.data], tokenizer, cfg.train.max_length)
+    train, held_out = split_held_out(examples, cfg.train.eval_fraction, cfg.seed)
+    if cfg.sft.packing:
+        train = pack(train, cfg.train.max_length)
+    engine = stage_engine(cfg, model_dir)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return fit(cfg, recipe(engine, pad_id), engine, train, held_out, model_dir, resume)
