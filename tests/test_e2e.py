@@ -46,7 +46,7 @@ def check_run(run_dir: Path, actors_with_work: int = 2) -> dict:
     assert all(r["learner_version"] - r["policy_version"] <= 2 for r in records if r["outcome"] == "trained")
     for key in ("step", "policy_version", "reward/mean", "loss", "samples_per_s", "staleness/mean",
                 "time/wait_s", "time/train_s", "time/publish_s", "learner/idle_frac", "actors/idle_frac",
-                "tokens/trained_per_s", "queue/inflight_prompts", "staleness/lag_0", "weights/publish_gbps"):
+                "tokens/trained_per_s", "queue/inflight_prompts", "staleness/lag_0", "weights/publish_gbps", "lr"):
         assert key in metrics[-1], key
     # where the time went: the first step is timed from the start, the actors' phases arrive with rollouts
     assert 0 < metrics[0]["time/first_step_s"] < 300 and all("time/first_step_s" not in m for m in metrics[1:])

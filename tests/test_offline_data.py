@@ -118,9 +118,28 @@ def test_a_malformed_preference_row_names_its_field(tokenizer, tmp_path):
 
 def test_too_long_and_template_less_rows_are_refused(tokenizer, tmp_path):
     path = write(tmp_path, [{"prompt": "a" * 30, "completion": "b"}])
-    with pytest.raises(ConfigError, match=r"data.jsonl:1: 32 tokens, more than data.max_length \(16\)"):
+    with pytest.raises(ConfigError, match=r"data.jsonl:1: 32 tokens, more than the 16 allowed \(train.max_length"):
         read_sft([Source(path)], tokenizer, max_length=16)
     plain = build_char_tokenizer(JUDGE_ALPHABET)  # no chat template
     path = write(tmp_path, [{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}])
     with pytest.raises(ConfigError, match="no chat template"):
         read_sft([Source(path)], plain)
+
+
+def test_the_shipped_safety_sets_read_as_they_are_documented(tmp_path):
+    from collections import Counter
+    from pathlib import Path
+
+    from tiller.models import TINY_CHAT_TEMPLATE
+
+    root = Path(__file__).parents[1] / "configs" / "data" / "safety"
+    tok = build_char_tokenizer(JUDGE_ALPHABET)
+    tok.chat_template = TINY_CHAT_TEMPLATE
+    sft = read_sft([Source(str(root / "refusals.jsonl")), Source(str(root / "helpful.jsonl"))], tok)
+    prefs = read_preferences([Source(str(root / "preferences.jsonl"))], tok)
+    assert len(sft) == 192 and len(prefs) == 192
+    categories = Counter(json.loads(line)["category"] for line in (root / "refusals.jsonl").read_text().splitlines())
+    assert len(categories) == 8 and set(categories.values()) == {12}
+    refusals = [json.loads(line)["completion"][0]["content"] for line in (root / "refusals.jsonl").read_text().splitlines()]
+    first_sentences = [r.split(".")[0].lower() for r in refusals]
+    assert all(any(p in s for p in ("can't", "won't", "not able", "not going to")) for s in first_sentences)

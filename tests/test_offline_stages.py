@@ -52,7 +52,8 @@ def test_sft_learns_its_responses_and_writes_a_loadable_final(tiny_policy_dir, t
     model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "sft" / "final"))
     assert model.config.num_hidden_layers == 2 and (tmp_path / "sft" / "final" / "tokenizer.json").exists()
     history = [json.loads(line) for line in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
-    assert len(history) == 18 and all("train/lr" in m and "train/loss" in m for m in history)
+    assert history[0]["step"] == 0 and "eval/loss" in history[0]  # held-out loss before any training
+    assert len(history) == 19 and all("train/lr" in m and "train/loss" in m for m in history[1:])
     assert (tmp_path / "sft" / "plots" / "loss.png").stat().st_size > 0
 
 
@@ -134,3 +135,31 @@ def test_a_malformed_row_stops_the_stage_before_training(tiny_policy_dir, tmp_pa
     with pytest.raises(ConfigError, match=r"bad.jsonl:2: 'completion' must be a non-empty string, got int"):
         sft.run(config(tmp_path, tiny_policy_dir, "sft", bad))
     assert not (tmp_path / "sft" / "metrics.jsonl").exists()
+
+
+def test_a_stage_resumed_from_its_checkpoint_trains_the_same_steps(tiny_policy_dir, tmp_path, data, monkeypatch):
+    from tiller.offline import loop, sft
+
+    def losses(name: str) -> dict[int, float]:
+        rows = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return {m["step"]: m["train/loss"] for m in map(json.loads, rows) if "train/loss" in m}
+
+    args = ("train.max_steps=4", "train.checkpoint_every=2", "train.eval_fraction=0")
+    sft.run(config(tmp_path, tiny_policy_dir, "sft", data["sft"], *args, name="whole"))
+    real_step, calls = loop._step, []
+
+    def crash_at_step_3(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the process dies after the checkpoint of step 2
+        return real_step(*a, **k)
+
+    monkeypatch.setattr(loop, "_step", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        sft.run(config(tmp_path, tiny_policy_dir, "sft", data["sft"], *args, name="resumed"))
+    monkeypatch.setattr(loop, "_step", real_step)
+    sft.run(config(tmp_path, tiny_policy_dir, "sft", data["sft"], *args, name="resumed"), resume=True)
+    whole, resumed = losses("whole"), losses("resumed")
+    assert sorted(resumed) == [1, 2, 3, 4]  # the metrics cut back to the checkpoint, then continued
+    for step in (3, 4):  # the same batches, optimizer state and RNG as the run that never stopped
+        assert resumed[step] == pytest.approx(whole[step], rel=1e-5)

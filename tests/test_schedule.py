@@ -63,3 +63,14 @@ def test_lambda_lr_steps_the_optimizer_through_the_schedule():
 def test_a_schedule_that_cannot_run_is_refused(kind, warmup, total, says):
     with pytest.raises(ValueError, match=says):
         lr_schedule(kind, warmup, total)
+
+
+def test_the_online_learner_sets_both_engines_learning_rates(tiny_policy_dir):
+    from tiller.config import Config, LearnerConfig, ModelConfig
+    from tiller.learner.trainer import PolicyTrainer
+
+    trainer = PolicyTrainer(Config(model=ModelConfig(path=str(tiny_policy_dir)), learner=LearnerConfig(algorithm="ppo")),
+                            tiny_policy_dir, with_critic=True)
+    trainer.set_lr(3e-4, 2e-5)
+    assert {g["lr"] for g in trainer.engine.optimizer.param_groups} == {3e-4}
+    assert {g["lr"] for g in trainer.critic.optimizer.param_groups} == {2e-5}

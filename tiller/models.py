@@ -216,7 +216,9 @@ def prepare_model(cfg) -> Path:
             "model.path %s has no model: BUILDING A RANDOM-INIT TINY MODEL there (model.build_tiny: true)", path.resolve())
         print(f"model.path {path} has no model: building a random-init tiny model there (model.build_tiny: true)",
               flush=True)
-        chat = {"alphabet": JUDGE_ALPHABET, "chat_template": TINY_CHAT_TEMPLATE} if cfg.model.tiny_chat else {}
+        # a chat model reads conversations (templates, several turns): room for 1,024 characters
+        chat = {"alphabet": JUDGE_ALPHABET, "chat_template": TINY_CHAT_TEMPLATE,
+                "shape": TinyShape(max_positions=1024)} if cfg.model.tiny_chat else {}
         ensure_tiny_policy(path, seed=cfg.model.seed, **chat)
     return path
 

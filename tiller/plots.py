@@ -102,7 +102,9 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
                          alpha=0.8)
         else:
             for key, label in present:
-                ax.plot(*_series(history, key), label=label)
+                xs, ys = _series(history, key)
+                # evaluations come every few steps: points, so one or two of them still show
+                ax.plot(xs, ys, label=label, marker="o" if len(xs) < 30 else None, markersize=3)
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
         ax.set_title(f"{run_dir.name}: {title}")

@@ -99,9 +99,23 @@ def _check_judge(cfg: Config) -> None:
             raise ConfigError(f"judge.scorers[{i}].reward_model_path: required when its kind is reward_model")
 
 
+def _check_lora(cfg: Config) -> None:
+    if not cfg.model.lora.r:
+        return
+    for zero in ("learner.zero_stage", "train.zero_stage"):
+        section, key = zero.split(".")
+        if getattr(getattr(cfg, section), key) == 3:
+            raise ConfigError(f"model.lora.r: LoRA with {zero} 3 is not supported (the adapters are small: ZeRO 0-2 "
+                              "hold them whole)", (zero,))
+    if cfg.rm.unfrozen_layers is not None:
+        raise ConfigError("rm.unfrozen_layers: with model.lora.r > 0 only the adapters and the head train; choose "
+                          "one of the two", ("model.lora.r",))
+
+
 def check_combination(cfg: Config) -> Config:
     """Rules that span sections; each error names its first key, and passes the others it depends on."""
     cfg = resolve_pg(cfg)
+    _check_lora(cfg)
     if cfg.learner.algorithm != "online_dpo":
         _check_policy_gradient(cfg)
     _check_learner(cfg)

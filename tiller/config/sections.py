@@ -10,6 +10,21 @@ from tiller.config.fields import ranged
 
 
 @dataclass(frozen=True)
+class LoRAConfig:
+    """Low-rank adapters (Hu et al. 2021, https://arxiv.org/abs/2106.09685) with peft, for every stage: only
+    the adapters train; actors are sent the merged weights. r = 0: off (full fine-tuning)."""
+
+    r: int = ranged(0, at_least=0)
+    alpha: float = ranged(16.0, above=0)  # the update is scaled by alpha / r
+    dropout: float = ranged(0.0, at_least=0, below=1)
+    # module names to adapt, or ["all-linear"] (peft: every linear layer but the output head)
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # final/ holds the merged model (what vLLM, from_pretrained and the next stage read) and the adapter
+    # in final/adapter/; false: final/ holds the adapter alone
+    merge: bool = True
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     path: str = "runs/tiny-policy"  # a transformers model directory
     # build a random-init tiny model there if the directory is missing (demos, tests). Off unless asked, so
@@ -17,6 +32,7 @@ class ModelConfig:
     build_tiny: bool = False
     seed: int = 0  # init seed of the tiny model
     tiny_chat: bool = False  # the tiny model gets a chat template (and a character set wide enough for one)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
 @dataclass(frozen=True)
@@ -91,6 +107,10 @@ class LearnerConfig:
     # per step: preference pairs (online_dpo) or prompts with k samples (ppo/grpo/rloo)
     batch_size: int = ranged(16, at_least=1)
     lr: float = ranged(1e-5, above=0)
+    # after `warmup_steps` (linear from 0): constant, or down to 0 at learner.steps (linear, cosine); the
+    # critic's learning rate follows the same factor
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = ranged(0, at_least=0)
     weight_decay: float = ranged(0.0, at_least=0)
     max_grad_norm: float = ranged(1.0, at_least=0)  # 0: no clipping (DeepSpeed's gradient_clipping)
     zero_stage: int = ranged(0, at_least=0, at_most=3)

@@ -35,6 +35,7 @@ from tiller.learner.coordinator import Coordinator, ScoredPrompt
 from tiller.learner.publish import WeightPublisher
 from tiller.learner import checkpoint
 from tiller.learner.model_card import model_card
+from tiller.training.schedule import lr_schedule
 from tiller.learner.metrics import (
     MetricsSink, first_last_tenth, keep_steps_up_to, plot_judges, plot_reward, reward_table, warm_plotting,
 )
@@ -265,12 +266,17 @@ def train(cfg: Config, algorithm: Algorithm, trainer: PolicyTrainer, publisher: 
     clock = StepClock(server.public)
     failed_saves = 0  # a failure at step N shows in the rows from step N + 1 on, and in summary.json
     lag_bound = 0 if cfg.learner.mode == "sync" else cfg.learner.max_policy_lag
+    lc = cfg.learner
+    schedule = lr_schedule(lc.lr_schedule if lc.steps > lc.warmup_steps else "constant", lc.warmup_steps, lc.steps)
     for step in range(done_steps + 1, cfg.learner.steps + 1):
         with clock.phase("wait"):
             trainable, judged = take_batch(cfg, algorithm, server, version, step, record, preempted)
         lags = [version - p.policy_version for p in trainable]  # versions behind the learner
+        lr_factor = schedule(step - 1)  # optimizer steps already taken, as LambdaLR counts
+        trainer.set_lr(cfg.learner.lr * lr_factor, cfg.learner.pg.critic_lr * lr_factor)
         with clock.phase("train"):
             metrics = algorithm.step(trainer, trainable, cfg, pad_id)
+        metrics["lr"] = cfg.learner.lr * lr_factor
         if step % cfg.learner.sync_every == 0:
             version += 1
             with clock.phase("publish"):

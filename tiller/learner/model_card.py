@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tiller.model_files import eos_ids
+from tiller.training.lora import named_weights
 from tiller.protocol.messages import ModelCard
 
 
@@ -18,16 +19,11 @@ def model_card(trainer, model_dir: str | Path, actor_dtype: str, incarnation: in
     config = trainer.reference.config  # never partitioned (ZeRO-3 partitions the policy's parameters)
     module = trainer.module
     names, shapes, dtypes = [], [], []
-    for name, param in module.named_parameters(remove_duplicate=False):
+    params, buffers = named_weights(module)  # what the publisher sends: checkpoint names, LoRA merged
+    for name, tensor in [(n, p) for n, p, _ in params] + buffers:
         names.append(name)
-        shapes.append(list(getattr(param, "ds_shape", param.shape)))  # ZeRO-3: the whole shape, not the shard
-        dtypes.append(actor_dtype if param.is_floating_point() else str(param.dtype).removeprefix("torch."))
-    persistent = set(module.state_dict())
-    for name, buffer in module.named_buffers():
-        if name in persistent:
-            names.append(name)
-            shapes.append(list(buffer.shape))
-            dtypes.append(actor_dtype if buffer.is_floating_point() else str(buffer.dtype).removeprefix("torch."))
-    architecture = (getattr(config, "architectures", None) or [type(module).__name__])[0]
+        shapes.append(list(getattr(tensor, "ds_shape", tensor.shape)))  # ZeRO-3: the whole shape, not the shard
+        dtypes.append(actor_dtype if tensor.is_floating_point() else str(tensor.dtype).removeprefix("torch."))
+    architecture = (getattr(config, "architectures", None) or [type(module).__name__])[0]  # the reference's: plain
     return ModelCard(incarnation, architecture, int(config.vocab_size), eos_ids(Path(model_dir)),
                      int(getattr(config, "max_position_embeddings", 0) or 0), names, shapes, dtypes)

@@ -21,6 +21,7 @@ from tiller.config import Config
 from tiller.training.engine import (
     DTYPES, ModelEngine, OptimConfig, init_single_process_distributed, load_frozen, load_model, resolve_precision,
 )
+from tiller.training.lora import with_lora
 from tiller.training.logprobs import taken_logprobs
 
 SETTING = "learner.max_nonfinite_steps"  # named when a guard stops the run
@@ -53,8 +54,9 @@ class PolicyTrainer:
         torch.manual_seed(cfg.seed)
         # One guard per engine, each with its own skip counter: a shared one let the critic's good
         # steps reset the policy's run of NaN steps, so a policy that only skipped never stopped.
-        self.policy = ModelEngine(load_model(AutoModelForCausalLM, str(model_dir), self.dtype),
-                                  optim_config(cfg, lc.lr, self.precision), lc.max_nonfinite_steps,
+        policy = with_lora(load_model(AutoModelForCausalLM, str(model_dir), self.dtype), cfg.model.lora,
+                           "CAUSAL_LM")
+        self.policy = ModelEngine(policy, optim_config(cfg, lc.lr, self.precision), lc.max_nonfinite_steps,
                                   name="policy", setting=SETTING, gradient_checkpointing=lc.gradient_checkpointing)
         self.engine, self.guard = self.policy.engine, self.policy.guard
         self.device = self.policy.device  # every batch goes here (cuda:N under a GPU, cpu otherwise)
@@ -74,6 +76,7 @@ class PolicyTrainer:
         self.critic = self.value.engine if self.value is not None else None
         self.critic_guard = self.value.guard if self.value is not None else None  # every critic step, if any
         print(f"learner: policy on {self.device} in {self.precision}"
+              f"{f', LoRA rank {cfg.model.lora.r} (actors get merged weights)' if cfg.model.lora.r else ''}"
               f"{', gradient checkpointing' if lc.gradient_checkpointing else ''}; reference on "
               f"{self.reference_device}; "
               f"{f'micro-batches of {lc.micro_batch_size} sequences' if lc.micro_batch_size else 'no micro-batches'}",
@@ -95,6 +98,12 @@ class PolicyTrainer:
         logits = self.engine(input_ids=input_ids, attention_mask=attention_mask).logits
         return taken_logprobs(logits, input_ids, mask, temperature, with_entropy,
                               chunk_bytes=self.cfg.learner.logprob_chunk_mb << 20)
+
+    def set_lr(self, policy_lr: float, critic_lr: float) -> None:
+        """The learning rates of the next optimizer steps (learner.lr_schedule)."""
+        self.policy.set_lr(policy_lr)
+        if self.value is not None:
+            self.value.set_lr(critic_lr)
 
     @property
     def skipped_steps(self) -> dict[str, int]:

@@ -176,7 +176,8 @@ class Renderer:
         ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
         trained = [end > start and any(a <= start < b for a, b in spans) for start, end in offsets]
         if len(ids) > self.max_length:
-            raise ConfigError(f"{where}: {len(ids)} tokens, more than data.max_length ({self.max_length})")
+            raise ConfigError(f"{where}: {len(ids)} tokens, more than the {self.max_length} allowed (train.max_length, "
+                              "at most the model's positions)")
         if not any(trained):
             raise ConfigError(f"{where}: the response is empty once tokenized")
         return SFTExample(where, list(ids), trained)

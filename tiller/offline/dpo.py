@@ -21,7 +21,7 @@ import torch
 
 from tiller.config import Config
 from tiller.offline.data import PreferenceExample, Source, read_preferences
-from tiller.offline.loop import Recipe, fit, split_held_out, stage_engine
+from tiller.offline.loop import Recipe, fit, max_length, split_held_out, stage_engine
 from tiller.training.engine import ModelEngine, load_frozen
 from tiller.training.pairs import build_pair_batch, model_logprobs, pair_logprobs, preference_loss
 
@@ -98,7 +98,8 @@ def run(cfg: Config, resume: bool = False) -> dict:
     model_dir = Path(prepare_model(cfg))
     tokenizer = load_tokenizer(model_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    examples = read_preferences([Source(s.path, s.weight) for s in cfg.dpo.data], tokenizer, cfg.train.max_length)
+    sources = [Source(s.path, s.weight) for s in cfg.dpo.data]
+    examples = read_preferences(sources, tokenizer, max_length(cfg, model_dir))
     engine = stage_engine(cfg, model_dir)
     needs_reference = cfg.dpo.loss.variant != "simpo"  # SimPO is reference-free
     reference = load_frozen(model_dir, engine.dtype, engine.device) if needs_reference else None

@@ -31,6 +31,7 @@ from tiller.config import Config, dump_config
 from tiller.records import RunRecord
 from tiller.training import checkpoint
 from tiller.training.engine import DTYPES, ModelEngine, OptimConfig, load_model, resolve_precision
+from tiller.training.lora import with_lora
 from tiller.training.schedule import lr_schedule
 
 Loss = Callable[[list], tuple[torch.Tensor, dict[str, float]]]  # micro-batch -> (summed loss, summed metrics)
@@ -84,6 +85,9 @@ def _step(recipe: Recipe, engine: ModelEngine, batch: list, micro: int) -> dict[
 
 def _line(stage: str, total_steps: int, started: float, first_step: int):
     def line(m: dict[str, Any]) -> str:
+        if m["step"] == 0:  # the held-out rows before any training: the baseline every later one compares with
+            return f"{stage} before training | " + " | ".join(
+                f"held-out {k.split('/', 1)[1]} {v:.3f}" for k, v in m.items() if k.startswith("eval/"))
         done = m["step"] - first_step + 1
         elapsed = time.monotonic() - started
         eta = elapsed / done * (total_steps - m["step"])
@@ -93,11 +97,6 @@ def _line(stage: str, total_steps: int, started: float, first_step: int):
                 f"lr {m['train/lr']:.2e}{extra} | {elapsed:.0f} s elapsed, ETA {eta:.0f} s"
                 + (" | SKIPPED: non-finite loss or gradient" if m.get("train/skipped") else ""))
     return line
-
-
-def _set_lr(engine: ModelEngine, lr: float) -> None:
-    for group in engine.engine.optimizer.param_groups:
-        group["lr"] = lr
 
 
 def fit(cfg: Config, recipe: Recipe, engine: ModelEngine, train: list, held_out: list, model_dir: Path,
@@ -126,11 +125,13 @@ def fit(cfg: Config, recipe: Recipe, engine: ModelEngine, train: list, held_out:
           flush=True)
     step = state["step"]
     try:
+        if held_out and step == 0:
+            record.log({"step": 0, "epoch": 0.0, **{f"eval/{k}": v for k, v in _evaluate(recipe, engine, held_out).items()}})
         while step < total:
             epoch, index = divmod(step, per_epoch)
             batch = batches(train, tc.batch_size, epoch, cfg.seed)[index]
             lr = tc.lr * factor(step)
-            _set_lr(engine, lr)
+            engine.set_lr(lr)
             metrics = {"step": step + 1, "epoch": epoch + (index + 1) / per_epoch, "train/lr": lr,
                        **_step(recipe, engine, batch, tc.micro_batch_size)}
             step += 1
@@ -143,7 +144,7 @@ def fit(cfg: Config, recipe: Recipe, engine: ModelEngine, train: list, held_out:
                 checkpoint.save(run_dir, step, {recipe.name: engine.engine}, {"wandb_id": record.wandb_id})
     finally:
         record.close()
-    engine.save(run_dir / "final", tokenizer_dir=model_dir)
+    engine.save(run_dir / "final", tokenizer_dir=model_dir, merge=cfg.model.lora.merge)
     summary = _summary(cfg, recipe.name, record.history, time.monotonic() - started, engine)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     _plot(run_dir)
@@ -185,7 +186,8 @@ def _plot(run_dir: Path) -> None:
         print(f"plots skipped: {exc}", flush=True)
 
 
-def stage_engine(cfg: Config, model_dir: Path, auto_class=None, freeze=None, **config_kwargs) -> ModelEngine:
+def stage_engine(cfg: Config, model_dir: Path, auto_class=None, freeze=None, task_type: str = "CAUSAL_LM",
+                 **config_kwargs) -> ModelEngine:
     """The stage's model in a DeepSpeed engine with the `train` section's optimizer settings; `freeze(model)`
     may set requires_grad before the optimizer is built (the reward model's frozen layers)."""
     if auto_class is None:
@@ -195,9 +197,20 @@ def stage_engine(cfg: Config, model_dir: Path, auto_class=None, freeze=None, **c
     model = load_model(auto_class, model_dir, DTYPES[precision], **config_kwargs)
     if freeze is not None:
         freeze(model)
+    model = with_lora(model, cfg.model.lora, task_type)
     torch.manual_seed(cfg.seed)
     optim = OptimConfig(lr=tc.lr, weight_decay=tc.weight_decay, max_grad_norm=tc.max_grad_norm,
                         zero_stage=tc.zero_stage, precision=precision, batch_size=tc.batch_size,
                         micro_batch_size=tc.micro_batch_size)
     return ModelEngine(model, optim, name="policy", setting="train (non-finite steps in a row)",
                        gradient_checkpointing=tc.gradient_checkpointing)
+
+
+def max_length(cfg: Config, model_dir: Path) -> int:
+    """`train.max_length`, bounded by the model's own positions: a row longer than the model can read is
+    refused by the data reader (naming it), never cut silently or sent past the position table."""
+    from tiller.model_files import config_of
+
+    positions = config_of(model_dir).get("max_position_embeddings") or cfg.train.max_length
+    return min(cfg.train.max_length, int(positions))
+

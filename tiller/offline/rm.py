@@ -22,7 +22,7 @@ import torch
 
 from tiller.config import Config
 from tiller.offline.data import PreferenceExample, Source, read_preferences
-from tiller.offline.loop import Recipe, fit, split_held_out, stage_engine
+from tiller.offline.loop import Recipe, fit, max_length, split_held_out, stage_engine
 from tiller.training.engine import ModelEngine
 from tiller.training.losses import bradley_terry_loss
 
@@ -102,9 +102,11 @@ def run(cfg: Config, resume: bool = False) -> dict:
 
     model_dir = Path(prepare_model(cfg))
     tokenizer = load_tokenizer(model_dir)
-    pairs = read_preferences([Source(s.path, s.weight) for s in cfg.rm.data], tokenizer, cfg.train.max_length)
+    sources = [Source(s.path, s.weight) for s in cfg.rm.data]
+    pairs = read_preferences(sources, tokenizer, max_length(cfg, model_dir))
     train, held_out = split_held_out(pairs, cfg.train.eval_fraction, cfg.seed)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     engine = stage_engine(cfg, model_dir, AutoModelForSequenceClassification,
-                          freeze=freeze_below(cfg.rm.unfrozen_layers), num_labels=1, pad_token_id=pad_id)
+                          freeze=freeze_below(cfg.rm.unfrozen_layers), task_type="SEQ_CLS", num_labels=1,
+                          pad_token_id=pad_id)
     return fit(cfg, recipe(cfg, engine, pad_id), engine, train, held_out, model_dir, resume)

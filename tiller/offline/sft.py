@@ -19,7 +19,7 @@ import torch
 
 from tiller.config import Config
 from tiller.offline.data import SFTExample, Source, read_sft
-from tiller.offline.loop import Recipe, fit, split_held_out, stage_engine
+from tiller.offline.loop import Recipe, fit, max_length, split_held_out, stage_engine
 from tiller.training.engine import ModelEngine
 from tiller.training.logprobs import taken_logprobs
 from tiller.training.micro_batches import trimmed
@@ -88,7 +88,8 @@ def run(cfg: Config, resume: bool = False) -> dict:
         raise ValueError("sft.data: no data files (a list of {path, weight})")
     model_dir = Path(prepare_model(cfg))
     tokenizer = load_tokenizer(model_dir)
-    examples = read_sft([Source(s.path, s.weight) for s in cfg.sft.data], tokenizer, cfg.train.max_length)
+    sources = [Source(s.path, s.weight) for s in cfg.sft.data]
+    examples = read_sft(sources, tokenizer, max_length(cfg, model_dir))
     train, held_out = split_held_out(examples, cfg.train.eval_fraction, cfg.seed)
     if cfg.sft.packing:
         train = pack(train, cfg.train.max_length)

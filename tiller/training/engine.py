@@ -32,6 +32,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from tiller.training.checkpoint import replace_dir
+from tiller.training.lora import Delta, is_lora, merged_value, named_weights
 from tiller.training.guard import FiniteGuard, assert_finite
 
 
@@ -193,6 +194,11 @@ class ModelEngine:
     def __call__(self, *args, **kwargs):
         return self.engine(*args, **kwargs)
 
+    def set_lr(self, lr: float) -> None:
+        """The learning rate of the next optimizer steps (a schedule sets it before each)."""
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
+
     def step(self, chunks: Sequence[Callable[[], torch.Tensor]]) -> dict[str, float]:
         """Backward of every micro-batch loss `chunks` compute, then one optimizer step, unless something
         is not finite (`FiniteGuard.step`). Returns {"grad_norm", "skipped"}."""
@@ -205,16 +211,14 @@ class ModelEngine:
         buffers). Under ZeRO-3 each bucket's parameters are gathered together, never the whole model
         at once and never one tensor at a time."""
         copy = copy or (lambda name, tensor: tensor.detach().cpu().clone())
-        # remove_duplicate=False: tied weights (lm_head = embed_tokens) go under both names,
-        # as in a checkpoint, so the engine's loader finds every tensor it expects.
-        named = list(self.module.named_parameters(remove_duplicate=False))
-        persistent = set(self.module.state_dict())
-        buffers = [(n, b) for n, b in self.module.named_buffers() if n in persistent]
-        bucket: list[tuple[str, torch.nn.Parameter]] = []
+        # Tied weights (lm_head = embed_tokens) go under both names, as in a checkpoint, so the engine's
+        # loader finds every tensor it expects; a LoRA model's under the plain model's names, adapters merged.
+        params, buffers = named_weights(self.module)
+        bucket: list[tuple[str, torch.nn.Parameter, Delta]] = []
         size = 0
-        for name, param in named:
+        for name, param, delta in params:
             numel = param.ds_numel if hasattr(param, "ds_numel") else param.numel()
-            bucket.append((name, param))
+            bucket.append((name, param, delta))
             size += numel * param.element_size()
             if size >= bucket_bytes:
                 yield self._gather(bucket, copy)
@@ -224,27 +228,33 @@ class ModelEngine:
         if buffers:
             yield [(n, copy(n, b)) for n, b in buffers]
 
-    def _gather(self, bucket: list[tuple[str, torch.nn.Parameter]], copy) -> list[tuple[str, torch.Tensor]]:
-        if self.optim.zero_stage == 3:
+    def _gather(self, bucket: list[tuple[str, torch.nn.Parameter, Delta]], copy) -> list[tuple[str, torch.Tensor]]:
+        if self.optim.zero_stage == 3:  # (LoRA is refused under ZeRO-3: its deltas need whole weights)
             import deepspeed
 
-            with deepspeed.zero.GatheredParameters([p for _, p in bucket], modifier_rank=None):
-                return [(n, copy(n, p)) for n, p in bucket]
-        return [(n, copy(n, p)) for n, p in bucket]
+            with deepspeed.zero.GatheredParameters([p for _, p, _ in bucket], modifier_rank=None):
+                return [(n, copy(n, p)) for n, p, _ in bucket]
+        return [(n, copy(n, merged_value(p, delta))) for n, p, delta in bucket]
 
-    def save(self, path: str | Path, tokenizer_dir: str | Path | None = None) -> None:
+    def save(self, path: str | Path, tokenizer_dir: str | Path | None = None, merge: bool = True) -> None:
         """Write a transformers checkpoint (loads with the model's own Auto class `from_pretrained`),
-        with the tokenizer files copied from `tokenizer_dir`. Written whole or not at all: into the
-        hidden sibling `.<name>.tmp`, fsynced, then swapped in for any old one (`checkpoint.replace_dir`);
-        raises on failure, leaving the old directory in place."""
+        with the tokenizer files copied from `tokenizer_dir`. A LoRA model is written merged, with its
+        adapter in `adapter/` beside it, or (`merge=False`) as the adapter alone. Written whole or not at
+        all: into the hidden sibling `.<name>.tmp`, fsynced, then swapped in for any old one
+        (`checkpoint.replace_dir`); raises on failure, leaving the old directory in place."""
         path = Path(path)
-        state = {n: t for bucket in self.weight_buckets(1 << 62) for n, t in bucket}
-        assert_finite(state.items(), f"save {path}")
         tmp = path.parent / f".{path.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
-            self.module.save_pretrained(str(tmp), state_dict=state)
+            lora = is_lora(self.module)
+            if merge or not lora:
+                state = {n: t for bucket in self.weight_buckets(1 << 62) for n, t in bucket}
+                assert_finite(state.items(), f"save {path}")
+                base = self.module.get_base_model() if lora else self.module
+                base.save_pretrained(str(tmp), state_dict=state)
+            if lora:
+                self.module.save_pretrained(str(tmp / "adapter") if merge else str(tmp))
             for file in Path(tokenizer_dir).glob("*") if tokenizer_dir else []:
                 if file.name.startswith(("tokenizer", "special_tokens", "chat_template")):
                     shutil.copy(file, tmp / file.name)
