@@ -46,6 +46,7 @@ bar chart of the ratios, docs/offline_vs_trl.png.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -200,7 +201,11 @@ def trl_worker(spec: dict) -> None:
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainerCallback
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        TrainerCallback,
+    )
 
     from tiller.models import load_tokenizer
 
@@ -209,25 +214,29 @@ def trl_worker(spec: dict) -> None:
     tokenizer = load_tokenizer(spec["model"])
     rows = [json.loads(line) for line in Path(spec["data"]).read_text().splitlines() if line.strip()]
     dataset = datasets.Dataset.from_list(rows)
-    common = dict(output_dir=spec["out_dir"], per_device_train_batch_size=h["batch_size"],
-                  gradient_accumulation_steps=1, max_steps=spec["steps"], learning_rate=h["lr"],
-                  lr_scheduler_type="constant", warmup_steps=0, weight_decay=h["weight_decay"],
-                  max_grad_norm=h["max_grad_norm"], bf16=False, fp16=False, use_cpu=True, seed=h["seed"],
-                  data_seed=h["seed"], gradient_checkpointing=False, logging_steps=1, save_strategy="no",
-                  eval_strategy="no", report_to=[], disable_tqdm=True, dataloader_num_workers=0,
-                  train_sampling_strategy="sequential", max_length=1024, optim=spec["optim"])
+    common = {"output_dir": spec["out_dir"], "per_device_train_batch_size": h["batch_size"],
+              "gradient_accumulation_steps": 1, "max_steps": spec["steps"], "learning_rate": h["lr"],
+              "lr_scheduler_type": "constant", "warmup_steps": 0, "weight_decay": h["weight_decay"],
+              "max_grad_norm": h["max_grad_norm"], "bf16": False, "fp16": False, "use_cpu": True,
+              "seed": h["seed"], "data_seed": h["seed"], "gradient_checkpointing": False, "logging_steps": 1,
+              "save_strategy": "no", "eval_strategy": "no", "report_to": [], "disable_tqdm": True,
+              "dataloader_num_workers": 0, "train_sampling_strategy": "sequential", "max_length": 1024,
+              "optim": spec["optim"]}
     if stage == "sft":
-        from trl import SFTConfig as Config, SFTTrainer as Base
+        from trl import SFTConfig as Config
+        from trl import SFTTrainer as Base
 
         args = Config(**common, completion_only_loss=True, packing=False, padding_free=False, loss_type="nll")
         model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
     elif stage == "rm":
-        from trl import RewardConfig as Config, RewardTrainer as Base
+        from trl import RewardConfig as Config
+        from trl import RewardTrainer as Base
 
         args = Config(**common, center_rewards_coefficient=None, disable_dropout=True)
         model = AutoModelForSequenceClassification.from_pretrained(spec["model"], dtype=torch.float32)
     else:
-        from trl import DPOConfig as Config, DPOTrainer as Base
+        from trl import DPOConfig as Config
+        from trl import DPOTrainer as Base
 
         args = Config(**common, loss_type=["sigmoid"], beta=h["beta"], label_smoothing=0.0,
                       precompute_ref_log_probs=True, padding_free=False, disable_dropout=True)
@@ -317,7 +326,7 @@ def parameters(model_dir: Path) -> int:
 
     total = 0
     with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
-        for key in f.keys():
+        for key in f.keys():  # noqa: SIM118 - a safetensors handle, not a dict
             total += math.prod(f.get_slice(key).get_shape())
     return total
 
@@ -330,7 +339,7 @@ def run_worker(kind: str, spec: dict, log: Path) -> dict:
     started = time.monotonic()
     with log.open("w") as out:
         done = subprocess.run([sys.executable, __file__, f"--{kind}-worker", json.dumps(spec)], stdout=out,
-                              stderr=subprocess.STDOUT, cwd=ROOT, env=env, timeout=1800)
+                              stderr=subprocess.STDOUT, cwd=ROOT, env=env, timeout=1800, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{kind} {spec['stage']} failed (exit {done.returncode}); its output:\n"
                          f"{log.read_text()[-4000:]}")
@@ -341,13 +350,15 @@ def run_worker(kind: str, spec: dict, log: Path) -> dict:
 
 def summarise(raw: dict) -> dict:
     recs = raw["records"]
-    timed = list(zip(recs, recs[1:]))  # step k's interval: from step k-1's end to step k's end (k >= 2)
+    timed = list(itertools.pairwise(recs))  # step k's interval: from step k-1's end to step k's end (k >= 2)
     seconds = sum(b["end_s"] - a["end_s"] for a, b in timed)
     cpu_seconds = sum(b["end_cpu_s"] - a["end_cpu_s"] for a, b in timed)
     tokens = sum(b["seq_tokens"] for _, b in timed)
     peak_setup, peak_train = raw.get("hwm_setup_kb", 0), raw.get("hwm_train_kb", 0)
-    return {"tokens_per_s": tokens / seconds, "step_s": seconds / len(timed), "tokens_per_step": tokens / len(timed),
-            "tokens_per_cpu_s": tokens / cpu_seconds, "cpu_s_per_step": cpu_seconds / len(timed),
+    rates = sorted(b["seq_tokens"] / (b["end_s"] - a["end_s"]) for a, b in timed)
+    return {"tokens_per_s": tokens / seconds, "median_step_tokens_per_s": statistics.median(rates),
+            "tokens_per_cpu_s": tokens / cpu_seconds, "step_s": seconds / len(timed),
+            "cpu_s_per_step": cpu_seconds / len(timed), "tokens_per_step": tokens / len(timed),
             "first_loss": recs[0]["loss"], "losses": [r["loss"] for r in recs],
             "step_tokens": [r["seq_tokens"] for r in recs],
             "first_step": {k: v for k, v in recs[0].items() if k not in ("end_s", "end_cpu_s")},
@@ -366,6 +377,7 @@ def compare(stage: str, tiller: dict, trl: dict) -> dict:
            "same_batches": tiller["step_tokens"] == trl["step_tokens"],
            "tokens_per_s_ratio": tiller["tokens_per_s"] / trl["tokens_per_s"],
            "tokens_per_cpu_s_ratio": tiller["tokens_per_cpu_s"] / trl["tokens_per_cpu_s"],
+           "median_step_tokens_per_s_ratio": tiller["median_step_tokens_per_s"] / trl["median_step_tokens_per_s"],
            "peak_rss_ratio": tiller["peak_rss_mb"] / trl["peak_rss_mb"],
            "train_peak_above_start_ratio": (tiller["train_peak_above_start_mb"] / trl["train_peak_above_start_mb"]
                                             if trl["train_peak_above_start_mb"] > 0 else None)}
@@ -413,7 +425,7 @@ def median_run(runs: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stage", choices=[*STAGES, "all"], default="all")
-    parser.add_argument("--steps", type=int, default=12, help="optimizer steps per run; the first is not timed")
+    parser.add_argument("--steps", type=int, default=8, help="optimizer steps per run; the first is not timed")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each trainer (alternating); median kept")
     parser.add_argument("--threads", type=int, default=THREADS)
     parser.add_argument("--trl-optim", default=None, help="TRL's `optim` (default: transformers' default)")
@@ -483,22 +495,25 @@ def print_table(result: dict) -> None:
     print(f"\nTiller vs TRL {result['trl_version']} (torch {result['torch']}, transformers {result['transformers']}), "
           f"{result['parameters'] / 1e6:.2f}M parameters, batch {result['hyper']['batch_size']}, "
           f"{result['timed_steps']} timed steps, {result['threads']} threads; TRL optimizer {result['trl_optim']}")
-    print(f"{'stage':6}{'1st loss Tiller':>16}{'1st loss TRL':>14}{'|diff|':>10}{'max|diff|':>11}"
-          f"{'tok/s Tiller':>13}{'tok/s TRL':>11}{'ratio':>7}{'peak MB Tiller':>15}{'peak MB TRL':>12}{'ratio':>7}"
-          f"{'train +MB T/TRL':>17}")
+    print(f"{'stage':6}{'1st loss Tiller':>16}{'1st loss TRL':>14}{'|diff|':>9}{'max|diff|':>10}"
+          f"{'tok/s Tiller':>13}{'tok/s TRL':>10}{'ratio':>7}{'(median step)':>14}{'(per CPU s)':>12}"
+          f"{'peak MB Tiller':>15}{'peak MB TRL':>12}{'ratio':>7}{'training +MB':>14}")
     for stage, s in result["stages"].items():
         t, b, c = s["tiller"], s["trl"], s["compare"]
-        print(f"{stage:6}{t['first_loss']:>16.6f}{b['first_loss']:>14.6f}{c['first_loss_diff']:>10.1e}"
-              f"{c['max_loss_diff']:>11.1e}{t['tokens_per_s']:>13.0f}{b['tokens_per_s']:>11.0f}"
-              f"{c['tokens_per_s_ratio']:>7.2f}{t['peak_rss_mb']:>15.0f}{b['peak_rss_mb']:>12.0f}"
-              f"{c['peak_rss_ratio']:>7.2f}{t['train_peak_above_start_mb']:>9.0f}/{b['train_peak_above_start_mb']:.0f}")
+        print(f"{stage:6}{t['first_loss']:>16.6f}{b['first_loss']:>14.6f}{c['first_loss_diff']:>9.1e}"
+              f"{c['max_loss_diff']:>10.1e}{t['tokens_per_s']:>13.0f}{b['tokens_per_s']:>10.0f}"
+              f"{c['tokens_per_s_ratio']:>7.2f}{c['median_step_tokens_per_s_ratio']:>14.2f}"
+              f"{c['tokens_per_cpu_s_ratio']:>12.2f}{t['peak_rss_mb']:>15.0f}{b['peak_rss_mb']:>12.0f}"
+              f"{c['peak_rss_ratio']:>7.2f}"
+              f"{t['train_peak_above_start_mb']:>8.0f} /{b['train_peak_above_start_mb']:>4.0f}")
+    print("(ratios Tiller / TRL; 'training +MB': the peak during training above the RSS at its start, Tiller / TRL)")
     for stage, s in result["stages"].items():
         c = s["compare"]
-        extra = "".join(f", {k[6:]} {v:.1e}" for k, v in c.items() if k.startswith("first_logps"))
+        extra = "".join(f", {k[6:-5]} |diff| {v:.1e}" for k, v in c.items() if k.startswith("first_logps"))
         verdict = "equal" if c["first_loss_equal"] else f"NOT equal within {result['loss_tolerance']:g}"
-        print(f"  {stage}: first step {verdict}{extra}; same batches: {c['same_batches']}; "
-              f"RSS after imports Tiller {s['tiller']['rss_imports_mb']:.0f} MB / TRL {s['trl']['rss_imports_mb']:.0f} MB"
-              f"; conventions: {s['conventions']}")
+        print(f"  {stage}: first step {verdict}{extra}; same batches every step: {c['same_batches']}; RSS after "
+              f"imports Tiller {s['tiller']['rss_imports_mb']:.0f} MB, TRL {s['trl']['rss_imports_mb']:.0f} MB; "
+              f"conventions: {s['conventions']}")
 
 
 if __name__ == "__main__":

@@ -126,6 +126,16 @@ def test_each_final_feeds_the_next_stage(tiny_policy_dir, tmp_path, data):
                              f"judge.reward_model_path={tmp_path / 'rm' / 'final'}"])
     judge = build_judge(cfg.judge, sft_final)
     assert type(judge).__name__ == "RewardModelJudge"
+    from tiller.config import Config, LearnerConfig, ModelConfig, PGConfig
+    from tiller.learner.trainer import PolicyTrainer
+
+    ppo = Config(model=ModelConfig(path=str(sft_final)),
+                 learner=LearnerConfig(algorithm="ppo", pg=PGConfig(critic_path=str(tmp_path / "rm" / "final"))))
+    trainer = PolicyTrainer(ppo, sft_final, with_critic=True)  # the reward model's head starts PPO's critic
+    from transformers import AutoModelForSequenceClassification
+
+    score = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "rm" / "final")).score.weight
+    assert torch.equal(trainer.value.module.score.weight.detach(), score.detach())
 
 
 def test_a_malformed_row_stops_the_stage_before_training(tiny_policy_dir, tmp_path):
@@ -163,3 +173,18 @@ def test_a_stage_resumed_from_its_checkpoint_trains_the_same_steps(tiny_policy_d
     assert sorted(resumed) == [1, 2, 3, 4]  # the metrics cut back to the checkpoint, then continued
     for step in (3, 4):  # the same batches, optimizer state and RNG as the run that never stopped
         assert resumed[step] == pytest.approx(whole[step], rel=1e-5)
+
+
+def test_packing_fills_rows_and_keeps_every_trained_token(tiny_policy_dir, tmp_path, data):
+    from tiller.models import load_tokenizer
+    from tiller.offline import sft
+    from tiller.offline.data import Source, read_sft
+
+    examples = read_sft([Source(data["sft"])], load_tokenizer(tiny_policy_dir))
+    packed = sft.pack(examples, max_length=64)
+    assert len(packed) < len(examples) and all(len(r.input_ids) <= 64 for r in packed)
+    assert sum(sum(r.trained) for r in packed) == sum(sum(e.trained) for e in examples)
+    assert [t for r in packed for t in r.input_ids] == [t for e in examples for t in e.input_ids]  # in order, none cut
+    summary = sft.run(config(tmp_path, tiny_policy_dir, "sft", data["sft"], "train.max_steps=2", "sft.packing=true",
+                             "train.max_length=64", name="packed"))
+    assert summary["steps"] == 2
