@@ -129,3 +129,29 @@ def test_finished_sends_are_not_tracked_for_ever(learner):
     for _ in range(60):
         assert isinstance(ask(client, 1, 0, server.coordinator.incarnation), WeightsBucket)
     assert len(snap.trackers) <= 4  # one per send before; pruned of the finished ones now
+
+
+def test_require_registration_serves_status_and_weights_to_workers_only(free_address):
+    from tiller.config import SecurityConfig
+    from tiller.protocol.messages import ModelRequest, Wait
+
+    prompts = PromptStream([np.array([3, 4], np.int32)] * 10, [""] * 10)
+    coordinator = Coordinator(prompts, LearnerConfig(batch_size=2, lease_prompts=2, max_inflight_prompts=8),
+                              RolloutConfig(samples_per_prompt=2, max_new_tokens=8), vocab_size=64)
+    server = LearnerServer(coordinator, free_address, security=SecurityConfig(require_registration=True))
+    server.publish(snapshot(1))
+    server.start()
+    stranger, worker = LearnerClient(server.address), LearnerClient(server.address)
+    try:
+        incarnation = coordinator.incarnation
+        for request in (StatusRequest("anyone"), WeightsRequest(1, 0, incarnation), ModelRequest(incarnation)):
+            reply = stranger.request(request, timeout_s=5)
+            assert isinstance(reply, Wait) and "registered workers only" in reply.reason
+        assert isinstance(worker.request(LeaseRequest("actor0", 1, -1), timeout_s=5), Lease)  # it asked for work
+        assert isinstance(worker.request(StatusRequest("actor0"), timeout_s=5), Status)
+        assert isinstance(worker.request(WeightsRequest(1, 0, incarnation), timeout_s=5), WeightsBucket)
+        assert server.unregistered_refused == 3
+    finally:
+        stranger.close()
+        worker.close()
+        server.close()
