@@ -7,13 +7,13 @@ about ids that the learner's per-sample record can check.
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 import numpy as np
 
 from tiller.config import ConfigError, DataConfig
+from tiller.jsonl import read_jsonl
 
 
 Message = dict[str, str]
@@ -66,18 +66,11 @@ def _existing(cfg: DataConfig) -> Path:
 
 def _jsonl(cfg: DataConfig) -> list[tuple[str, object]]:
     """(where, prompt value) per row."""
-    path = _existing(cfg)
     rows = []
-    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or cfg.prompt_field not in row:
-            raise ConfigError(f"{path}:{line_no}: no field {cfg.prompt_field!r} (set data.prompt_field)")
-        rows.append((f"{path}:{line_no}", row[cfg.prompt_field]))
+    for where, row in read_jsonl(_existing(cfg)):
+        if cfg.prompt_field not in row:
+            raise ConfigError(f"{where}: no field {cfg.prompt_field!r} (set data.prompt_field)")
+        rows.append((where, row[cfg.prompt_field]))
     return rows
 
 

@@ -25,12 +25,12 @@ each row of a source is used `weight` times an epoch (2.0: twice; 0.5: a seeded 
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from tiller.config import ConfigError
+from tiller.jsonl import read_jsonl
 
 INSTRUCTION_TEMPLATE = "### Instruction:\n{instruction}\n\n{input_block}### Response:\n"
 INPUT_BLOCK = "### Input:\n{input}\n\n"
@@ -63,22 +63,9 @@ class PreferenceExample:
     rejected_ids: list[int]
 
 
-def read_jsonl(path: str | Path) -> list[tuple[str, dict]]:
-    """(where, row) for every non-blank line; an unreadable file or line is a ConfigError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such data file")
-    rows = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise ConfigError(f"{path}:{line_no}: a row must be a JSON object, got {type(row).__name__}")
-        rows.append((f"{path}:{line_no}", row))
+def data_rows(path: str | Path) -> list[tuple[str, dict]]:
+    """A data file's rows (tiller/jsonl.py); a file without any is refused."""
+    rows = read_jsonl(path)
     if not rows:
         raise ConfigError(f"{path}: no rows")
     return rows
@@ -236,7 +223,7 @@ def read_sft(sources: list[Source], tokenizer, max_length: int = 2048) -> list[S
     renderer = Renderer(tokenizer, max_length)
 
     def read(path: str) -> list[SFTExample]:
-        rows = read_jsonl(path)
+        rows = data_rows(path)
         kind = sft_format(rows[0][1], rows[0][0])
         examples = []
         for where, row in rows:
@@ -252,7 +239,7 @@ def read_sft(sources: list[Source], tokenizer, max_length: int = 2048) -> list[S
 
 def read_preferences(sources: list[Source], tokenizer, max_length: int = 2048) -> list[PreferenceExample]:
     renderer = Renderer(tokenizer, max_length)
-    return _mixed(sources, lambda path: [renderer.preference(row, where) for where, row in read_jsonl(path)])
+    return _mixed(sources, lambda path: [renderer.preference(row, where) for where, row in data_rows(path)])
 
 
 def check_sources(sources, stage: str) -> None:
@@ -261,7 +248,7 @@ def check_sources(sources, stage: str) -> None:
     if not sources:
         raise ConfigError(f"{stage}.data: no data files (a list of {{path, weight}})")
     for source in sources:
-        rows = read_jsonl(source.path)
+        rows = data_rows(source.path)
         for where, row in rows:
             if stage == "sft":
                 if sft_format(row, where) != sft_format(rows[0][1], rows[0][0]):

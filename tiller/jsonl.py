@@ -1,0 +1,28 @@
+"""JSONL data files as every stage reads them: one object per non-blank line, each named by file and line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tiller.config import ConfigError
+
+
+def read_jsonl(path: str | Path) -> list[tuple[str, dict]]:
+    """(where, row) for every non-blank line, where is "file:line"; an unreadable file or line, or a line
+    that is not a JSON object, is a ConfigError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such data file")
+    rows = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise ConfigError(f"{path}:{line_no}: a row must be a JSON object, got {type(row).__name__}")
+        rows.append((f"{path}:{line_no}", row))
+    return rows
