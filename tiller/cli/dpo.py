@@ -1,4 +1,4 @@
-"""`tiller dpo`: Offline DPO on dpo.data {prompt, chosen, rejected} rows, with the online learner's loss variants (dpo.loss); writes runs/<name>/final/."""
+"""`tiller dpo`: offline DPO on `dpo.data` preference pairs, with the online learner's loss."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ def dpo(
     resume: Annotated[bool, typer.Option("--resume", help="Continue runs/<name> from its latest checkpoint.")] = False,
     dry_run: DryRun = False,
 ) -> None:
-    """Offline DPO on dpo.data {prompt, chosen, rejected} rows, with the online learner's loss variants (dpo.loss); writes runs/<name>/final/."""
+    """Offline DPO on dpo.data {prompt, chosen, rejected} rows, with the online learner's loss
+    variants (dpo.loss); writes runs/<name>/final/."""
     from tiller.offline.data import check_sources
 
     cfg = resolve(config, overrides, dry_run, check=lambda c: check_sources(c.dpo.data, "dpo"))

@@ -1,4 +1,4 @@
-"""`tiller rm`: Train a reward model (one score, Bradley-Terry) on rm.data {prompt, chosen, rejected} rows; runs/<name>/final/ serves the reward_model judge and PPO's pg.critic_path."""
+"""`tiller rm`: a reward model (one score, Bradley-Terry) trained on `rm.data` preference pairs."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ def rm(
     resume: Annotated[bool, typer.Option("--resume", help="Continue runs/<name> from its latest checkpoint.")] = False,
     dry_run: DryRun = False,
 ) -> None:
-    """Train a reward model (one score, Bradley-Terry) on rm.data {prompt, chosen, rejected} rows; runs/<name>/final/ serves the reward_model judge and PPO's pg.critic_path."""
+    """Train a reward model (one score, Bradley-Terry) on rm.data {prompt, chosen, rejected} rows;
+    runs/<name>/final/ serves the reward_model judge and PPO's learner.pg.critic_path."""
     from tiller.offline.data import check_sources
 
     cfg = resolve(config, overrides, dry_run, check=lambda c: check_sources(c.rm.data, "rm"))

@@ -10,7 +10,8 @@ out again without waiting for its heartbeats to be missed; a worker the learner 
 error, weights that do not fit its model, or the same last line twice within `run.healthy_after_s` of
 a start) ends the run with its message; one that ran for `run.healthy_after_s` before dying starts
 its restart count again. The run ends when the learner ends, or fails when the learner dies, every
-worker of a kind has used up its restarts, or `run.timeout_s` (none unless set) runs out. Worker logs go to runs/<name>/logs/ (a restart appends).
+worker of a kind has used up its restarts, or `run.timeout_s` (none unless set) runs out. Worker logs go to
+runs/<name>/logs/ (a restart appends).
 """
 
 from __future__ import annotations

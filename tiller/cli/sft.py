@@ -1,4 +1,4 @@
-"""`tiller sft`: Supervised fine-tuning on the response tokens of sft.data (prompt/completion, messages or instruction rows), refusal data mixed in by weight; writes runs/<name>/final/."""
+"""`tiller sft`: supervised fine-tuning on the response tokens of `sft.data`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ def sft(
     resume: Annotated[bool, typer.Option("--resume", help="Continue runs/<name> from its latest checkpoint.")] = False,
     dry_run: DryRun = False,
 ) -> None:
-    """Supervised fine-tuning on the response tokens of sft.data (prompt/completion, messages or instruction rows), refusal data mixed in by weight; writes runs/<name>/final/."""
+    """Supervised fine-tuning on the response tokens of sft.data (prompt/completion, messages or
+    instruction rows), refusal data mixed in by weight; writes runs/<name>/final/."""
     from tiller.offline.data import check_sources
 
     cfg = resolve(config, overrides, dry_run, check=lambda c: check_sources(c.sft.data, "sft"))

@@ -15,8 +15,8 @@ blame, paths).
 from tiller.config.fields import LIMITS, ConfigError, ranged
 from tiller.config.offline import DPOStageConfig, RMStageConfig, SFTStageConfig, SourceConfig, TrainConfig
 from tiller.config.sections import (
-    DataConfig, DPOConfig, JudgeConfig, LearnerConfig, LoRAConfig, MetricsConfig, ModelConfig, PGConfig, RolloutConfig,
-    RunConfig, ScorerConfig, SecurityConfig,
+    DataConfig, DPOConfig, JudgeConfig, LearnerConfig, LoRAConfig, MetricsConfig, ModelConfig, PGConfig,
+    RolloutConfig, RunConfig, ScorerConfig, SecurityConfig,
 )
 from tiller.config.tree import Config
 from tiller.config.rules import resolve_pg
@@ -24,7 +24,7 @@ from tiller.config.loader import PATH_FIELDS, dump_config, load_config, to_dict
 
 __all__ = [
     "LIMITS", "ConfigError", "ranged", "DPOStageConfig", "RMStageConfig", "SFTStageConfig", "SourceConfig",
-    "TrainConfig", "DataConfig", "DPOConfig", "JudgeConfig", "LearnerConfig", "LoRAConfig", "MetricsConfig", "ModelConfig",
-    "PGConfig", "RolloutConfig", "RunConfig", "ScorerConfig", "SecurityConfig", "Config", "resolve_pg",
-    "PATH_FIELDS", "dump_config", "load_config", "to_dict",
+    "TrainConfig", "DataConfig", "DPOConfig", "JudgeConfig", "LearnerConfig", "LoRAConfig", "MetricsConfig",
+    "ModelConfig", "PGConfig", "RolloutConfig", "RunConfig", "ScorerConfig", "SecurityConfig", "Config",
+    "resolve_pg", "PATH_FIELDS", "dump_config", "load_config", "to_dict",
 ]

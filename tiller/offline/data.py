@@ -176,7 +176,8 @@ class Renderer:
                                   f"{field!r} is missing")
         if isinstance(row["prompt"], str):
             prompt = _text(row, where, "prompt")
-            texts = {side: (prompt + _text(row, where, side) + self.eos, len(prompt)) for side in ("chosen", "rejected")}
+            texts = {side: (prompt + _text(row, where, side) + self.eos, len(prompt))
+                     for side in ("chosen", "rejected")}
             special = True
         else:
             messages = _messages(row["prompt"], where, "prompt")

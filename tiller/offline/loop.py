@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import torch
 
-from tiller.config import Config, dump_config
+from tiller.config import Config, ConfigError, dump_config
 from tiller.records import RunRecord
 from tiller.training import checkpoint
 from tiller.training.engine import DTYPES, ModelEngine, OptimConfig, load_model, resolve_precision
@@ -103,45 +103,19 @@ def fit(cfg: Config, recipe: Recipe, engine: ModelEngine, train: list, held_out:
         resume: bool = False) -> dict[str, Any]:
     """Train to `train.epochs` (or `train.max_steps`), evaluating, checkpointing and logging as configured;
     writes `final/` (the model and `model_dir`'s tokenizer) and summary.json; returns the summary."""
-    tc, run_dir = cfg.train, cfg.run_dir
+    run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint.clean_stale(run_dir)
-    per_epoch = math.ceil(len(train) / tc.batch_size)
-    total = tc.max_steps or tc.epochs * per_epoch
-    # a run shorter than its warmup has nothing left to decay: it warms up and stays
-    factor = lr_schedule(tc.schedule if total > tc.warmup_steps else "constant", tc.warmup_steps, total)
-    state = {"step": 0, "wandb_id": None}
-    latest = checkpoint.latest(run_dir) if resume else None
-    if resume and latest is None:
-        raise FileNotFoundError(f"--resume: no complete checkpoint under {run_dir / 'checkpoints'}")
-    if latest is not None:
-        state = checkpoint.restore(latest, {recipe.name: engine.engine})
-        print(f"resuming from {latest}: step {state['step']} of {total}", flush=True)
+    checkpoint.clean_stale(run_dir)  # what a crash or a full disk left mid-write in an earlier life of this run
+    total = cfg.train.max_steps or cfg.train.epochs * math.ceil(len(train) / cfg.train.batch_size)
+    state = _resumed(run_dir, recipe, engine, total) if resume else {"step": 0, "wandb_id": None}
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     started = time.monotonic()
     record = RunRecord(cfg, run_dir, resume_step=state["step"], wandb_id=state["wandb_id"],
                        line=_line(recipe.name, total, started, state["step"] + 1))
-    print(f"{recipe.name}: {len(train)} training rows, {len(held_out)} held out; {total} steps of {tc.batch_size}",
-          flush=True)
-    step = state["step"]
+    print(f"{recipe.name}: {len(train)} training rows, {len(held_out)} held out; {total} steps of "
+          f"{cfg.train.batch_size}", flush=True)
     try:
-        if held_out and step == 0:
-            record.log({"step": 0, "epoch": 0.0, **{f"eval/{k}": v for k, v in _evaluate(recipe, engine, held_out).items()}})
-        while step < total:
-            epoch, index = divmod(step, per_epoch)
-            batch = batches(train, tc.batch_size, epoch, cfg.seed)[index]
-            lr = tc.lr * factor(step)
-            engine.set_lr(lr)
-            metrics = {"step": step + 1, "epoch": epoch + (index + 1) / per_epoch, "train/lr": lr,
-                       **_step(recipe, engine, batch, tc.micro_batch_size)}
-            step += 1
-            end_of_epoch = step % per_epoch == 0 or step == total
-            if held_out and ((tc.eval_every and step % tc.eval_every == 0) or (not tc.eval_every and end_of_epoch)
-                             or step == total):
-                metrics.update({f"eval/{k}": v for k, v in _evaluate(recipe, engine, held_out).items()})
-            record.log(metrics)
-            if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < total:
-                checkpoint.save(run_dir, step, {recipe.name: engine.engine}, {"wandb_id": record.wandb_id})
+        _train(cfg, recipe, engine, train, held_out, record, state["step"], total)
     finally:
         record.close()
     engine.save(run_dir / "final", tokenizer_dir=model_dir, merge=cfg.model.lora.merge)
@@ -150,6 +124,42 @@ def fit(cfg: Config, recipe: Recipe, engine: ModelEngine, train: list, held_out:
     _plot(run_dir)
     print(f"{recipe.name} done: {run_dir / 'final'} ({summary['wall_s']:.0f} s)", flush=True)
     return summary
+
+
+def _resumed(run_dir: Path, recipe: Recipe, engine: ModelEngine, total: int) -> dict[str, Any]:
+    latest = checkpoint.latest(run_dir)
+    if latest is None:
+        raise ConfigError(f"--resume: no complete checkpoint under {run_dir / 'checkpoints'}")
+    state = checkpoint.restore(latest, {recipe.name: engine.engine})
+    print(f"resuming from {latest}: step {state['step']} of {total}", flush=True)
+    return state
+
+
+def _train(cfg: Config, recipe: Recipe, engine: ModelEngine, train: list, held_out: list, record: RunRecord,
+           step: int, total: int) -> None:
+    """Steps `step + 1` to `total`: the batch, the learning rate, the step, evaluation, the record, checkpoints."""
+    tc = cfg.train
+    per_epoch = math.ceil(len(train) / tc.batch_size)
+    # a run shorter than its warmup has nothing left to decay: it warms up and stays
+    factor = lr_schedule(tc.schedule if total > tc.warmup_steps else "constant", tc.warmup_steps, total)
+    if held_out and step == 0:  # the baseline every later evaluation is compared with
+        baseline = _evaluate(recipe, engine, held_out)
+        record.log({"step": 0, "epoch": 0.0, **{f"eval/{k}": v for k, v in baseline.items()}})
+    while step < total:
+        epoch, index = divmod(step, per_epoch)
+        lr = tc.lr * factor(step)
+        engine.set_lr(lr)
+        metrics = {"step": step + 1, "epoch": epoch + (index + 1) / per_epoch, "train/lr": lr,
+                   **_step(recipe, engine, batches(train, tc.batch_size, epoch, cfg.seed)[index], tc.micro_batch_size)}
+        step += 1
+        due = tc.eval_every and step % tc.eval_every == 0
+        if held_out and (due or (not tc.eval_every and step % per_epoch == 0) or step == total):
+            metrics.update({f"eval/{k}": v for k, v in _evaluate(recipe, engine, held_out).items()})
+        record.log(metrics)
+        if tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < total:
+            # NaN weights are refused before they are written (a checkpoint of them would poison a resume)
+            checkpoint.save(cfg.run_dir, step, {recipe.name: engine.engine}, {"wandb_id": record.wandb_id},
+                            weights=engine.weight_buckets(256 << 20))
 
 
 def _evaluate(recipe: Recipe, engine: ModelEngine, held_out: list) -> dict[str, float]:

@@ -55,7 +55,10 @@ def checkpoint_name(name: str) -> str | None:
 Delta = Callable[[], torch.Tensor] | None  # what a weight gains from its adapter, computed when asked
 
 
-def named_weights(module: torch.nn.Module) -> tuple[list[tuple[str, torch.Tensor, Delta]], list[tuple[str, torch.Tensor]]]:
+Named = list[tuple[str, torch.Tensor]]
+
+
+def named_weights(module: torch.nn.Module) -> tuple[list[tuple[str, torch.Tensor, Delta]], Named]:
     """(parameters, persistent buffers) under their checkpoint names, tied parameters under each name as a
     checkpoint has them; each parameter with the delta its adapter adds (None: it has no adapter), so that
     a caller reading them one bucket at a time never holds more than a bucket of merged copies."""
