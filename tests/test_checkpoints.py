@@ -44,6 +44,9 @@ class FilesOnlyTrainer:
     def weight_buckets(self, _bytes: int):
         yield [("w", torch.ones(2))]
 
+    def set_lr(self, policy_lr: float, critic_lr: float) -> None:  # the learner's schedule sets it each step
+        self.lrs = (policy_lr, critic_lr)
+
 
 def save(run_dir: Path, step: int, trainer: FilesOnlyTrainer) -> Path:
     trainer.saving = step
