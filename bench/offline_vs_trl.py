@@ -300,24 +300,37 @@ def in_tiller_order(path: Path, out: Path, batch_size: int, seed: int) -> Path:
     return out
 
 
-def build_models(work: Path) -> tuple[Path, Path]:
+def copy_tokenizer(source: Path, target: Path) -> None:
+    for file in source.iterdir():
+        if file.name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy(file, target / file.name)
+
+
+def build_models(work: Path, vocab: int = 0) -> tuple[Path, Path]:
     """The policy (also DPO's reference) and the reward model's base: the policy with a one-score head,
-    initialised once here (seed 0) and saved, so that both sides start from the same head."""
+    initialised once here (seed 0) and saved, so that both sides start from the same head. `vocab` > the
+    tokenizer's 34 pads the embedding (and tied LM head) with rows no token uses, so that the logits are as
+    wide as a real model's while the text stays the same."""
     import torch
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from tiller.models import TinyShape, ensure_tiny_policy, load_tokenizer
 
     policy = ensure_tiny_policy(work / "policy", seed=0, shape=TinyShape(**SHAPE))
+    if vocab:
+        torch.manual_seed(0)
+        wide = AutoModelForCausalLM.from_pretrained(str(policy), dtype=torch.float32)
+        wide.resize_token_embeddings(vocab, mean_resizing=False)
+        policy = work / f"policy-vocab{vocab}"
+        wide.save_pretrained(str(policy))
+        copy_tokenizer(work / "policy", policy)
     rm_dir = work / "rm-base"
     pad = load_tokenizer(policy).pad_token_id
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(str(policy), num_labels=1, pad_token_id=pad,
                                                                dtype=torch.float32)
     model.save_pretrained(str(rm_dir))
-    for file in policy.iterdir():
-        if file.name.startswith(("tokenizer", "special_tokens")):
-            shutil.copy(file, rm_dir / file.name)
+    copy_tokenizer(policy, rm_dir)
     return policy, rm_dir
 
 
@@ -410,9 +423,11 @@ def plot(result: dict, path: Path) -> None:
                         for s in stages])
     ax.set_ylabel("ratio")
     ax.set_title(f"Tiller vs TRL {result['trl_version']}: offline stages, {result['parameters'] / 1e6:.1f}M-param "
-                 f"model, {THREADS} threads\n({result['date']}, {result['steps']} steps each, median of "
-                 f"{result['repeats']} run(s))", fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
+                 f"model, vocab {result['vocab']}, {result['threads']} threads\n({result['date']}, "
+                 f"{result['steps']} steps each, median of {result['repeats']} run(s))", fontsize=10)
+    top = max(result["stages"][s]["compare"][k] for s in stages for k, _, _ in series)
+    ax.set_ylim(0, max(1.45, top * 1.3))  # room above the 1.0 line for the legend
+    ax.legend(fontsize=8, loc="upper left")
     ax.grid(axis="y", alpha=0.3)
     save_figure(fig, path)
 
@@ -428,6 +443,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="optimizer steps per run; the first is not timed")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each trainer (alternating); median kept")
     parser.add_argument("--threads", type=int, default=THREADS)
+    parser.add_argument("--vocab", type=int, default=0,
+                        help="pad the model's vocabulary to this many rows (default: the char tokenizer's 34)")
     parser.add_argument("--trl-optim", default=None, help="TRL's `optim` (default: transformers' default)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (models, data, run logs)")
     parser.add_argument("--out", help="result JSON (default bench/results/offline_vs_trl.json)")
@@ -447,7 +464,7 @@ def main() -> None:
 
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="tiller-offline-vs-trl-"))
-    policy, rm_base = build_models(work)
+    policy, rm_base = build_models(work, args.vocab)
     h = HYPER
     data = write_data(work, h["batch_size"] * args.steps, h["seed"])  # exactly one epoch: every row once
     ordered = {"sft": in_tiller_order(data["sft"], work / "sft-ordered.jsonl", h["batch_size"], h["seed"]),
@@ -455,7 +472,8 @@ def main() -> None:
     trl_optim = args.trl_optim or TrainingArguments.__dataclass_fields__["optim"].default
     result = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(["python", *sys.argv]),
               "torch": torch.__version__, "transformers": transformers.__version__, "trl_version": trl.__version__,
-              "model": SHAPE, "parameters": parameters(policy), "vocab": 34, "hyper": h, "steps": args.steps,
+              "model": SHAPE, "parameters": parameters(policy),
+              "vocab": args.vocab or 34, "hyper": h, "steps": args.steps,
               "timed_steps": args.steps - 1, "repeats": args.repeats, "threads": args.threads,
               "trl_optim": trl_optim, "tiller_optim": "torch.optim.AdamW through DeepSpeed (torch_adam)",
               "loss_tolerance": LOSS_TOLERANCE, "stages": {}}
@@ -481,7 +499,7 @@ def main() -> None:
                                    "all_tokens_per_s": {k: [r["tokens_per_s"] for r in v] for k, v in runs.items()}}
     result["wall_s"] = time.monotonic() - started
     out = save(result, "offline_vs_trl", args.out)
-    chart = ROOT / "docs" / "offline_vs_trl.png"
+    chart = ROOT / "docs" / (Path(args.out).with_suffix(".png").name if args.out else "offline_vs_trl.png")
     plot(result, chart)
     print_table(result)
     print(f"written: {out}, {chart} ({result['wall_s']:.0f} s)")
@@ -493,7 +511,8 @@ def main() -> None:
 
 def print_table(result: dict) -> None:
     print(f"\nTiller vs TRL {result['trl_version']} (torch {result['torch']}, transformers {result['transformers']}), "
-          f"{result['parameters'] / 1e6:.2f}M parameters, batch {result['hyper']['batch_size']}, "
+          f"{result['parameters'] / 1e6:.2f}M parameters, vocab {result['vocab']}, "
+          f"batch {result['hyper']['batch_size']}, "
           f"{result['timed_steps']} timed steps, {result['threads']} threads; TRL optimizer {result['trl_optim']}")
     print(f"{'stage':6}{'1st loss Tiller':>16}{'1st loss TRL':>14}{'|diff|':>9}{'max|diff|':>10}"
           f"{'tok/s Tiller':>13}{'tok/s TRL':>10}{'ratio':>7}{'(median step)':>14}{'(per CPU s)':>12}"
