@@ -2,11 +2,12 @@
 `RewardTrainer` and `DPOTrainer`, on the same model, data, batches and hyper-parameters, in one run.
 
     pip install -e '.[bench]'                    # TRL 1.16 is a bench-only dependency
-    python bench/offline_vs_trl.py                 # all three stages, ~5 minutes on a 2-core machine
-    python bench/offline_vs_trl.py --stage dpo --steps 20 --repeats 2
+    python bench/offline_vs_trl.py                 # all three stages, ~5 minutes on a quiet 2-core machine
+    python bench/offline_vs_trl.py --repeats 2     # each trainer twice, alternating; the median run is kept
+    python bench/offline_vs_trl.py --vocab 32768 --steps 4 --out bench/results/offline_vs_trl_vocab32k.json
 
 The model is a random-init tiny Qwen2 of our making (`ensure_tiny_policy`, hidden 256, 4 layers, 4 heads of
-64, 2 KV heads, MLP 1024, char tokenizer: ~3.2M parameters, so the transformer's compute dominates a step); the
+64, 2 KV heads, MLP 1024, char tokenizer: 3.95M parameters, so the transformer's compute dominates a step); the
 data is written on the spot (random-letter prompts and responses, 80-180 tokens a sequence). Every
 trainer runs in its own process (so each has its own RSS high-water mark), one after another, with
 `torch.set_num_threads(THREADS)` and OMP_NUM_THREADS=THREADS. Both see the same batches: TRL's dataset is written
@@ -40,7 +41,16 @@ end to the next, loop overhead included), and peak RSS (VmHWM of the training pr
 last step: model load, data, DPO's reference pass and training; setup and training phases apart as well, the
 high-water mark being reset through /proc/self/clear_refs in between). Ratios are Tiller / TRL: tokens/s
 above 1 is Tiller faster, memory below 1 is Tiller lighter. Writes bench/results/offline_vs_trl.json and a
-bar chart of the ratios, docs/offline_vs_trl.png.
+bar chart of the ratios, docs/offline_vs_trl.png (with --out, the PNG is named after the JSON).
+
+`--vocab N` pads the embedding and the tied LM head to N rows that no token uses: the same text and the same
+losses, but logits as wide as a real model's (32768: 12.3M parameters, 8.4M of them in the embedding), which
+is where the two LM-head implementations differ (TRL 1.16 projects through a tiled "fused LM head"; Tiller builds
+the logits and takes the chosen tokens' log-probs with its own chunked autograd function).
+
+Noise: on a shared 2-core machine, another busy process makes a 2-thread step up to ten times slower (OpenMP
+threads wait for each other at every op), so a run that overlapped one is useless; compare the per-CPU-second
+and median-step ratios beside the mean, and use --repeats on a machine that is not quiet.
 """
 
 from __future__ import annotations
