@@ -136,10 +136,18 @@ class RolloutActor:
             sent, finished = 0, -1  # no learner has finished yet: any will do
             while True:
                 finished = self._next_learner(finished)
+                self._await_beat(finished)
                 try:
                     sent += self._serve()
                 except LearnerGone as exc:  # it died: the next one (a restart, a new run) is served as well
                     log.warning("%s: %s", self.actor_id, exc)
+
+    def _await_beat(self, learner: int) -> None:
+        """Until the heartbeats hear learner `learner` (one beat): their last answer came from the learner that
+        finished, and says so, which would end this actor's first request to the new one at once."""
+        deadline = time.monotonic() + 5 * self.cfg.learner.heartbeat_s
+        while self.heartbeat.learner_incarnation != learner and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def _next_learner(self, finished: int) -> int:
         """Wait for a learner other than incarnation `finished` to answer, and return its incarnation.
