@@ -70,6 +70,7 @@ def test_a_worker_tiller_run_saw_exit_hands_its_lease_on_at_once(learner):
     handed = other.request(LeaseRequest("actor1", 1, 0), timeout_s=5)
     assert isinstance(handed, Lease) and sorted(handed.prompt_ids) == sorted(lease.prompt_ids)
     assert counters(server)["leases_expired"] == 1 and server.workers_exited == 1
+    assert "actor0#7" not in server.peers.identities.values()  # a shutdown will not wait to tell it
 
 
 def test_a_stuck_worker_process_ends_itself_with_its_exit_code(learner):

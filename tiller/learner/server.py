@@ -308,10 +308,12 @@ class LearnerServer:
         peers = {name for name in self.peers.identities.values() if name.rsplit("#", 1)[0] == message.worker_id}
         peers |= {name for name in self.coordinator.actor_versions if name.rsplit("#", 1)[0] == message.worker_id}
         handed_on = sum(self.coordinator.peer_died(peer) for peer in peers)
+        self._parked_judges = [i for i in self._parked_judges if self.peers.identities.get(i) not in peers]
+        for identity in [i for i, name in self.peers.identities.items() if name in peers]:
+            del self.peers.identities[identity]  # a shutdown does not wait to tell a process that is gone
         self.workers_exited += 1
         log.warning("%s exited (code %d): %d leases or tasks handed on at once", message.worker_id[:80],
                     message.exit_code, handed_on)
-        self._parked_judges = [i for i in self._parked_judges if self.peers.identities.get(i) not in peers]
 
     def _unregistered(self, identity: bytes) -> bool:
         """Under security.require_registration: a socket that never asked for work as an actor or judge."""
