@@ -45,15 +45,16 @@ def request_patiently(client: LearnerClient, message: Any, give_up_s: float, fir
     wait = first_wait_s
     while (remaining := deadline - time.monotonic()) > 0:
         seen = heartbeat.learner_incarnation if heartbeat is not None else None
-        changed = None if heartbeat is None else (
-            lambda: heartbeat.learner_finished or heartbeat.learner_incarnation != seen)
+        # -1: no beat answered yet; the first answer is news of no restart, so it cuts nothing short
+        restarted = (lambda: seen != -1 and heartbeat.learner_incarnation != seen) if heartbeat is not None else None
+        changed = None if heartbeat is None else (lambda: heartbeat.learner_finished or restarted())
         reply = client.request(message, min(wait, remaining), interrupt=changed)
         if reply is not None:
             return reply
         if heartbeat is not None and heartbeat.learner_finished:
             raise LearnerFinished(f"training finished (the heartbeat answers of the learner at {client.address} "
                                   "say so)")
-        if heartbeat is not None and heartbeat.learner_incarnation != seen:
+        if heartbeat is not None and restarted():
             log.info("learner %d answers at %s now; asking it at once", heartbeat.learner_incarnation, client.address)
             continue
         log.warning("no answer from the learner at %s for %.0f s; asking again", client.address, wait)
