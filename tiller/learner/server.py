@@ -22,7 +22,7 @@ from tiller.learner.peers import PeerBook
 from tiller.learner.weight_shelf import WeightShelf, WeightSnapshot
 from tiller.protocol.messages import (
     Heartbeat, HeartbeatAck, JudgeFailed, Lease, LeaseRequest, ModelCard, ModelRequest, Rollout, Scores, Shutdown,
-    Status, StatusRequest, Wait,    WeightsBucket, WeightsGone, WeightsRequest, WorkerExited, WorkRequest,
+    Status, StatusRequest, Wait, WeightsBucket, WeightsGone, WeightsRequest, WorkerExited, WorkRequest,
 )
 from tiller.protocol.logbudget import LogBudget
 from tiller.protocol.transport import RouterEndpoint
