@@ -29,7 +29,7 @@ def test_judge_help_names_every_judge_kind_the_config_accepts():
 
     out = " ".join(runner.invoke(app, ["judge", "--help"], terminal_width=200).output.split())
     kinds = typing.get_args(typing.get_type_hints(JudgeConfig)["kind"])
-    assert len(kinds) == 5 and all(kind in out for kind in kinds), out
+    assert len(kinds) == 6 and all(kind in out for kind in kinds), out
 
 
 def test_dry_run_prints_the_resolved_config_with_overrides():

@@ -112,6 +112,15 @@ class ConstitutionalJudge:
         self._stats.samples += len(responses)
         return self._judgement(revised, keys, k, max_new_tokens, fresh=set(todo))
 
+    def revise(self, pairs: list[tuple[str, str]], max_new_tokens: int) -> list[Revision | None]:
+        """Critique and revise each (prompt text, response text) under the constitution, outside the score
+        path (data generation): one engine batch per stage, None where a request failed."""
+        revised = self._revise(pairs, max_new_tokens)
+        self._stats.samples += len(pairs)
+        self._stats.revisions += sum(r is not None for r in revised)
+        self._stats.unrevised += sum(r is None for r in revised)
+        return revised
+
     def _judgement(self, revised: list[Revision | None], keys: list[tuple[str, str, int]], k: int,
                    max_new_tokens: int, fresh: set[int]) -> Judgement:
         """keys: (prompt, original sample, max_new_tokens) per sample; fresh: samples revised just now."""

@@ -74,7 +74,7 @@ class JudgeActor:
         self.incarnation = time.time_ns()
         mark(cfg.run_dir, self.judge_id, "imported")
         self.judge = build_judge(cfg.judge, cfg.model.path,
-                                 transcript_path=cfg.run_dir / "judges" / f"{self.judge_id}.jsonl")
+                                 transcript_path=cfg.run_dir / "judges" / f"{self.judge_id}.jsonl", safety=cfg.safety)
         self.work = {"tasks": 0, "samples": 0, "pairs": 0, "busy_seconds": 0.0}
         self.failures_in_a_row = 0
         self.client = LearnerClient(address, security=cfg.security)

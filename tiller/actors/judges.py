@@ -12,7 +12,8 @@ Any kind may have `stats() -> dict[str, float]`: running counters for the learne
     named in the judge's own config (never in a message), for verifiable rewards;
   - RewardModelJudge: a transformers sequence-classification model loaded from a path;
   - LLMPairwiseJudge (llm_judge.py): a judge LLM served by vLLM compares samples pairwise (RLAIF);
-  - ComposedJudge: a weighted sum of rule / reward-model scorers, with an optional gate;
+  - ComposedJudge: a weighted sum of rule / reward-model / safety scorers, with an optional gate;
+  - SafetyJudge (safety.py): 1 for a safe response, 0 for an unsafe one or (optionally) an over-refusal;
   - ConstitutionalJudge (cai_judge.py): critique and revise each sample against a constitution.
 """
 
@@ -27,7 +28,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from tiller.config import ConfigError, JudgeConfig
+from tiller.config import ConfigError, JudgeConfig, SafetyConfig
 from tiller.models import load_tokenizer
 from tiller.protocol.logbudget import LogBudget
 
@@ -138,15 +139,16 @@ class RewardModelJudge:
     cut from the left (see `fit`) and counted in `stats()["truncated"]`.
     """
 
-    def __init__(self, path: str | Path, policy_tokenizer, batch_size: int = 32):
+    def __init__(self, path: str | Path, policy_tokenizer, batch_size: int = 32, single_logit: bool = True,
+                 key: str = "judge.reward_model_path"):
         import torch
         from transformers import AutoModelForSequenceClassification
 
         if not (Path(path) / "config.json").exists():
-            raise ConfigError(f"judge.reward_model_path: {path} has no config.json")
+            raise ConfigError(f"{key}: {path} has no config.json")
         self.model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=torch.float32).eval()
-        if self.model.config.num_labels != 1:
-            raise ConfigError(f"judge.reward_model_path: {path} has {self.model.config.num_labels} labels, needs 1")
+        if single_logit and self.model.config.num_labels != 1:
+            raise ConfigError(f"{key}: {path} has {self.model.config.num_labels} labels, needs 1")
         self.tokenizer = load_tokenizer(path)
         self.policy_tokenizer = policy_tokenizer
         self.batch_size = batch_size
@@ -208,15 +210,20 @@ class RewardModelJudge:
 
     def score(self, prompts: list[np.ndarray], responses: list[np.ndarray],
               conversations: Conversations = None) -> np.ndarray:
+        return self.logits(prompts, responses, conversations)[:, 0]
+
+    def logits(self, prompts: list[np.ndarray], responses: list[np.ndarray],
+               conversations: Conversations = None) -> np.ndarray:
+        """Every label's logit for every sample, float32 [n*k, num_labels]."""
         import torch
 
         ids = self.token_ids(prompts, responses, conversations)
-        scores = []
+        out = []
         for start in range(0, len(ids), self.batch_size):
             enc = self.tokenizer.pad({"input_ids": ids[start:start + self.batch_size]}, return_tensors="pt")
             with torch.no_grad():
-                scores.append(self.model(**enc).logits[:, 0].float())
-        return torch.cat(scores).numpy().astype(np.float32)
+                out.append(self.model(**enc).logits.float())
+        return torch.cat(out).numpy().astype(np.float32)
 
 
 def context_length(config, tokenizer) -> int | None:
@@ -260,9 +267,15 @@ class ComposedJudge:
         return total
 
 
-def build_judge(cfg: JudgeConfig, policy_dir: str | Path, transcript_path: Path | None = None):
+def build_judge(cfg: JudgeConfig, policy_dir: str | Path, transcript_path: Path | None = None,
+                safety: SafetyConfig | None = None):
     """The judge kind `cfg.kind` names: a scorer, or (cai) a judge that makes its own pairs.
-    `transcript_path`: where a CAI judge keeps its critiques and revisions, if asked to."""
+    `transcript_path`: where a CAI judge keeps its critiques and revisions, if asked to; `safety`: the
+    scorer a `safety` kind (alone or in a composed judge) uses."""
+    if cfg.kind == "safety":
+        from tiller.actors.safety import SafetyJudge
+
+        return SafetyJudge(safety or SafetyConfig(), load_tokenizer(policy_dir))
     if cfg.kind == "cai":
         from tiller.actors.cai_judge import ConstitutionalJudge
 
@@ -273,7 +286,8 @@ def build_judge(cfg: JudgeConfig, policy_dir: str | Path, transcript_path: Path 
         if not cfg.scorers:
             raise ConfigError("judge.scorers: a composed judge needs at least one scorer")
         parts = [(s.weight, build_judge(dataclasses.replace(cfg, kind=s.kind, rule=s.rule,
-                                                            reward_model_path=s.reward_model_path), policy_dir))
+                                                            reward_model_path=s.reward_model_path), policy_dir,
+                                         safety=safety))
                  for s in cfg.scorers]
         gate = load_rule(cfg.gate_rule, "judge.gate_rule") if cfg.gate_rule else None
         return ComposedJudge(parts, gate, cfg.gate_mode, cfg.gate_penalty, load_tokenizer(policy_dir))

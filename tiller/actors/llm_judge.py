@@ -88,6 +88,11 @@ class LLMPairwiseJudge:
             self._stats.comparisons += len(missing)
         return [known[q] for q in questions]
 
+    def compare(self, matches: list[tuple[str, str, str]]) -> list[Verdict | None]:
+        """Debiased verdicts on (prompt text, response x, response y): "A" when x wins, "B" when y does,
+        "tie", or None when unreadable. For evaluation and data generation, outside the score path."""
+        return self._debiased(matches)
+
     def _debiased(self, matches: list[tuple[str, str, str]]) -> list[Verdict | None]:
         """Each (prompt, x, y) judged as (x, y) and, with swap_positions, (y, x) in the same batch."""
         if not self.cfg.swap_positions:

@@ -4,11 +4,16 @@ import typer
 
 from tiller.cli import common
 from tiller.cli.actor import actor
+from tiller.cli.cai_data import cai_data
 from tiller.cli.dpo import dpo
+from tiller.cli.evaluate import evaluate
+from tiller.cli.import_gguf import import_gguf
 from tiller.cli.judge import judge
 from tiller.cli.keys import keys
 from tiller.cli.learner import learner
 from tiller.cli.plot import plot
+from tiller.cli.rlaif_data import rlaif_data
+from tiller.cli.redteam import redteam
 from tiller.cli.rm import rm
 from tiller.cli.run import run
 from tiller.cli.sft import sft
@@ -26,6 +31,11 @@ app.command("status")(status)
 app.command("sft")(sft)
 app.command("rm")(rm)
 app.command("dpo")(dpo)
+app.command("rlaif-data")(rlaif_data)
+app.command("cai-data")(cai_data)
+app.command("eval")(evaluate)
+app.command("redteam")(redteam)
+app.command("import-gguf")(import_gguf)
 
 
 def main() -> None:

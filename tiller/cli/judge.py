@@ -21,7 +21,8 @@ def judge(
     """Score rollouts for the learner at --learner, as judge.kind says: rule (a Python function of prompt
     and response), reward_model (a sequence classifier), llm_pairwise (an LLM served by vLLM compares
     two responses: RLAIF), cai (Constitutional AI: critique and revise against a constitution, prefer
-    the revision) or composed (a weighted sum of scorers, optionally gated by a rule)."""
+    the revision), composed (a weighted sum of scorers, optionally gated by a rule) or safety (the safety
+    section's scorer: 1 for a safe answer, 0 for an unsafe one or an over-refusal)."""
     from tiller.cli.preflight import check_judge
 
     cfg = resolve(config, overrides, dry_run, check=lambda c: check_judge(c.judge))

@@ -8,11 +8,15 @@ The tree is made of frozen dataclasses: nothing changes it after start-up.
 Imports nothing but the standard library and yaml.
 
 Layout: `fields.py` (ConfigError, ranged), `sections.py` (the online stage's sections), `offline.py` (the
-offline stages' sections), `tree.py` (the root), `rules.py` (rules across keys), `loader.py` (YAML, overrides,
+offline stages' sections), `evaluation.py` (eval, red-team, data generation, the safety scorer),
+`tree.py` (the root), `rules.py` (rules across keys), `loader.py` (YAML, overrides,
 blame, paths).
 """
 
 from tiller.config.fields import LIMITS, ConfigError, ranged
+from tiller.config.evaluation import (
+    HARM_CATEGORIES, DataGenConfig, EvalConfig, GenerationConfig, RedTeamConfig, SafetyConfig, TargetsConfig,
+)
 from tiller.config.offline import DPOStageConfig, RMStageConfig, SFTStageConfig, SourceConfig, TrainConfig
 from tiller.config.sections import (
     DataConfig, DPOConfig, JudgeConfig, LearnerConfig, LoRAConfig, MetricsConfig, ModelConfig, PGConfig,
@@ -23,6 +27,8 @@ from tiller.config.rules import resolve_pg
 from tiller.config.loader import PATH_FIELDS, dump_config, load_config, to_dict
 
 __all__ = [
+    "HARM_CATEGORIES", "DataGenConfig", "EvalConfig", "GenerationConfig", "RedTeamConfig", "SafetyConfig",
+    "TargetsConfig",
     "LIMITS", "ConfigError", "ranged", "DPOStageConfig", "RMStageConfig", "SFTStageConfig", "SourceConfig",
     "TrainConfig", "DataConfig", "DPOConfig", "JudgeConfig", "LearnerConfig", "LoRAConfig", "MetricsConfig",
     "ModelConfig", "PGConfig", "RolloutConfig", "RunConfig", "ScorerConfig", "SecurityConfig", "Config",

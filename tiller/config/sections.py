@@ -165,7 +165,7 @@ class RolloutConfig:
 class ScorerConfig:
     """One part of a composed judge."""
 
-    kind: Literal["rule", "reward_model"] = "rule"
+    kind: Literal["rule", "reward_model", "safety"] = "rule"  # safety: the `safety` section's scorer
     rule: str = "tiller.tasks:vowel_reward"
     reward_model_path: str | None = None
     weight: float = 1.0
@@ -173,7 +173,8 @@ class ScorerConfig:
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    kind: Literal["rule", "reward_model", "llm_pairwise", "cai", "composed"] = "rule"
+    # safety: the `safety` section's scorer (1 safe, 0 unsafe), e.g. inside a composed judge
+    kind: Literal["rule", "reward_model", "llm_pairwise", "cai", "composed", "safety"] = "rule"
     rule: str = "tiller.tasks:vowel_reward"  # module:function(prompt, response) -> float
     reward_model_path: str | None = None
     batch_size: int = ranged(32, at_least=1)  # reward-model forward micro-batch

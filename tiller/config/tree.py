@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tiller.config.evaluation import DataGenConfig, EvalConfig, RedTeamConfig, SafetyConfig
 from tiller.config.offline import DPOStageConfig, RMStageConfig, SFTStageConfig, TrainConfig
 from tiller.config.sections import (
     DataConfig, JudgeConfig, LearnerConfig, MetricsConfig, ModelConfig, RolloutConfig, RunConfig, SecurityConfig,
@@ -29,6 +30,12 @@ class Config:
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)
     rm: RMStageConfig = field(default_factory=RMStageConfig)
     dpo: DPOStageConfig = field(default_factory=DPOStageConfig)
+    # evaluation and data generation (tiller eval / redteam / rlaif-data / cai-data), and the safety scorer
+    # they share with the online `judge.kind: safety`
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    redteam: RedTeamConfig = field(default_factory=RedTeamConfig)
+    datagen: DataGenConfig = field(default_factory=DataGenConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
 
     @property
     def run_dir(self) -> Path:

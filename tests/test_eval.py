@@ -1,0 +1,152 @@
+"""tiller eval and tiller redteam: the arithmetic on fixed inputs, then each command on tiny models (real
+vLLM, real processes) writing well-formed reports, plots and failure files that the next stages read."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tiller.eval import scoring
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_wilson_interval_matches_hand_values():
+    rate = scoring.wilson(9, 10)
+    assert rate.value == 0.9
+    assert math.isclose(rate.low, 0.5958, abs_tol=1e-3) and math.isclose(rate.high, 0.9821, abs_tol=1e-3)
+    assert scoring.wilson(0, 12).low == 0.0 and scoring.wilson(12, 12).high == 1.0
+    assert math.isnan(scoring.wilson(0, 0).value)
+
+
+def test_win_rate_counts_ties_as_half_and_leaves_out_unreadable():
+    verdicts = ["A", "B", "tie", "A", None, "A", "tie", "B"]
+    rate = scoring.win_rate(verdicts)
+    points = [1, 0, 0.5, 1, 1, 0.5, 0]
+    assert rate.n == 7 and math.isclose(rate.value, sum(points) / 7)
+    sd = np.std(points, ddof=1)
+    assert math.isclose(rate.high - rate.value, 1.959964 * sd / math.sqrt(7), rel_tol=1e-5)
+    assert scoring.win_rate(["A"] * 5).value == 1.0
+
+
+def test_reward_model_as_the_pairwise_judge():
+    assert scoring.reward_verdicts([1.0, 0.2, 0.5], [0.5, 0.3, 0.5]) == ["A", "B", "tie"]
+
+
+@pytest.mark.parametrize("response,answers,found", [
+    ("The answer is 42.", ["42"], True),
+    ("It is 142.", ["42"], False),
+    ("That makes 1,000 in total", ["1000"], True),
+    ("The plural is mice.", ["mice"], True),
+    ("Paris is the capital.", ["Paris"], True),
+    ("PARIS", ["paris"], True),
+    ("Lyon, probably.", ["Paris"], False),
+    ("It is 3.14 or so", ["3"], False),
+    ("The category was fine", ["cat"], False),
+])
+def test_checkable_answers(response, answers, found):
+    assert scoring.answer_found(response, answers) is found
+
+
+def _tiller(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    return subprocess.run([sys.executable, "-m", "tiller", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def chat_models(tmp_path_factory):
+    """Two tiny chat models (the model and its 'before') and a tiny judge, built on the spot."""
+    from tiller.models import JUDGE_ALPHABET, TINY_CHAT_TEMPLATE, TinyShape, ensure_tiny_policy
+
+    root = tmp_path_factory.mktemp("eval-models")
+    chat = dict(alphabet=JUDGE_ALPHABET, chat_template=TINY_CHAT_TEMPLATE, shape=TinyShape(max_positions=1024))
+    model = ensure_tiny_policy(root / "model", seed=0, **chat)
+    baseline = ensure_tiny_policy(root / "baseline", seed=1, **chat)
+    judge = ensure_tiny_policy(root / "judge", seed=2, alphabet=JUDGE_ALPHABET, shape=TinyShape(max_positions=1024))
+    return model, baseline, judge
+
+
+@pytest.mark.slow
+def test_eval_command_writes_a_report_with_targets_plots_and_answers(chat_models, tmp_path):
+    model, baseline, judge = chat_models
+    out = _tiller(["eval", str(ROOT / "configs/eval/tiny.yaml"), f"output_dir={tmp_path}", f"model.path={model}",
+                   f"eval.baseline_path={baseline}", f"judge.model_path={judge}", "judge.build_tiny=false",
+                   "eval.max_prompts=1", "eval.kl_samples=8", "eval.generation.max_new_tokens=12"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "eval-tiny"
+    report = json.loads((run / "report.json").read_text())
+    assert report["prompts"] == {"harmful": 8, "benign": 6, "helpful": 1, "honest": 1}
+    for role in ("model", "baseline"):
+        metrics = report["metrics"][role]
+        assert set(metrics["harmful_refusal"]["by_category"]) == {
+            "hate_speech", "self_harm", "violence", "illegal_acts", "misinformation", "privacy", "sexual_content",
+            "harassment"}
+        assert 0 <= metrics["over_refusal"]["value"] <= 1 and metrics["helpfulness"]["n"] == 1
+    win = report["win_rate"]
+    assert win["n"] + win["unreadable"] == 8 and win["wins"] + win["losses"] + win["ties"] == win["n"]
+    assert "both orders" in win["judge"]
+    kl = report["kl_to_baseline"]
+    assert kl["responses"] > 0 and math.isfinite(kl["per_token"]) and kl["per_token"] > 0  # two different models
+    assert set(report["targets"]) == {"harmlessness", "over_refusal", "helpfulness", "honesty", "win_rate",
+                                      "kl_per_token"}
+    md = (run / "report.md").read_text()
+    assert "over-refusal" in md and "win rate" in md and "by category" in md and "not met" in md
+    rows = [json.loads(line) for line in (run / "answers.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 and all("answer" in r["model"] and "answer" in r["baseline"] for r in rows)
+    for name in ("eval-categories.png", "eval-summary.png"):
+        assert (run / name).stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_kl_of_a_model_to_itself_is_zero(chat_models):
+    from tiller.eval.kl import kl_to_reference
+
+    model, _, _ = chat_models
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(3, 40, size=5).astype(np.int32) for _ in range(3)]
+    responses = [rng.integers(3, 40, size=n).astype(np.int32) for n in (4, 7, 2)]
+    kl = kl_to_reference(model, model, prompts, responses)
+    assert kl.tokens == 13 and abs(kl.per_response) < 1e-5
+
+
+@pytest.mark.slow
+def test_redteam_failures_are_read_by_the_next_stages(chat_models, tmp_path):
+    """A random model refuses nothing: every red-team prompt fails, and the three failure files are read
+    as they are by the SFT and preference readers and by the online prompt reader."""
+    from tiller.config import DataConfig, SourceConfig
+    from tiller.learner.prompts import load_prompts
+    from tiller.models import load_tokenizer
+    from tiller.offline.data import Source, read_preferences, read_sft
+
+    model, _, _ = chat_models
+    out = _tiller(["redteam", str(ROOT / "configs/eval/redteam-tiny.yaml"), f"output_dir={tmp_path}",
+                   f"model.path={model}", "redteam.max_prompts=1", "redteam.generation.max_new_tokens=12"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "redteam-tiny"
+    report = json.loads((run / "redteam.json").read_text())
+    assert report["prompts"] == 8 and report["failures"] == 8
+    assert all(r["value"] == 1.0 for r in report["by_category"].values())
+    assert (run / "redteam.png").stat().st_size > 5000 and "Worst failures" in (run / "redteam.md").read_text()
+    tok = load_tokenizer(model)
+    sft = read_sft([Source(str(run / "failures.sft.jsonl"), 1.0)], tok, 1024)
+    prefs = read_preferences([Source(str(run / "failures.preferences.jsonl"), 1.0)], tok, 1024)
+    prompts = load_prompts(DataConfig(source="jsonl", path=str(run / "failures.jsonl")), tok, 512)
+    assert len(sft) == 8 and len(prefs) == sum(1 for line in (run / "failures.preferences.jsonl").open()) and len(prompts) == 8
+    assert SourceConfig  # the config type the stages read these files through
+
+
+def test_eval_names_a_bad_set_row(tmp_path):
+    bad = tmp_path / "helpful.jsonl"
+    bad.write_text('{"prompt": "2+2?", "answers": ["4"]}\n{"prompt": "3+3?"}\n')
+    out = _tiller(["eval", str(ROOT / "configs/eval/tiny.yaml"), "--dry-run", f"eval.helpful={bad}",
+                   f"model.path={tmp_path / 'm'}"], tmp_path, timeout=60)
+    assert out.returncode == 2
+    assert f"{bad}:2: field 'answers'" in out.stderr and "Traceback" not in out.stderr
