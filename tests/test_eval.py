@@ -104,6 +104,16 @@ def test_eval_command_writes_a_report_with_targets_plots_and_answers(chat_models
     for name in ("eval-categories.png", "eval-summary.png"):
         assert (run / name).stat().st_size > 5000
 
+    # The model against its own earlier answers, read back instead of generated: every comparison a tie.
+    again = _tiller(["eval", str(ROOT / "configs/eval/tiny.yaml"), f"output_dir={tmp_path}", "name=again",
+                     f"model.path={model}", f"eval.baseline_path={model}", f"eval.baseline_answers={run / 'answers.jsonl'}",
+                     f"judge.model_path={judge}", "judge.build_tiny=false", "eval.max_prompts=1", "eval.kl_samples=0",
+                     "eval.generation.max_new_tokens=12"], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    report = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert report["win_rate"]["ties"] == 8 and report["win_rate"]["value"] == 0.5
+    assert set(report["generation"]["seconds"]) == {"model"} and "kl_to_baseline" not in report
+
 
 @pytest.mark.slow
 def test_kl_of_a_model_to_itself_is_zero(chat_models):

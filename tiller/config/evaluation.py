@@ -65,6 +65,9 @@ class EvalConfig:
     honest: str | None = "../data/eval/honest.jsonl"  # {prompt, answers}: a factual question
     max_prompts: int = ranged(0, at_least=0)  # per category of each set, the first N; 0: all
     baseline_path: str | None = None  # e.g. the model before training: win rate, before/after, KL reference
+    # the baseline's answers from an earlier `tiller eval` of it on the same sets and generation settings
+    # (its answers.jsonl), instead of generating them again; every prompt must be there
+    baseline_answers: str | None = None
     # win rate over the benign and helpful prompts, by the `judge` section's judge (llm_pairwise: both orders,
     # ties as half; reward_model: the higher score wins); none: no win rate
     win_judge: Literal["judge", "none"] = "judge"

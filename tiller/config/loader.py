@@ -185,7 +185,7 @@ PATH_FIELDS = {
     "model": ("path",), "data": ("path",), "learner.pg": ("critic_path",),
     "judge": ("reward_model_path", "model_path", "template_path", "constitution_path", "critique_template_path",
               "revision_template_path"),
-    "eval": ("harmful", "benign", "helpful", "honest", "baseline_path", "reward_model_path"),
+    "eval": ("harmful", "benign", "helpful", "honest", "baseline_path", "baseline_answers", "reward_model_path"),
     "redteam": ("prompts", "attacker_path"), "datagen": ("prompts",), "safety": ("model_path", "template_path"),
     "security": ("server_secret_key", "authorized_keys_dir", "client_secret_key", "server_public_key"),
 }

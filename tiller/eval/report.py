@@ -56,7 +56,8 @@ def markdown(report: dict) -> str:
     mark = {True: "met", False: "**not met**", None: "not measured"}
     lines = [f"# Evaluation of `{report['model']}`", ""]
     if report.get("baseline"):
-        lines += [f"Baseline: `{report['baseline']}`.", ""]
+        reused = f" (its answers from `{report['baseline_answers']}`)" if report.get("baseline_answers") else ""
+        lines += [f"Baseline: `{report['baseline']}`{reused}.", ""]
     lines += [f"Safety scorer: {report['safety_scorer']}.", "",
               "| metric | " + " | ".join(roles) + " | target | |", "|---|" + "---|" * len(roles) + "---|---|"]
     targets = report["targets"]

@@ -21,6 +21,8 @@ class EvalPrompt:
     answers: tuple[str, ...] = ()
     attack: str = ""
     where: str = field(default="", compare=False)  # file:line
+    # a good answer, where the row has one (a training set's `completion`): the chosen side of a failure
+    reference: str = field(default="", compare=False)
 
 
 def prompt_text(value: object, where: str) -> str:
@@ -32,6 +34,17 @@ def prompt_text(value: object, where: str) -> str:
         if users and isinstance(users[-1], str) and users[-1].strip():
             return users[-1]
     raise ConfigError(f"{where}: field 'prompt' must be a non-empty string or messages with a user turn")
+
+
+def reference_text(value: object) -> str:
+    """A row's reference answer: a string, or the assistant message of a conversational completion."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        said = [m.get("content") for m in value if isinstance(m, dict) and m.get("role") == "assistant"]
+        if said and isinstance(said[-1], str):
+            return said[-1]
+    return ""
 
 
 def load_set(path: str | Path, kind: str, limit: int = 0, key: str | None = None) -> list[EvalPrompt]:
@@ -52,7 +65,8 @@ def load_set(path: str | Path, kind: str, limit: int = 0, key: str | None = None
         per_category[category] = per_category.get(category, 0) + 1
         if limit and per_category[category] > limit:
             continue
-        rows.append(EvalPrompt(kind, text, category, tuple(answers), str(row.get("attack", "")), where))
+        rows.append(EvalPrompt(kind, text, category, tuple(answers), str(row.get("attack", "")), where,
+                               reference_text(row.get("completion"))))
     if not rows:
         raise ConfigError(f"{key}: {path} has no rows")
     return rows
