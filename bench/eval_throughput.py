@@ -3,7 +3,8 @@
     python bench/eval_throughput.py [--model DIR] [--prompts N] [--max-new-tokens T]
 
 Both answer the same prompts greedily with the same engine settings, in this process, one after the other:
-  baseline  vLLM's own `LLM.generate` on all the prompts' token ids at once (no chunks, no progress)
+  baseline  what any evaluation loop does: chat-template and tokenize the prompts, vLLM's own `LLM.generate`
+            on all of them at once (no chunks, no progress), decode the answers
   tiller    `tiller.eval.generate.Generator.answer` as `tiller eval` calls it (chunks for the progress bar)
 Prints prompts/s for each and the ratio (target: at least 0.9x). The default model is a tiny random-init chat
 model built on the spot; `--model runs/models/smollm2-135m-instruct` measures the real one.
@@ -28,7 +29,7 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--prompts", type=int, default=128)
     parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--chunk", type=int, default=32)
+    parser.add_argument("--chunk", type=int, default=128)
     args = parser.parse_args()
 
     from tiller.eval.generate import Generator
@@ -53,7 +54,9 @@ def main() -> None:
     for name in ("baseline", "tiller", "baseline", "tiller"):  # interleaved: drift hits both alike
         start = time.monotonic()
         if name == "baseline":
-            out = llm.generate([{"prompt_token_ids": [int(t) for t in p]} for p in ids], params, use_tqdm=False)
+            prompt_ids = generator.encode(texts, args.max_new_tokens)
+            out = llm.generate([{"prompt_token_ids": [int(t) for t in p]} for p in prompt_ids], params, use_tqdm=False)
+            [generator.tokenizer.decode(o.outputs[0].token_ids, skip_special_tokens=True) for o in out]
             tokens = sum(len(o.outputs[0].token_ids) for o in out)
         else:
             tokens = generator.answer(texts, args.max_new_tokens, chunk=args.chunk).tokens

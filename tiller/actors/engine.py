@@ -77,26 +77,29 @@ class VLLMEngine:
         )
 
     def generate(self, prompts: list[np.ndarray], k: int, max_new_tokens: int,
-                 temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None) -> Generation:
+                 temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
+                 logprobs: bool = True) -> Generation:
         """k samples per prompt. With a seed the draw is reproducible: vLLM gives the k
-        samples of a request seeds seed, seed+1, ..., so prompt i uses seed + i*k."""
+        samples of a request seeds seed, seed+1, ..., so prompt i uses seed + i*k. Without
+        `logprobs` (evaluation) the behaviour log-probs are not computed and come back empty."""
         start = time.monotonic()
-        params = [self._params(k, max_new_tokens, temperature, top_p, True, None if seed is None else seed + i * k)
+        params = [self._params(k, max_new_tokens, temperature, top_p, logprobs, None if seed is None else seed + i * k)
                   for i in range(len(prompts))]
         requests = [{"prompt_token_ids": [int(t) for t in p]} for p in prompts]
         outputs = self.llm.generate(requests, params, use_tqdm=False)
-        tokens, lengths, logprobs, truncated = [], [], [], []
+        tokens, lengths, taken, truncated = [], [], [], []
         for output in outputs:
             for sample in sorted(output.outputs, key=lambda s: s.index):
                 ids = list(sample.token_ids)
                 tokens += ids
                 lengths.append(len(ids))
                 # Each position holds {sampled_id: Logprob}; logprobs=0 asks for just that one.
-                logprobs += [step[tok].logprob for step, tok in zip(sample.logprobs, ids)]
+                if sample.logprobs is not None:
+                    taken += [step[tok].logprob for step, tok in zip(sample.logprobs, ids)]
                 truncated.append(sample.finish_reason == "length")
         return Generation(
             np.asarray(tokens, np.int32), np.asarray(lengths, np.int32),
-            np.asarray(logprobs, np.float32), np.asarray(truncated, bool), time.monotonic() - start,
+            np.asarray(taken, np.float32), np.asarray(truncated, bool), time.monotonic() - start,
         )
 
     def complete(self, prompts: list[np.ndarray], max_new_tokens: int, temperature: float = 0.0,

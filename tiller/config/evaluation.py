@@ -52,7 +52,9 @@ class GenerationConfig:
     dtype: Literal["float32", "bfloat16"] = "float32"
     kv_cache_gib: float = ranged(1.0, above=0)
     system_prompt: str | None = None  # a system turn before every prompt (models whose template takes one)
-    chunk: int = ranged(32, at_least=1)  # prompts per engine call: the progress bar's step
+    # prompts per vLLM generate call (they batch together; the progress bar moves per call): larger batches
+    # serve faster (SmolLM2 here: 2.7x the prompts/s at 96 as at 32)
+    chunk: int = ranged(128, at_least=1)
 
 
 @dataclass(frozen=True)

@@ -75,17 +75,19 @@ class Generator:
                                   f"it exceeds the engine's max_model_len of {self.max_model_len}")
         return ids
 
-    def answer(self, texts: list[str], max_new_tokens: int, progress=None, chunk: int = 32,
+    def answer(self, texts: list[str], max_new_tokens: int, progress=None, chunk: int = 128,
                temperature: float = 0.0, seed: int = 0) -> Answers:
-        """One answer per prompt, `chunk` prompts per engine call; `progress(done)` after each chunk."""
+        """One answer per prompt, `chunk` prompts per vLLM generate call (they batch together);
+        `progress(n)` after each call."""
         start = time.monotonic()
         prompts = self.encode(texts, max_new_tokens)
         responses: list[np.ndarray] = []
         for lo in range(0, len(prompts), chunk):
             part = prompts[lo:lo + chunk]
-            seeds = None if temperature == 0 else [seed + lo + i for i in range(len(part))]
-            out = self.engine.complete(part, max_new_tokens, temperature=temperature, seeds=seeds)
-            responses += [np.asarray(r or [], np.int32) for r in out]
+            gen = self.engine.generate(part, 1, max_new_tokens, temperature=temperature,
+                                       seed=None if temperature == 0 else seed + lo, logprobs=False)
+            bounds = np.concatenate([[0], np.cumsum(gen.lengths)])
+            responses += [gen.tokens[bounds[i]:bounds[i + 1]] for i in range(len(part))]
             if progress is not None:
                 progress(len(part))
         return self._answers(prompts, responses, max_new_tokens, start)
