@@ -179,8 +179,11 @@ def validate() -> int:
         check(reserved.lower() not in lowered, "refusals+helpful", f"uses the evaluation prompt {reserved!r}")
     for path in sorted(EVAL.glob("*.jsonl")) if EVAL.is_dir() else []:
         for n, row in enumerate(read(path), start=1):
-            for m in row.get("prompt", []) if isinstance(row.get("prompt"), list) else []:
-                text = m.get("content", "") if isinstance(m, dict) else ""
+            prompt = row.get("prompt")
+            # the evaluation sets' prompts are plain strings; conversational ones are checked turn by turn
+            turns = [prompt] if isinstance(prompt, str) else [m.get("content", "") for m in prompt or []
+                                                               if isinstance(m, dict)]
+            for text in turns:
                 check(text.strip().lower() not in lowered, f"{path.relative_to(ROOT)}:{n}",
                       "an evaluation prompt that is also a training prompt")
 
