@@ -80,6 +80,16 @@ def run_or_explain(fn, *args, **kwargs):
         raise typer.Exit(1) from None
 
 
+def prepare_and_run(run, check: Callable[[Config], None], cfg: Config):
+    """A model-reading command's body: build the tiny model where the config asks for one, check what its
+    --dry-run checks (now that the model is there), then run."""
+    from tiller.models import prepare_model
+
+    prepare_model(cfg)
+    check(cfg)
+    return run(cfg)
+
+
 def setup_process(role: str) -> list[int] | None:
     """Logging, plus the pinning `tiller run` planned (TILLER_CORES): OS affinity and torch threads."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s")

@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-from tiller.cli.common import DryRun, Overrides, finish_process, resolve, run_or_explain, setup_process
+from tiller.cli.common import (
+    DryRun, Overrides, finish_process, prepare_and_run, resolve, run_or_explain, setup_process,
+)
 
 
 def check(cfg) -> None:
@@ -33,14 +35,8 @@ def evaluate(
     setup_process("eval")
     from tiller.eval.evaluate import run
     from tiller.eval.report import markdown
-    from tiller.models import prepare_model
 
-    def go(cfg):
-        prepare_model(cfg)
-        check(cfg)
-        return run(cfg)
-
-    report = run_or_explain(go, cfg)
+    report = run_or_explain(prepare_and_run, run, check, cfg)
     typer.echo(markdown(report))
     typer.echo(f"report: {cfg.run_dir / 'report.md'} (and report.json, answers.jsonl, eval-*.png)")
     finish_process(0)

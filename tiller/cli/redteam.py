@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-from tiller.cli.common import DryRun, Overrides, finish_process, resolve, run_or_explain, setup_process
+from tiller.cli.common import (
+    DryRun, Overrides, finish_process, prepare_and_run, resolve, run_or_explain, setup_process,
+)
 
 
 def check(cfg) -> None:
@@ -31,14 +33,8 @@ def redteam(
     cfg = resolve(config, overrides, dry_run, check=check)
     setup_process("redteam")
     from tiller.eval.redteam import markdown, run
-    from tiller.models import prepare_model
 
-    def go(cfg):
-        prepare_model(cfg)
-        check(cfg)
-        return run(cfg)
-
-    report = run_or_explain(go, cfg)
+    report = run_or_explain(prepare_and_run, run, check, cfg)
     typer.echo(markdown(report))
     typer.echo(f"report: {cfg.run_dir / 'redteam.md'}; failures as data: {cfg.run_dir}/failures*.jsonl")
     finish_process(0)
