@@ -115,6 +115,22 @@ def test_eval_command_writes_a_report_with_targets_plots_and_answers(chat_models
     assert set(report["generation"]["seconds"]) == {"model"} and "kl_to_baseline" not in report
 
 
+def test_kl_estimates_match_the_exact_kl_and_k3_is_never_negative():
+    from tiller.eval.kl import estimate_kl
+
+    rng = np.random.default_rng(0)
+    p = np.array([0.5, 0.3, 0.15, 0.05])
+    q = np.array([0.4, 0.3, 0.2, 0.1])
+    exact = float((p * np.log(p / q)).sum())
+    draws = [rng.choice(4, size=5, p=p) for _ in range(4000)]  # 4000 responses of 5 tokens from p
+    est = estimate_kl([np.log(p[d]) for d in draws], [np.log(q[d]) for d in draws])
+    assert est.tokens == 20000 and abs(est.per_token - exact) < 4 * est.per_response_stderr / 5
+    assert abs(est.per_token_k1 - exact) < 0.01 and est.per_response == pytest.approx(5 * est.per_token)
+    k3_each = [estimate_kl([np.log(p[d])], [np.log(q[d])]).per_response for d in draws[:200]]
+    k1_each = [estimate_kl([np.log(p[d])], [np.log(q[d])]).log_ratios[0] for d in draws[:200]]
+    assert min(k3_each) >= 0 and min(k1_each) < 0 and np.var(k3_each) < np.var(k1_each)
+
+
 @pytest.mark.slow
 def test_kl_of_a_model_to_itself_is_zero(chat_models):
     from tiller.eval.kl import kl_to_reference
@@ -124,7 +140,7 @@ def test_kl_of_a_model_to_itself_is_zero(chat_models):
     prompts = [rng.integers(3, 40, size=5).astype(np.int32) for _ in range(3)]
     responses = [rng.integers(3, 40, size=n).astype(np.int32) for n in (4, 7, 2)]
     kl = kl_to_reference(model, model, prompts, responses)
-    assert kl.tokens == 13 and abs(kl.per_response) < 1e-5
+    assert kl.tokens == 13 and abs(kl.per_response) < 1e-5 and abs(kl.per_token_k1) < 1e-5
 
 
 @pytest.mark.slow
