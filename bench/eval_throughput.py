@@ -68,6 +68,14 @@ def main() -> None:
     for name, (pps, tps) in best.items():
         print(f"  {name:8s} {pps:7.2f} prompts/s  {tps:8.1f} tokens/s")
     print(f"ratio (tiller / plain vLLM): {best['tiller'][0] / best['baseline'][0]:.2f}x prompts/s")
+    from report import write_result
+    write_result("eval_throughput", ["generation", "prompts/s", "tokens/s"],
+                 [["plain vLLM generate loop" if name == "baseline" else "tiller eval", pps, tps]
+                  for name, (pps, tps) in best.items()],
+                 note=f"tiller eval / plain loop: {best['tiller'][0] / best['baseline'][0]:.2f}× prompts/s (target ≥ 0.9×); "
+                      f"{len(texts)} prompts, at most {args.max_new_tokens} new tokens, best of two runs each.",
+                 data={"model": model, "prompts": len(texts), "max_new_tokens": args.max_new_tokens,
+                       "chunk": args.chunk, "runs": results})
 
 
 if __name__ == "__main__":

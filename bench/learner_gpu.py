@@ -213,6 +213,15 @@ def main() -> None:
     print(f"{'weights, GB/s':24}{publish['pinned_copy_gbps']:>16.2f}{publish['publish_gbps']:>16.2f}"
           f"{publish['ratio']:>9.2f}x  >= 0.5x (baseline: {'pinned' if cuda else 'host'} copy of the same bytes)")
     print(f"\nwritten: {path}")
+    from report import write_result
+    write_result(f"learner_gpu-{device.type}", ["", "plain PyTorch", "Tiller", "ratio", "goal"],
+                 [["tokens/s", tokens / plain_s, tokens / tiller_s, f"{plain_s / tiller_s:.2f}×", "≥ 0.8×"],
+                  ["peak memory (GiB)", plain_peak, tiller_peak, ratio, "≤ 1.0×"],
+                  ["weights (GB/s)", publish["pinned_copy_gbps"], publish["publish_gbps"], f"{publish['ratio']:.2f}×",
+                   "≥ 0.5×"]],
+                 note=f"{shape} model on {result['device']} in {dtype}, {args.pairs} pairs × ({args.prompt} + "
+                      f"{args.response}) tokens, ZeRO {args.zero_stage}; the weights baseline is a "
+                      f"{'pinned' if cuda else 'host'} copy of the same bytes.", data=result)
 
 
 if __name__ == "__main__":

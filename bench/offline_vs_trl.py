@@ -517,6 +517,18 @@ def main() -> None:
         print(f"work directory kept: {work}")
     else:
         shutil.rmtree(work, ignore_errors=True)
+    from report import write_result
+    write_result(out.stem, ["stage", "first-step loss Tiller / TRL (abs. difference)", "tokens/s Tiller / TRL",
+                            "ratio", "peak RSS MB Tiller / TRL", "ratio"],
+                 [[stage.upper(), f"{s['tiller']['first_loss']:.6f} / {s['trl']['first_loss']:.6f} "
+                                  f"({s['compare']['first_loss_diff']:.1e})",
+                   f"{s['tiller']['tokens_per_s']:,.0f} / {s['trl']['tokens_per_s']:,.0f}",
+                   f"{s['compare']['tokens_per_s_ratio']:.2f}×",
+                   f"{s['tiller']['peak_rss_mb']:,.0f} / {s['trl']['peak_rss_mb']:,.0f}",
+                   f"{s['compare']['peak_rss_ratio']:.2f}×"] for stage, s in result["stages"].items()],
+                 note=f"{result['parameters'] / 1e6:.2f}M parameters, vocabulary {result['vocab']}, "
+                      f"{result['timed_steps']} timed steps, median of {result['repeats']} run(s) of each trainer.",
+                 plot=chart, data=result)
 
 
 def print_table(result: dict) -> None:

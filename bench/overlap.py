@@ -74,6 +74,15 @@ def main() -> None:
           f"{result['ideal_gain']:.2f}x (G {generate:.3f} s, T {train:.3f} s); {result['of_ideal']:.2f} of ideal "
           f"(goal >= 0.9)")
     print(f"written: {path}, {path.with_suffix('.png')}")
+    from report import write_result
+    write_result("overlap", ["mode", "prompts/s", "wall s", "wait s (G)", "train + publish s (T)", "learner idle",
+                             "actors idle", "reward, last 10%"],
+                 [[m, result[m]["prompts_per_s"], result[m]["wall_s"], result[m]["wait_s"],
+                   result[m]["train_s"] + result[m]["publish_s"], result[m]["learner_idle_frac"],
+                   result[m]["actors_idle_frac"], result[m]["reward_last"]] for m in ("sync", "async")],
+                 note=f"async / sync = {result['gain']:.2f}×; ideal (G + T) / max(G, T) from the sync run = "
+                      f"{result['ideal_gain']:.2f}×: {result['of_ideal']:.2f} of ideal (goal ≥ 0.9).",
+                 plot=path.with_suffix(".png"), data=result)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,13 @@ def main() -> None:
               f"{r['tail_s'] or 0:>8.1f}"
               f"{r['learner_idle_frac']:>13.2f}{r['actors_idle_frac']:>12.2f}")
     print(f"written: {path}, {path.with_suffix('.png')}")
+    from report import write_result
+    write_result("scaling", ["actors", "placement", "prompts/s", "vs first planned", "first step s", "wall s",
+                             "tail s"],
+                 [[r["actors"], r["placement"], r["prompts_per_s"], f"{r['prompts_per_s'] / base['prompts_per_s']:.2f}×",
+                   r["first_step_s"], r["wall_s"], r["tail_s"]] for r in result["runs"]],
+                 note=f"{args.config} on {cores} cores, {args.steps} steps per run, one run each.",
+                 plot=path.with_suffix(".png"), data=result)
 
 
 if __name__ == "__main__":

@@ -97,6 +97,12 @@ def main(window_s: float = 20.0, config: str = "configs/demo.yaml") -> dict:
     print(f"steps while / before: {result['while_over_before']:.2f}x; after / before: "
           f"{result['after_over_before']:.2f}x; replies dropped for the peer: {dropped:.0f}")
     print(f"wrote {save(result, 'slow_reader')}")
+    from report import write_result
+    write_result("slow_reader", ["window", "steps trained", "vs before", "status answered in (ms)"],
+                 [[label, n, f"{n / max(counts[0], 1):.2f}×", ms] for label, n, ms in
+                  zip(("before the peer", "while it sits", "after it leaves"), counts, answer_ms)],
+                 note=f"{window_s:.0f} s windows; {dropped:,.0f} replies dropped for the peer that never reads.",
+                 data=result)
     return result
 
 

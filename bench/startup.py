@@ -158,6 +158,19 @@ def main() -> None:
     if warm:
         plot(warm, bare, path.with_name("startup_warm.png"), " with a warm actor")
     print(f"written: {path} and its charts")
+    from report import write_result
+    each = lambda rs, key: ", ".join(f"{r[key]:.1f}" if r[key] is not None else "—" for r in rs)  # noqa: E731
+    rows = [["bare vLLM start", f"{bare['total_s']:.1f}", bare["total_s"], "1.00×", None, None],
+            ["tiller run, cold", each(runs, "first_step_s"), first, f"{first / bare['total_s']:.2f}×", None,
+             each(runs, "tail_s")]]
+    if warm:
+        rows.append(["tiller run, warm actor", each(warm, "first_step_s"), warm_first,
+                     f"{warm_first / bare['total_s']:.2f}×", f"{warm_first / first:.2f}×", each(warm, "tail_s")])
+    write_result("startup", ["start", "first trained step, each run (s)", "median (s)", "vs bare vLLM", "vs cold",
+                             "tail, each run (s)"], rows,
+                 note=f"Goal (first trained step ≤ 10 s): from a cold start {'met' if first <= 10 else 'not met'}"
+                      + (f", with a warm actor {'met' if warm_first <= 10 else 'not met'}" if warm else "") + ".",
+                 plot=[path.with_suffix(".png")] + ([path.with_name("startup_warm.png")] if warm else []), data=result)
 
 
 if __name__ == "__main__":

@@ -237,6 +237,20 @@ def main() -> None:
                       f"(steady state), wall {trl['wall_s'] / r['wall_s']:.2f}x faster, mean reward "
                       f"{mean_reward(r):.3f} vs {mean_reward(trl):.3f}")
     print(f"written: {out}, {out.with_suffix('.png')}")
+    from report import write_result
+    rows = []
+    for workload, w in result["workloads"].items():
+        trl = next((r for r in w["runs"] if r["system"] == "trl"), None)
+        for r in w["runs"]:
+            tail = [x for x in r["reward"][-max(1, len(r["reward"]) // 10):] if x is not None]
+            rows.append([workload, r["system"], r["wall_s"], r["first_step_s"], r["pairs_per_s"],
+                         f"{r['pairs_per_s'] / trl['pairs_per_s']:.2f}×" if trl else None, mean_reward(r),
+                         statistics.fmean(tail)])
+    write_result(out.stem, ["workload", "system", "wall s", "first step s", "pairs/s", "vs TRL", "mean reward",
+                            "reward, last 10%"], rows,
+                 note="; ".join(f"{k}: {w['parameters'] / 1e6:.1f}M parameters, {w['max_new_tokens']} new tokens, "
+                                f"{w['steps']} steps, lr {w['lr']:g}" for k, w in result["workloads"].items()) + ".",
+                 plot=out.with_suffix(".png"), data=result)
 
 
 if __name__ == "__main__":

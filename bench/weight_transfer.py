@@ -261,6 +261,17 @@ def main() -> None:
               f"{r['sync_whole_peak_gb']:>12.2f}")
     print("goal: fetch >= 0.8x the raw socket ceiling")
     print(f"written: {out / 'weight_transfer.json'}")
+    from report import write_result
+    write_result("weight_transfer", ["size", "GB", "memcpy GB/s", "raw ZeroMQ GB/s", "fetch GB/s", "fetch / raw",
+                                     "sync streamed GB/s", "sync whole GB/s", "streamed / whole",
+                                     "actor memory growth, streamed / whole (GB)"],
+                 [[r["size"], r["bytes"] / 1e9, r["memcpy_gbps"], r["raw_gbps"], r["fetch_gbps"],
+                   f"{r['fetch_vs_socket']:.2f}×", r["sync_streamed_gbps"], r["sync_whole_gbps"],
+                   f"{r['streamed_vs_whole']:.2f}×", f"{r['sync_streamed_peak_gb']:.2f} / {r['sync_whole_peak_gb']:.2f}"]
+                  for r in results],
+                 note="Goal (fetch ≥ 0.8× the raw socket): " + ("met at every size." if all(
+                     r["fetch_vs_socket"] >= 0.8 for r in results) else "not met at every size."),
+                 data={"date": time.strftime("%Y-%m-%d"), "runs": results})
 
 
 if __name__ == "__main__":

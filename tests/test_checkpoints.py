@@ -198,10 +198,11 @@ def test_a_failed_periodic_checkpoint_is_logged_counted_and_training_goes_on(tmp
 
     monkeypatch.setattr(checkpoint, "save", disk_full_at_step_2)
     with caplog.at_level(logging.ERROR, logger=main.__name__):
-        failed = main.train(cfg, fakes.algorithm, trainer, None, fakes.server, fakes.sink, fakes.record, 0, 0, 0,
-                            SimpleNamespace(is_set=lambda: False))
+        completions = SimpleNamespace(due=lambda step: False)
+        failed = main.train(cfg, fakes.algorithm, trainer, None, fakes.server, fakes.sink, fakes.record, completions,
+                            0, 0, 0, SimpleNamespace(is_set=lambda: False))
     assert failed == 1
-    assert [row["checkpoint/failed_saves"] for row in fakes.rows] == [0, 0, 1, 1]  # from the row after it on
+    assert [row["system/checkpoint_failed_saves"] for row in fakes.rows] == [0, 0, 1, 1]  # from the row after it on
     assert "checkpoint of step 2 failed" in caplog.text and "No space left" in caplog.text
     assert checkpoint.latest(cfg.run_dir).name == "step-4" and leftovers(cfg.run_dir) == []
 

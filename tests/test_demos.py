@@ -44,4 +44,4 @@ def test_chat_demo_trains_on_conversations_through_the_chat_template(tmp_path, f
     assert summary["steps"] == 60
     assert summary["reward_last_10pct"] - summary["reward_first_10pct"] > 0.1, summary
     metrics = [json.loads(line) for line in (tmp_path / "chat" / "metrics.jsonl").read_text().splitlines()]
-    assert all(m["weights/publish_gbps"] > 0 for m in metrics)
+    assert all(m["perf/weights/publish_gbps"] > 0 for m in metrics)

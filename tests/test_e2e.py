@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tiller import timeline
+from tiller.metric_names import GROUPS
 
 pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[cpu]')")
 pytestmark = pytest.mark.slow
@@ -34,7 +35,7 @@ def check_run(run_dir: Path, actors_with_work: int = 2) -> dict:
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     records = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     # the policy version advanced with every step, and the actors picked the new versions up
-    assert [m["policy_version"] for m in metrics] == list(range(1, STEPS + 1))
+    assert [m["train/policy_version"] for m in metrics] == list(range(1, STEPS + 1))
     # Both actors joined; the busy one swapped new versions in while running. (A late actor whose
     # first generation warms vLLM up may see the run end before it asks again, so not "both".)
     assert len(summary["actor_versions"]) == 2 and max(summary["actor_versions"].values()) >= STEPS // 2
@@ -44,14 +45,25 @@ def check_run(run_dir: Path, actors_with_work: int = 2) -> dict:
     assert not [p for p, n in Counter(used).items() if n > 1]
     assert sum(r["outcome"] == "trained" for r in records) == STEPS * BATCH
     assert all(r["learner_version"] - r["policy_version"] <= 2 for r in records if r["outcome"] == "trained")
-    for key in ("step", "policy_version", "reward/mean", "loss", "samples_per_s", "staleness/mean",
-                "time/wait_s", "time/train_s", "time/publish_s", "learner/idle_frac", "actors/idle_frac",
-                "tokens/trained_per_s", "queue/inflight_prompts", "staleness/lag_0", "weights/publish_gbps", "lr"):
+    for key in ("step", "train/policy_version", "reward/mean", "train/loss", "perf/samples_per_s",
+                "train/staleness/mean", "perf/time/wait_s", "perf/time/train_s", "perf/time/publish_s",
+                "perf/learner_idle_frac", "perf/actors/idle_frac", "perf/tokens_trained_per_s",
+                "system/queue/inflight_prompts", "train/staleness/lag_0", "perf/weights/publish_gbps", "train/lr"):
         assert key in metrics[-1], key
+    # every logged name sits in one of the groups (tiller/metric_names.py), none under its old name
+    assert all(k == "step" or k.split("/")[0] in GROUPS for m in metrics for k in m), sorted(metrics[-1])
     # where the time went: the first step is timed from the start, the actors' phases arrive with rollouts
-    assert 0 < metrics[0]["time/first_step_s"] < 300 and all("time/first_step_s" not in m for m in metrics[1:])
-    assert sum(m["actors/generate_s"] for m in metrics) > 0 and sum(m["tokens/generated_per_s"] for m in metrics) > 0
-    assert all(0 <= m["learner/idle_frac"] <= 1 for m in metrics)
+    assert 0 < metrics[0]["perf/time/first_step_s"] < 300
+    assert all("perf/time/first_step_s" not in m for m in metrics[1:])
+    assert sum(m["perf/actors/generate_s"] for m in metrics) > 0
+    assert sum(m["perf/tokens_generated_per_s"] for m in metrics) > 0
+    assert all(0 <= m["perf/learner_idle_frac"] <= 1 for m in metrics)
+    # completions people can read: the first step and every log_completions_every-th, decoded
+    rows = [json.loads(line) for line in (run_dir / "completions.jsonl").read_text().splitlines()]
+    assert rows and rows[0]["step"] == 1 and all(r["prompt"] and r["responses"] for r in rows)
+    assert all(isinstance(x["text"], str) and isinstance(x["score"], float) for r in rows for x in r["responses"])
+    assert summary["examples"]["first"] and summary["examples"]["last"] and summary["commit"]
+    assert summary["wall_s"] > 0 and summary["final_loss"] is not None and "#" not in "".join(summary["actor_versions"])
     assert (run_dir / "final" / "model.safetensors").exists() and (run_dir / "reward.png").exists()
     assert any((run_dir / "wandb").glob("offline-run-*"))
     return summary
@@ -65,11 +77,11 @@ def test_tiller_run_trains_with_two_actors_and_a_judge(tiny_policy_dir, tmp_path
     done = subprocess.run([sys.executable, "-m", "tiller", "run", "configs/demo.yaml", *args],
                           capture_output=True, text=True, timeout=420, cwd=Path(__file__).parents[1])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "placement:" in done.stdout and f"step {STEPS:>4}" in done.stdout
+    assert "placement:" in done.stdout and f"step {STEPS}/{STEPS} |" in done.stdout and "sample (policy v" in done.stdout
     assert "mean reward: first 10%" in done.stdout  # the learner's last lines were flushed before its quick exit
     check_run(tmp_path / "e2e-run")
     first = json.loads((tmp_path / "e2e-run" / "metrics.jsonl").read_text().splitlines()[0])
-    check_timeline(tmp_path / "e2e-run", first["time/first_step_s"])
+    check_timeline(tmp_path / "e2e-run", first["perf/time/first_step_s"])
     for log in (tmp_path / "e2e-run" / "logs").glob("*.log"):  # every worker heard the shutdown, and left cleanly
         text = log.read_text()
         assert "stopping: training finished" in text, log
@@ -169,12 +181,12 @@ def test_online_dpo_with_two_cai_judge_processes_sharing_the_work(tiny_policy_di
     assert summary["steps"] == steps and set(summary["judge_work"]) == {"judge0", "judge1"}
     assert (run_dir / "judges.png").stat().st_size > 0
     for judge in ("judge0", "judge1"):  # both seen working, in the metrics the learner logs
-        assert metrics[-1][f"judge/{judge}/tasks"] >= 1
-        assert any(f"judge/{judge}/judgements_per_s" in m for m in metrics)
+        assert metrics[-1][f"perf/judge/{judge}/tasks"] >= 1
+        assert any(f"perf/judge/{judge}/judgements_per_s" in m for m in metrics)
         rows = [json.loads(line) for line in (run_dir / "judges" / f"{judge}.jsonl").read_text().splitlines()]
         assert rows and all(len(r["critiques"]) == 1 and r["principles"] for r in rows)
-    assert 0 < metrics[-1]["judge/revision_differs"] <= 1 and metrics[-1]["judge/pairs_per_prompt"] > 0
-    assert all(m["pairs"] >= 8 for m in metrics)  # every trained prompt gave at least one revision pair
+    assert 0 < metrics[-1]["reward/judge/revision_differs"] <= 1 and metrics[-1]["reward/pairs_per_prompt"] > 0
+    assert all(m["train/pairs"] >= 8 for m in metrics)  # every trained prompt gave at least one revision pair
     for judge in ("judge0", "judge1"):  # each stopped its vLLM engine and closed its transcript before leaving
         log = (run_dir / "logs" / f"{judge}.log").read_text()
         assert log.rstrip().splitlines()[-1].startswith("judge done:"), log[-3000:]  # nothing went wrong after

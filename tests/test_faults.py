@@ -143,7 +143,7 @@ def test_kill_an_actor_and_the_judge_mid_run(tiny_policy_dir, tmp_path, free_add
     assert {p.split("#")[0] for p in summary["dead_peers"]} >= {"actor0", "judge0"}
     assert_exactly_once(run, steps)
     last = json.loads((tmp_path / "faults" / "metrics.jsonl").read_text().splitlines()[-1])
-    assert last["leases/expired"] >= 1
+    assert last["system/leases/expired"] >= 1
     trained = {r["prompt_id"] for r in run.records() if r["outcome"] in ("trained", "no_preference")}
     assert set(doomed.prompt_ids.tolist()) <= trained  # the vanished lease's prompts were leased again
 
@@ -275,7 +275,7 @@ def test_kill_the_learner_and_resume_it(tiny_policy_dir, tmp_path, free_address)
     assert {"actor0", "actor1"} <= set(summary["actor_work"])  # both did work for the resumed learner
     metrics = [json.loads(line) for line in (tmp_path / "faults" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == list(range(1, steps + 1))  # no step lost or repeated
-    assert [m["policy_version"] for m in metrics] == list(range(1, steps + 1))
+    assert [m["train/policy_version"] for m in metrics] == list(range(1, steps + 1))
     assert summary["steps"] == steps and "actor0" in summary["actor_work"]  # the same actor, reconnected
     assert_exactly_once(run, steps)
     used = sorted(r["prompt_id"] for r in run.records() if r["outcome"] in ("trained", "no_preference"))

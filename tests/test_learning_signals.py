@@ -9,24 +9,37 @@ import torch
 
 from tiller.config import DPOConfig
 from tiller.learner.dpo import preference_loss
-from tiller.learner.metrics import progress_line
+from tiller.learner.metrics import KLWarning, progress_line
+from tiller.metric_names import grouped_row
 
-STEP = {"step": 7, "policy_version": 7, "reward/mean": 0.5, "loss": 0.6, "samples_per_s": 10.0,
-        "staleness/mean": 1.0, "rewards/margin": 0.1, "rewards/accuracy": 0.75}
+STEP = grouped_row({"step": 7, "policy_version": 7, "reward/mean": 0.5, "loss": 0.6, "samples_per_s": 10.0,
+                    "staleness/mean": 1.0, "rewards/margin": 0.1, "rewards/accuracy": 0.75})
 
 
-def test_the_progress_line_warns_when_kl_passes_the_bound_and_when_a_step_was_skipped():
-    assert "WARNING" not in progress_line({**STEP, "kl/sequence": 12.0}, kl_warn_nats=20)
-    line = progress_line({**STEP, "kl/sequence": 170.0}, kl_warn_nats=20)
-    assert "WARNING: KL to the reference 170.0 nats per response (> 20)" in line
-    assert "WARNING" not in progress_line({**STEP, "kl/sequence": 170.0}, kl_warn_nats=0)  # 0: never
-    assert "SKIPPED" in progress_line({**STEP, "skipped": 1.0})
+def line(m: dict, warning: str = "") -> str:
+    return progress_line(m, total_steps=120, elapsed_s=70.0, eta_s=1130.0, warning=warning)
+
+
+def test_the_progress_line_shows_step_of_total_elapsed_and_eta_and_skipped_steps():
+    text = line(STEP)
+    assert text.startswith("step   7/120 | 1:10 elapsed, eta 18:50 |")
+    assert "SKIPPED" in line({**STEP, "train/skipped": 1.0}) and "SKIPPED" not in text
+
+
+def test_the_kl_warning_fires_on_crossing_then_only_when_the_kl_has_grown_by_a_quarter():
+    warn = KLWarning(20.0)
+    said = [warn.check(kl) for kl in (12.0, 21.0, 22.0, 25.0, 26.3, 30.0, 19.0, 40.0)]
+    assert [bool(w) for w in said] == [False, True, False, False, True, False, False, True]
+    assert "KL to the reference 21.0 nats per response (> metrics.kl_warn_nats 20)" in said[1]
+    assert "still growing" in said[4] and "(> metrics.kl_warn_nats" in said[7]  # back under 20, then crossed again
+    assert not any(KLWarning(0.0).check(kl) for kl in (170.0, 1e9))  # 0: never
+    assert not KLWarning(20.0).check(float("nan")) and not KLWarning(20.0).check(None)
 
 
 def test_the_dpo_progress_line_shows_pair_accuracy_kl_and_response_length():
-    line = progress_line({**STEP, "kl/sequence": 43.2, "response_length/mean": 12.5})
-    assert "acc 0.75" in line and "kl 43.2" in line and "len 12.5" in line
-    assert "kl " not in progress_line(STEP)  # SimPO: no reference, no KL shown
+    text = line(grouped_row({**STEP, "kl/sequence": 43.2, "response_length/mean": 12.5}))
+    assert "acc 0.75" in text and "kl 43.2" in text and "len 12.5" in text
+    assert "kl " not in line(STEP)  # SimPO: no reference, no KL shown
 
 
 def test_dpo_logprob_mean_divides_each_response_by_its_length():

@@ -32,7 +32,7 @@ def test_status_reports_the_learner_and_its_workers(free_address):
         n = len(first.prompt_ids) * K
         actor.send(Rollout("actor-7", 1, first.lease_id, 1, 0, np.ones(n, np.int32), np.ones(n, np.int32),
                            np.zeros(n, np.float32), np.zeros(n, bool), 0.1))
-        server.progress = {"step": 3, "steps": 10, "samples_per_s": 12.5, "reward/mean": 0.25}
+        server.progress = {"step": 3, "steps": 10, "perf/samples_per_s": 12.5, "reward/mean": 0.25}
         asker = LearnerClient(free_address)
         reply = None
         for _ in range(20):  # bounded: the rollout is handled before a later request

@@ -3,7 +3,7 @@
     tiller plot runs/demo          # writes runs/demo/plots/{reward,kl,loss,throughput,staleness,phases}.png
                                    # and timeline.png from runs/demo/timeline.jsonl (start-up and end)
 
-Each chart is drawn only from metrics the run has (a DPO run has no `kl/mean`, a run from before
+Each chart is drawn only from metrics the run has (a DPO run has no `objective/kl/token`, a run from before
 phase timings has no phases); a value logged as null (not finite) is left out of its line.
 Imports matplotlib only when called.
 """
@@ -11,41 +11,70 @@ Imports matplotlib only when called.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# chart name -> (title, y label, [(metric, legend label)], stacked)
-CHARTS: dict[str, tuple[str, str, list[tuple[str, str]], bool]] = {
-    "reward": ("mean judge reward", "reward", [("reward/mean", "mean reward"), ("reward/chosen", "chosen"),
-                                               ("reward/rejected", "rejected")], False),
-    "kl": ("KL to the reference", "nats", [("kl/sequence", "per response (k1 sum)"), ("kl/mean", "per token")], False),
-    "loss": ("loss and gradient", "value", [("loss", "loss"), ("grad_norm", "pre-clip gradient norm"),
-                                            ("train/loss", "training loss"), ("eval/loss", "held-out loss"),
-                                            ("train/grad_norm", "pre-clip gradient norm")], False),
+
+
+@dataclass(frozen=True)
+class Chart:
+    title: str
+    panels: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]  # per panel: (y label, ((metric, legend), ...))
+    stacked: bool = False
+
+
+def _one(ylabel: str, *lines: tuple[str, str]) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
+    return ((ylabel, lines),)
+
+
+# chart name -> what it draws, by the grouped names of tiller/metric_names.py (older runs are read through it)
+CHARTS: dict[str, Chart] = {
+    "reward": Chart("mean judge reward", _one("reward", ("reward/mean", "mean reward"), ("reward/chosen", "chosen"),
+                                               ("reward/rejected", "rejected"))),
+    "kl": Chart("KL to the reference", _one("nats", ("objective/kl/sequence", "per response (k1 sum)"),
+                                              ("objective/kl/token", "per token"))),
+    "loss": Chart("loss and gradient", _one("value", ("train/loss", "loss"), ("train/grad_norm", "pre-clip gradient norm"),
+                                             ("eval/loss", "held-out loss"))),
+    "lr": Chart("learning rate", _one("learning rate", ("train/lr", "learning rate"))),
     # the offline stages (tiller sft / rm / dpo)
-    "lr": ("learning rate", "learning rate", [("train/lr", "learning rate")], False),
-    "accuracy": ("accuracy", "fraction", [("train/accuracy", "training pairs ranked right"),
-                                          ("eval/accuracy", "held-out pairs ranked right"),
-                                          ("train/rewards/accuracy", "training pairs, implicit reward"),
-                                          ("eval/rewards/accuracy", "held-out pairs, implicit reward"),
-                                          ("eval/token_accuracy", "held-out next-token accuracy")], False),
-    "margins": ("reward margins", "chosen - rejected", [("train/margin", "training"), ("eval/margin", "held-out"),
-                                                         ("train/rewards/margin", "training, implicit reward"),
-                                                         ("eval/rewards/margin", "held-out, implicit reward")], False),
-    "throughput": ("throughput", "per second", [("samples_per_s", "judged samples"),
-                                                 ("tokens/generated_per_s", "tokens generated"),
-                                                 ("tokens/trained_per_s", "tokens trained")], False),
+    "accuracy": Chart("accuracy", _one("fraction", ("train/accuracy", "training pairs ranked right"),
+                                       ("eval/accuracy", "held-out pairs ranked right"),
+                                       ("train/rewards/accuracy", "training pairs, implicit reward"),
+                                       ("eval/rewards/accuracy", "held-out pairs, implicit reward"),
+                                       ("eval/token_accuracy", "held-out next-token accuracy"))),
+    "margins": Chart("reward margins", _one("chosen - rejected", ("train/margin", "training"), ("eval/margin", "held-out"),
+                                            ("train/rewards/margin", "training, implicit reward"),
+                                            ("eval/rewards/margin", "held-out, implicit reward"))),
+    # samples and tokens differ 30-fold: one panel each, so neither line is flattened
+    "throughput": Chart("throughput", (("judged samples / s", (("perf/samples_per_s", "judged samples"),)),
+                                       ("tokens / s", (("perf/tokens_generated_per_s", "generated"),
+                                                       ("perf/tokens_trained_per_s", "trained"))))),
     # online DPO: what shows instability coming (pair accuracy falling, responses shrinking, log-probs diving)
-    "pairs": ("preference pairs", "value", [("rewards/accuracy", "pair accuracy"),
-                                            ("offpolicy/logratio", "log pi - log pi_behaviour per token")], False),
-    "length": ("response length", "tokens", [("response_length/mean", "mean response")], False),
-    "logps": ("policy log-probs of trained pairs", "nats (summed)", [("logps/chosen", "chosen"),
-                                                                      ("logps/rejected", "rejected")], False),
-    "staleness": ("policy lag of trained samples", "share of the batch", [], True),  # staleness/lag_*, filled in
-    "phases": ("where a learner step's time goes", "seconds", [("time/wait_s", "waiting for data"),
-                                                               ("time/train_s", "training"),
-                                                               ("time/publish_s", "publishing weights")], True),
+    "pairs": Chart("preference pairs", _one("value", ("objective/pair_accuracy", "pair accuracy"),
+                                            ("objective/offpolicy/logratio", "log pi - log pi_behaviour per token"))),
+    "length": Chart("response length", _one("tokens", ("train/response_length", "mean response"))),
+    "logps": Chart("policy log-probs of trained pairs", _one("nats (summed)", ("objective/logps/chosen", "chosen"),
+                                                             ("objective/logps/rejected", "rejected"))),
+    "staleness": Chart("policy lag of trained samples", _one("share of the batch")),  # one line per lag, filled in
+    "phases": Chart("where a learner step's time goes", _one("seconds", ("perf/time/wait_s", "waiting for data"),
+                                                             ("perf/time/train_s", "training"),
+                                                             ("perf/time/publish_s", "publishing weights")),
+                    stacked=True),
 }
+
+
+def lag_label(lag: int) -> str:
+    return "current policy" if lag == 0 else f"{lag} version{'s' if lag > 1 else ''} old"
+
+
+def smoothed(values: list[float], window: int) -> list[float]:
+    """Trailing moving average (the first points average what there is)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
 
 
 def pyplot():
@@ -60,6 +89,9 @@ def pyplot():
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of a run's metrics.jsonl under the grouped names (a run logged before them reads the same)."""
+    from tiller.metric_names import grouped_row
+
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no metrics (is {run_dir} a run directory?)")
@@ -67,7 +99,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     for line_no, line in enumerate(path.read_text().splitlines(), start=1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                rows.append(grouped_row(json.loads(line)))
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
     return rows
@@ -78,6 +110,29 @@ def _series(history: list[dict[str, Any]], key: str) -> tuple[list[int], list[fl
     return [s for s, _ in points], [float(v) for _, v in points]
 
 
+def kl_warning_level(run_dir: Path) -> float:
+    """The run's `metrics.kl_warn_nats` from its config.yaml (0 when it has none)."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    try:
+        return float(((yaml.safe_load(path.read_text()) or {}).get("metrics") or {}).get("kl_warn_nats") or 0.0)
+    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
+        return 0.0
+
+
+def _draw_lines(ax, history: list[dict[str, Any]], lines: list[tuple[str, str]]) -> None:
+    for n, (key, label) in enumerate(lines):
+        xs, ys = _series(history, key)
+        colour = f"C{n}"
+        if len(xs) < 30:  # evaluations come every few steps: points, so one or two of them still show
+            ax.plot(xs, ys, label=label, color=colour, marker="o", markersize=3)
+            continue
+        window = max(2, len(xs) // 25)
+        ax.plot(xs, ys, color=colour, alpha=0.25, linewidth=0.8)  # the raw series, faint, behind
+        ax.plot(xs, smoothed(ys, window), color=colour, label=f"{label} ({window}-step mean)")
+
+
 def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     """Draw every chart the run's metrics allow; returns the PNGs written."""
     plt = pyplot()
@@ -86,30 +141,32 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     history = read_metrics(run_dir)
     out = Path(out_dir) if out_dir else run_dir / "plots"
     out.mkdir(parents=True, exist_ok=True)
-    lags = sorted({k for m in history for k in m if k.startswith("staleness/lag_")}, key=lambda k: int(k.rsplit("_", 1)[1]))
+    lags = sorted({int(k.rsplit("_", 1)[1]) for m in history for k in m if k.startswith("train/staleness/lag_")})
     written = []
-    for name, (title, ylabel, lines, stacked) in CHARTS.items():
+    for name, chart in CHARTS.items():
+        panels = chart.panels
         if name == "staleness":
-            lines = [(k, f"{k.rsplit('_', 1)[1]} versions old") for k in lags]
-        present = [(key, label) for key, label in lines if _series(history, key)[0]]
-        if not present:
+            panels = ((panels[0][0], tuple((f"train/staleness/lag_{lag}", lag_label(lag)) for lag in lags)),)
+        panels = [(ylabel, [(k, lb) for k, lb in lines if _series(history, k)[0]]) for ylabel, lines in panels]
+        panels = [(ylabel, lines) for ylabel, lines in panels if lines]
+        if not panels:
             continue
-        fig, ax = plt.subplots(figsize=(7, 4))
-        if stacked:
-            steps = [m["step"] for m in history if all(isinstance(m.get(k), (int, float)) for k, _ in present)]
-            rows = [m for m in history if m["step"] in set(steps)]
-            ax.stackplot(steps, *[[float(m[k]) for m in rows] for k, _ in present], labels=[lb for _, lb in present],
-                         alpha=0.8)
-        else:
-            for key, label in present:
-                xs, ys = _series(history, key)
-                # evaluations come every few steps: points, so one or two of them still show
-                ax.plot(xs, ys, label=label, marker="o" if len(xs) < 30 else None, markersize=3)
-        ax.set_xlabel("step")
-        ax.set_ylabel(ylabel)
-        ax.set_title(f"{run_dir.name}: {title}")
-        ax.legend(loc="best", fontsize=8)
-        ax.grid(alpha=0.3)
+        fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4), squeeze=False)
+        for ax, (ylabel, present) in zip(axes[0], panels):
+            if chart.stacked:
+                rows = [m for m in history if all(isinstance(m.get(k), (int, float)) for k, _ in present)]
+                ax.stackplot([m["step"] for m in rows], *[[float(m[k]) for m in rows] for k, _ in present],
+                             labels=[lb for _, lb in present], alpha=0.8)
+            else:
+                _draw_lines(ax, history, present)
+            if name == "kl" and (level := kl_warning_level(run_dir)) and any(k == "objective/kl/sequence"
+                                                                             for k, _ in present):
+                ax.axhline(level, color="red", linestyle="--", linewidth=1, label=f"warning level {level:g} nats")
+            ax.set_xlabel("step")
+            ax.set_ylabel(ylabel)
+            ax.legend(loc="best", fontsize=8)
+            ax.grid(alpha=0.3)
+        fig.suptitle(f"{run_dir.name}: {chart.title}")
         fig.tight_layout()
         path = out / f"{name}.png"
         fig.savefig(path, dpi=110)

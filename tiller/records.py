@@ -11,15 +11,17 @@ written as null (strict JSON). The online learner (learner/metrics.py) and the o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import netrc
 import os
+import subprocess
 from pathlib import Path
 from typing import Any, Callable
 
-from tiller.config import Config, to_dict
+from tiller.config import Config, dump_config, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,17 @@ def wandb_mode(requested: str) -> str:
     except (OSError, netrc.NetrcParseError):
         logged_in = False
     return "online" if logged_in else "offline"
+
+
+def provenance(cfg: Config) -> dict[str, str | None]:
+    """What a summary needs to say which code and which settings made it: the git commit (None outside a
+    checkout) and a hash of the resolved config."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                timeout=5, cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"commit": commit, "config_sha256": hashlib.sha256(dump_config(cfg).encode()).hexdigest()[:16]}
 
 
 def keep_steps_up_to(path: Path, step: int) -> list[dict[str, Any]]:
@@ -63,8 +76,10 @@ class RunRecord:
             try:
                 import wandb
 
+                m = cfg.metrics
                 self._wandb = wandb.init(
-                    project=cfg.metrics.wandb_project, name=cfg.name, dir=str(run_dir), mode=mode,
+                    project=m.wandb_project, entity=m.wandb_entity, group=m.wandb_group, tags=list(m.wandb_tags),
+                    name=m.wandb_name or cfg.name, dir=str(run_dir), mode=mode,
                     config=to_dict(cfg), settings=wandb.Settings(init_timeout=60, silent=True),
                     id=wandb_id, resume="allow" if wandb_id else None,
                 )
@@ -86,6 +101,17 @@ class RunRecord:
             except Exception as exc:  # noqa: BLE001
                 log.warning("W&B log failed (%s); continuing without it", exc)
                 self._wandb = None
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
+        """A W&B table (the JSONL files hold the same rows); nothing without W&B."""
+        if self._wandb is None:
+            return
+        try:
+            import wandb
+
+            self._wandb.log({key: wandb.Table(columns=columns, data=rows)}, step=step)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("W&B table failed (%s); continuing without it", exc)
 
     def close(self) -> None:
         self._file.close()

@@ -40,12 +40,19 @@ def finish_process(code: int = 0) -> NoReturn:
 
 
 def resolve(config: Path | None, overrides: list[str] | None, dry_run: bool,
-            check: Callable[[Config], None] | None = None, labels: dict[str, str] | None = None) -> Config:
+            check: Callable[[Config], None] | None = None, labels: dict[str, str] | None = None,
+            hub: bool = True) -> Config:
     """Load the config or exit with its error; with --dry-run run `check` (what the command checks
     before it starts anything), print the config and exit. `labels`: names for overrides a command
-    made from its own options (config.load_config)."""
+    made from its own options (config.load_config). `hub`: fetch the models and datasets named by
+    Hugging Face hub id now (tiller/hub.py; --dry-run too, since its checks read them), so the config
+    returned, printed or handed to `tiller run`'s children names local folders only."""
+    from tiller.hub import resolve_hub_ids
+
     try:
         cfg = load_config(config, overrides or [], labels)
+        if hub:
+            cfg = resolve_hub_ids(cfg)
     except ConfigError as exc:
         typer.echo(f"config error: {exc}", err=True)
         raise typer.Exit(2) from None

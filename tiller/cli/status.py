@@ -42,7 +42,7 @@ def status(
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the learner's answer.")] = 5.0,
 ) -> None:
     """Ask a running learner how it is doing: version, step, throughput, each actor's and judge's work."""
-    cfg = resolve(config, overrides, False)  # the address and, under CURVE, the keys to connect with
+    cfg = resolve(config, overrides, False, hub=False)  # the address and, under CURVE, the keys to connect with
     from tiller.protocol.messages import Status, StatusRequest
     from tiller.protocol.transport import LearnerClient
 

@@ -26,7 +26,7 @@ class LoRAConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    path: str = "runs/tiny-policy"  # a transformers model directory
+    path: str = "runs/tiny-policy"  # a transformers model directory, or a hub id: owner/name[@revision] (hub.py)
     # build a random-init tiny model there if the directory is missing (demos, tests). Off unless asked, so
     # a mistyped path is an error, not a run that quietly trains a random model
     build_tiny: bool = False
@@ -38,7 +38,8 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     # letters: random lowercase prompts, made on the spot; jsonl: one object per line; dataset: a file or
-    # folder the Hugging Face `datasets` library reads (parquet, json, jsonl, csv, a save_to_disk folder)
+    # folder the Hugging Face `datasets` library reads (parquet, json, jsonl, csv, a save_to_disk folder); a
+    # hub dataset id (owner/name[@revision]) is fetched once and read as `dataset` (tiller/hub.py)
     source: Literal["letters", "jsonl", "dataset"] = "letters"
     path: str | None = None
     prompt_field: str = "prompt"  # a string, or a conversation: a list of {role, content} messages (TRL's format)
@@ -242,6 +243,14 @@ class RunConfig:
 class MetricsConfig:
     wandb: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online if logged in
     wandb_project: str = "tiller"
+    wandb_entity: str | None = None  # team or user; null: the login's default
+    wandb_group: str | None = None  # groups runs in the W&B UI (e.g. one sweep)
+    wandb_tags: list[str] = field(default_factory=list)
+    wandb_name: str | None = None  # the run's display name; null: the config's `name`
+    # online stages: every this many steps, write a few judged prompts with each response, its score and
+    # chosen/rejected mark to completions.jsonl (and a W&B table), and print one; 0: never
+    log_completions_every: int = ranged(10, at_least=0)
+    completions_per_log: int = ranged(2, at_least=1)  # prompts each time
     # the progress line warns when kl/sequence (KL per response) passes it; 0: never
     kl_warn_nats: float = ranged(20.0, at_least=0)
 

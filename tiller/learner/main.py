@@ -31,6 +31,7 @@ import torch
 
 from tiller.config import Config, ConfigError, dump_config
 from tiller.learner.algorithms import ALGORITHMS, Algorithm
+from tiller.learner.completions import COLUMNS as COMPLETION_COLUMNS, CompletionLog, example_line
 from tiller.learner.coordinator import Coordinator, ScoredPrompt
 from tiller.learner.publish import WeightPublisher
 from tiller.learner import checkpoint
@@ -42,10 +43,12 @@ from tiller.learner.metrics import (
 from tiller.learner.phases import StepClock
 from tiller.learner.prompts import load_prompts
 from tiller.learner.server import LearnerServer
+from tiller.metric_names import grouped_row
 from tiller.learner.trainer import PolicyTrainer
 from tiller.models import load_tokenizer, prepare_model
 from tiller.protocol.security import check_bind
-from tiller.timeline import mark
+from tiller.records import provenance
+from tiller.timeline import mark, since_start
 from tiller.training.engine import DTYPES
 from tiller.training.errors import NonFiniteTraining
 
@@ -221,18 +224,21 @@ def run(cfg: Config, resume: bool = False) -> dict | None:
     print(f"learner listening on {server.address} ({len(prompts)} prompts, {cfg.learner.steps} steps)", flush=True)
     sink = MetricsSink(cfg, run_dir, resume_step=state["step"], wandb_id=state["wandb_id"])
     record = SampleRecord(run_dir / "samples.jsonl", resume_step=state["step"])
+    completions = CompletionLog(run_dir / "completions.jsonl", tokenizer, cfg.metrics.log_completions_every,
+                                cfg.metrics.completions_per_log, resume_step=state["step"])
     preempted = threading.Event()
     previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.set())
     try:
-        failed_saves = train(cfg, algorithm, trainer, publisher, server, sink, record, state["step"], version,
-                             tokenizer.pad_token_id, preempted)
+        failed_saves = train(cfg, algorithm, trainer, publisher, server, sink, record, completions, state["step"],
+                             version, tokenizer.pad_token_id, preempted)
     except Preempted:
         done = sink.history[-1]["step"] if sink.history else 0  # the last step that finished
-        save_checkpoint(cfg, done, sink.history[-1]["policy_version"] if sink.history else version,
+        save_checkpoint(cfg, done, sink.history[-1]["train/policy_version"] if sink.history else version,
                         trainer, server, sink, record)
         print("pre-empted: checkpoint written; resume with `tiller learner --resume`", flush=True)
         server.close()
         record.close()
+        completions.close()
         sink.close()
         return None
     except Exception:
@@ -240,6 +246,7 @@ def run(cfg: Config, resume: bool = False) -> dict | None:
         # so hand-started actors and judges do not wait for a learner that is not coming back.
         server.shutdown(min(cfg.learner.shutdown_grace_s, 5.0))
         record.close()
+        completions.close()
         sink.close()
         raise
     finally:
@@ -250,17 +257,18 @@ def run(cfg: Config, resume: bool = False) -> dict | None:
     # the final save and the summary are made meanwhile, not after, so the run ends sooner.
     server.begin_shutdown(cfg.learner.shutdown_grace_s)
     record.close()
+    completions.close()
     sink.close()
     trainer.save(run_dir / "final", tokenizer_dir=model_dir)
-    summary = summarise(cfg, sink.history, server, trainer.skipped_steps, failed_saves)
+    summary = summarise(cfg, sink.history, server, trainer.skipped_steps, failed_saves, completions.before_after())
     server.wait_stopped(cfg.learner.shutdown_grace_s)
     mark(run_dir, "learner", "saved, summarised, workers told")
     return summary
 
 
 def train(cfg: Config, algorithm: Algorithm, trainer: PolicyTrainer, publisher: WeightPublisher,
-          server: LearnerServer, sink: MetricsSink, record: SampleRecord, done_steps: int, version: int, pad_id: int,
-          preempted: threading.Event) -> int:
+          server: LearnerServer, sink: MetricsSink, record: SampleRecord, completions: CompletionLog, done_steps: int,
+          version: int, pad_id: int, preempted: threading.Event) -> int:
     """The loop from step `done_steps` + 1 on: batch, step, publish, log, checkpoint. Returns how many
     periodic checkpoints failed."""
     clock = StepClock(server.public)
@@ -289,11 +297,16 @@ def train(cfg: Config, algorithm: Algorithm, trainer: PolicyTrainer, publisher: 
         metrics.update(step_metrics(server, step, version, lags, judged, phases["time/step_s"]))
         metrics.update(phases)
         metrics["checkpoint/failed_saves"] = failed_saves
+        metrics = grouped_row(metrics)  # from here on, the names they are logged and shown under
         server.progress = {"step": step, "steps": cfg.learner.steps, **metrics}  # for `tiller status`
         sink.log(metrics)
         record.flush()
         if step == done_steps + 1:
             mark(cfg.run_dir, "learner", "first step trained")
+        if completions.due(step):
+            rows = completions.log(step, version, trainable)
+            sink.log_table("completions", COMPLETION_COLUMNS, completions.table, step)
+            print(f"step {step} sample (policy v{version}, best of its responses):\n{example_line(rows[0])}", flush=True)
         if cfg.learner.checkpoint_every and step % cfg.learner.checkpoint_every == 0:
             failed_saves += not periodic_checkpoint(cfg, step, version, trainer, server, sink, record)
     return failed_saves
@@ -306,24 +319,40 @@ def response_tokens(items: list[ScoredPrompt], algorithm: Algorithm) -> int:
     return sum(len(r) for p in items for r in p.responses)
 
 
+def by_worker_name(versions: dict[str, int]) -> dict[str, int]:
+    """{"actor0#3f2a": 12} -> {"actor0": 12}; the newest version when a worker had several incarnations."""
+    out: dict[str, int] = {}
+    for name, version in versions.items():
+        worker = name.rsplit("#", 1)[0]
+        out[worker] = max(version, out.get(worker, version))
+    return out
+
+
 def summarise(cfg: Config, history: list[dict], server: LearnerServer, skipped: dict[str, int] | None = None,
-              failed_saves: int = 0) -> dict:
+              failed_saves: int = 0, examples: dict | None = None) -> dict:
     """summary.json; `skipped`: non-finite optimizer steps skipped per engine (policy, critic)."""
     skipped = skipped or {}
     first, last = first_last_tenth(history)
     plot = plot_reward(history, cfg.run_dir / "reward.png", f"{cfg.name}: {cfg.learner.algorithm}, mean judge reward")
     judges_plot = plot_judges(history, cfg.run_dir / "judges.png", f"{cfg.name}: the work of each judge")
+    final = history[-1] if history else {}
     summary = {
+        "name": cfg.name,
         "algorithm": cfg.learner.algorithm,
         "steps": len(history),
+        "wall_s": round(since_start(), 1),  # since `tiller run` started (or this learner, started alone)
         "reward_first_10pct": first,
         "reward_last_10pct": last,
-        "final_policy_version": history[-1]["policy_version"] if history else 0,
+        "final_loss": final.get("train/loss"),
+        "final_kl_per_response": final.get("objective/kl/sequence"),
+        "final_policy_version": final.get("train/policy_version", 0),
+        **provenance(cfg),
         # copies: the socket thread is still telling workers to stop, and counts any last result
         "actor_work": dict(server.actor_work),
         "judge_work": dict(server.judge_work),
         "judges": server.judges.summary(),
-        "actor_versions": server.public["actor_versions"],
+        # by worker name; a restarted worker's incarnations (name#id) count as one
+        "actor_versions": by_worker_name(server.public["actor_versions"]),
         "protocol_rejected": server.public["protocol"]["rejected"],
         "refusals": server.public["refusals"],  # validation.py's reasons, counted
         "skipped_nonfinite_steps": sum(skipped.values()),  # every engine's, together
@@ -334,9 +363,14 @@ def summarise(cfg: Config, history: list[dict], server: LearnerServer, skipped: 
         "final_checkpoint": str(cfg.run_dir / "final"),
         "plot": str(plot) if plot else None,
         "judges_plot": str(judges_plot) if judges_plot else None,
+        "examples": examples or {},  # completions.jsonl's first and last logged steps, best response each
     }
     (cfg.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print("\n" + reward_table(history))
     print(f"\nmean reward: first 10% of steps {first:.3f} -> last 10% {last:.3f} ({last - first:+.3f})")
+    for when in ("first", "last"):
+        for ex in (examples or {}).get(when, []):
+            print(f"{when} logged step {ex['step']}: {ex['prompt'][:60]!r} -> {ex['best'][:120]!r}"
+                  + (f" ({ex['score']:.2f})" if ex["score"] is not None else ""))
     print(f"plot: {plot}   checkpoint: {summary['final_checkpoint']}   metrics: {cfg.run_dir / 'metrics.jsonl'}")
     return summary

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from tiller.config import ConfigError, DataConfig
+from tiller.hub import read_folder
 from tiller.jsonl import read_jsonl
 
 
@@ -75,32 +76,31 @@ def _jsonl(cfg: DataConfig) -> list[tuple[str, object]]:
 
 
 def _dataset(cfg: DataConfig) -> list[tuple[str, object]]:
-    """Rows of a parquet/json/jsonl/csv file or a `save_to_disk` folder, read by the `datasets` library."""
+    """Rows of a parquet/json/jsonl/csv file, or of a folder: a `save_to_disk` one or a folder of such files (a
+    Hugging Face hub snapshot, tiller/hub.py), read by the `datasets` library."""
     path = _existing(cfg)
+    if path.is_dir():
+        data = read_folder(path, cfg.split, "data.path", "data.split")
+    else:
+        data = _dataset_file(path)
+    if cfg.prompt_field not in data.column_names:
+        raise ConfigError(f"{path}: no column {cfg.prompt_field!r} (columns: {data.column_names}; "
+                          "set data.prompt_field)")
+    return [(f"{path} row {i}", value) for i, value in enumerate(data[cfg.prompt_field], start=1)]
+
+
+def _dataset_file(path: Path):
     try:
         import datasets
     except ImportError:
         raise ConfigError("data.source: dataset needs the `datasets` package (pip install 'tiller[data]')") from None
     builders = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
+    if path.suffix not in builders:
+        raise ConfigError(f"data.path: {path}: not a folder or a {', '.join(builders)} file")
     try:
-        if path.is_dir():
-            data = datasets.load_from_disk(str(path))
-            if isinstance(data, datasets.DatasetDict):
-                if cfg.split not in data:
-                    raise ConfigError(f"data.split: {path} has splits {sorted(data)}, not {cfg.split!r}")
-                data = data[cfg.split]
-        elif path.suffix in builders:
-            data = datasets.load_dataset(builders[path.suffix], data_files=str(path), split="train")
-        else:
-            raise ConfigError(f"data.path: {path}: not a folder or a {', '.join(builders)} file")
-    except ConfigError:
-        raise
+        return datasets.load_dataset(builders[path.suffix], data_files=str(path), split="train")
     except Exception as exc:  # the library's own errors name the problem; say which file
         raise ConfigError(f"data.path: {path}: the datasets library could not read it ({exc})") from None
-    if cfg.prompt_field not in data.column_names:
-        raise ConfigError(f"{path}: no column {cfg.prompt_field!r} (columns: {data.column_names}; "
-                          "set data.prompt_field)")
-    return [(f"{path} row {i}", value) for i, value in enumerate(data[cfg.prompt_field], start=1)]
 
 
 def _conversation(value: object, where: str, field: str) -> list[Message] | None:

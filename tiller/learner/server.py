@@ -359,7 +359,7 @@ class LearnerServer:
         judges = sorted(self.judge_work)
         counters = {k: float(v) for k, v in dataclasses.asdict(c.counters).items()}
         return Status(c.incarnation, c.version, int(progress.get("step", 0)), int(progress.get("steps", 0)),
-                      float(progress.get("samples_per_s", 0.0)), float(progress.get("reward/mean", 0.0)),
+                      float(progress.get("perf/samples_per_s", 0.0)), float(progress.get("reward/mean", 0.0)),
                       c.inflight_prompts, c.awaiting_judges, actors, [versions.get(a, -1) for a in actors],
                       [held.get(a, 0) for a in actors], [self.actor_work.get(a, 0) for a in actors], judges,
                       [self.judge_work[j] for j in judges], counters)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tiller.config import ConfigError
+from tiller.hub import read_folder
 from tiller.jsonl import read_jsonl
 
 INSTRUCTION_TEMPLATE = "### Instruction:\n{instruction}\n\n{input_block}### Response:\n"
@@ -64,8 +65,13 @@ class PreferenceExample:
 
 
 def data_rows(path: str | Path) -> list[tuple[str, dict]]:
-    """A data file's rows (tiller/jsonl.py); a file without any is refused."""
-    rows = read_jsonl(path)
+    """A data file's rows (tiller/jsonl.py), or the `train` split of a dataset folder (a Hugging Face hub
+    snapshot of parquet or jsonl files: tiller/hub.py); a source without any rows is refused."""
+    if Path(path).is_dir():
+        rows = [(f"{path} row {i}", dict(row)) for i, row in
+                enumerate(read_folder(Path(path), "train", str(path)), start=1)]
+    else:
+        rows = read_jsonl(path)
     if not rows:
         raise ConfigError(f"{path}: no rows")
     return rows

@@ -14,11 +14,9 @@ The order of the rows is drawn from `seed` and the epoch, so a resumed run conti
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
-import subprocess
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -28,7 +26,7 @@ from typing import Any, Callable
 import torch
 
 from tiller.config import Config, ConfigError, dump_config
-from tiller.records import RunRecord
+from tiller.records import RunRecord, provenance
 from tiller.training import checkpoint
 from tiller.training.engine import DTYPES, ModelEngine, OptimConfig, load_model, resolve_precision
 from tiller.training.lora import with_lora
@@ -174,17 +172,11 @@ def _evaluate(recipe: Recipe, engine: ModelEngine, held_out: list) -> dict[str, 
 def _summary(cfg: Config, stage: str, history: list[dict], wall_s: float, engine: ModelEngine) -> dict[str, Any]:
     last = history[-1] if history else {}
     evals = [m for m in history if any(k.startswith("eval/") for k in m)]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                timeout=5, cwd=Path(__file__).parent).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
     return {"stage": stage, "name": cfg.name, "steps": last.get("step", 0), "wall_s": round(wall_s, 2),
             "final_train_loss": last.get("train/loss"), "skipped_nonfinite_steps": engine.guard.skipped,
             "eval": {k: v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else {},
             "first_eval": {k: v for k, v in evals[0].items() if k.startswith("eval/")} if evals else {},
-            "final": str(cfg.run_dir / "final"), "commit": commit,
-            "config_sha256": hashlib.sha256(dump_config(cfg).encode()).hexdigest()[:16]}
+            "final": str(cfg.run_dir / "final"), **provenance(cfg)}
 
 
 def _plot(run_dir: Path) -> None:
