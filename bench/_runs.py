@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from tiller.plots import read_metrics
+
 ROOT = Path(__file__).parents[1]
 SKIP = 5  # start-up steps left out of the steady state (start-up has its own metric, time/first_step_s)
 
@@ -31,7 +33,7 @@ class Run:
     @property
     def per_s(self) -> float:
         """Steady-state trained prompts (online DPO: pairs) per second."""
-        return self.batch_size * len(self.steady) / sum(m["time/step_s"] for m in self.steady)
+        return self.batch_size * len(self.steady) / sum(m["perf/time/step_s"] for m in self.steady)
 
     def mean(self, key: str) -> float:
         return statistics.fmean(m.get(key, 0.0) for m in self.steady)
@@ -41,14 +43,14 @@ class Run:
 
     @property
     def first_step_s(self) -> float | None:
-        return self.metrics[0].get("time/first_step_s") if self.metrics else None
+        return self.metrics[0].get("perf/time/first_step_s") if self.metrics else None
 
     @property
     def tail_s(self) -> float | None:
         """From the end of the last trained step to the exit of every process."""
         if self.first_step_s is None:
             return None
-        return self.wall_s - self.first_step_s - sum(m["time/step_s"] for m in self.metrics[1:])
+        return self.wall_s - self.first_step_s - sum(m["perf/time/step_s"] for m in self.metrics[1:])
 
 
 def tiller_run(config: str, name: str, out: Path, overrides: list[str], timeout_s: float = 3600) -> Run:
@@ -61,7 +63,7 @@ def tiller_run(config: str, name: str, out: Path, overrides: list[str], timeout_
     wall = time.monotonic() - started
     if done.returncode != 0:
         raise SystemExit(f"{name} failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    metrics = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
+    metrics = read_metrics(out / name)  # under the grouped names (tiller/metric_names.py)
     batch = yaml.safe_load((out / name / "config.yaml").read_text())["learner"]["batch_size"]
     return Run(name, wall, metrics, batch, done.stdout)
 

@@ -26,10 +26,10 @@ def run_mode(config: str, mode: str, steps: int, out: Path, extra: list[str]) ->
     tail = run.metrics[-max(1, len(run.metrics) // 10):]
     return {
         "mode": mode, "steps": len(run.metrics), "wall_s": run.wall_s, "first_step_s": run.first_step_s,
-        "prompts_per_s": run.per_s, "wait_s": run.mean("time/wait_s"), "train_s": run.mean("time/train_s"),
-        "publish_s": run.mean("time/publish_s"), "learner_idle_frac": run.mean("learner/idle_frac"),
-        "actors_idle_frac": run.mean("actors/idle_frac"),
-        "reward_last": sum(m["reward/mean"] for m in tail) / len(tail), "step_s": run.series("time/step_s"),
+        "prompts_per_s": run.per_s, "wait_s": run.mean("perf/time/wait_s"), "train_s": run.mean("perf/time/train_s"),
+        "publish_s": run.mean("perf/time/publish_s"), "learner_idle_frac": run.mean("perf/learner_idle_frac"),
+        "actors_idle_frac": run.mean("perf/actors/idle_frac"),
+        "reward_last": sum(m["reward/mean"] for m in tail) / len(tail), "step_s": run.series("perf/time/step_s"),
     }
 
 

@@ -69,8 +69,8 @@ def main() -> None:
             result["runs"].append({"actors": actors, "placement": placement, "prompts_per_s": run.per_s,
                                    "first_step_s": run.first_step_s, "wall_s": run.wall_s, "tail_s": run.tail_s,
                                    "reward_last": run.steady[-1]["reward/mean"],
-                                   "actors_idle_frac": run.mean("actors/idle_frac"),
-                                   "learner_idle_frac": run.mean("learner/idle_frac")})
+                                   "actors_idle_frac": run.mean("perf/actors/idle_frac"),
+                                   "learner_idle_frac": run.mean("perf/learner_idle_frac")})
     path = save(result, "scaling")
     plot(result, path.with_suffix(".png"))
     base = next(r for r in result["runs"] if r["actors"] == args.actors[0] and r["placement"] == "plan")

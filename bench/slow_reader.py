@@ -84,7 +84,7 @@ def main(window_s: float = 20.0, config: str = "configs/demo.yaml") -> dict:
                 peer.close(linger=0)
             print(f"{phase:>6} the non-reading peer: {counts[-1]:4d} steps in {window_s:.0f} s; "
                   f"a status request answered in {answer_ms[-1]:.0f} ms", flush=True)
-        dropped = json.loads(metrics.read_text().splitlines()[-1]).get("protocol/send_dropped", 0)
+        dropped = json.loads(metrics.read_text().splitlines()[-1]).get("system/protocol/send_dropped", 0)
     finally:
         run.send_signal(signal.SIGINT)
         try:

@@ -9,7 +9,7 @@ one process, pinned to one core, that imports vLLM, builds an `LLM` on the same 
 settings and generates one token (plain vLLM, no Tiller code). Then `tiller run` is started as a user
 would; its processes record milestones in `runs/<name>/timeline.jsonl` (tiller/timeline.py), which
 are printed as a timeline and drawn as one bar per process. The ratio printed is
-`time/first_step_s` over the bare vLLM start.
+`perf/time/first_step_s` over the bare vLLM start.
 
 Then the same runs with a warm actor: `tiller actor --stay` started once, on the core the plan gives
 the actor, its engine built before the timed runs; each `tiller run --actors 0` it serves starts no

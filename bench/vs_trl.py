@@ -144,8 +144,8 @@ def run_tiller(model: Path, workload: str, steps: int, spec: str, work: Path, ex
         "rollout.samples_per_prompt=2", f"rollout.max_new_tokens={new_tokens}", "rollout.temperature=1.0",
         *extra, *rest])
     return {"system": f"tiller-{label}", "overrides": rest, "wall_s": run.wall_s, "first_step_s": run.first_step_s,
-            "pairs_per_s": run.per_s, "reward": run.series("reward/mean"), "kl": run.series("kl/sequence"),
-            "pair_accuracy": run.series("rewards/accuracy"), "length": run.series("response_length/mean"),
+            "pairs_per_s": run.per_s, "reward": run.series("reward/mean"), "kl": run.series("objective/kl/sequence"),
+            "pair_accuracy": run.series("objective/pair_accuracy"), "length": run.series("train/response_length"),
             "steps": len(run.metrics), "run_dir": str(work / run.name)}
 
 
