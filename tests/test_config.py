@@ -135,3 +135,15 @@ def test_prepare_model_reuses_a_model_and_builds_only_where_asked(tmp_path, tiny
     empty = tmp_path / "empty"
     empty.mkdir()  # an empty directory is nothing yet: the tiny model may go there
     assert (prepare_model(load_config(None, [f"model.path={empty}", "model.build_tiny=true"])) / "config.json").exists()
+
+
+def test_manual_placement_names_every_process_it_misses_or_does_not_know(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("run:\n  actors: 2\n  judges: 1\n  placement: manual\n  cores: {learner: [0], actor0: [1]}\n")
+    with pytest.raises(ConfigError, match=r"run.yaml:5: run.cores: no cores given for actor1, judge0"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"run.cores: actr1: no such process .* learner, actor0, actor1, judge0"):
+        load_config(path, ["run.cores={learner: [0], actor0: [1], actr1: [1], actor1: [1], judge0: [0]}"])
+    cfg = load_config(path, ["run.cores={learner: [0], actor0: [1], actor1: [1], judge0: [0]}"])
+    assert cfg.run.cores["judge0"] == [0]
+    assert load_config(path, ["run.placement=auto"]).run.placement == "auto"  # only manual needs the map

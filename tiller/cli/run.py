@@ -31,7 +31,7 @@ from tiller import STARTED, timeline
 from tiller.cli import placement
 from tiller.cli.common import DETERMINISTIC_EXITS, DryRun, Overrides, resolve, run_or_explain
 from tiller.cli.preflight import check_before_start, check_prompts, check_setup
-from tiller.config import Config, dump_config
+from tiller.config import Config, ConfigError, dump_config
 from tiller.timeline import STARTED_ENV
 
 
@@ -136,6 +136,11 @@ def _placement(cfg: Config) -> list[placement.Slot]:
         actors, why = placement.auto_actors(rc.actors, len(os.sched_getaffinity(0)))
         if why:
             typer.echo(f"placement: {why}")
+    available = os.sched_getaffinity(0)
+    absent = sorted({c for cores in rc.cores.values() for c in cores} - available) if rc.placement == "manual" else []
+    if absent:  # the machine, not the file: known only here
+        raise ConfigError(f"run.cores: core {', '.join(map(str, absent))} is not available to this process "
+                          f"(it may use {', '.join(map(str, sorted(available)))})")
     slots = placement.plan(
         actors, rc.judges, heavy_judges=cfg.judge.kind != "rule",  # a model in the judge needs cores
         gpus=gpus, manual=rc.cores if rc.placement == "manual" else None,

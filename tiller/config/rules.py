@@ -112,6 +112,26 @@ def _check_lora(cfg: Config) -> None:
                           "one of the two", ("model.lora.r",))
 
 
+def _check_manual_cores(cfg: Config) -> None:
+    """`run.placement: manual` needs a core list for every process `tiller run` starts (learner, actor0..,
+    judge0..) and no entry that names none of them (a typo would leave a process unpinned)."""
+    run = cfg.run
+    if run.placement != "manual":
+        return
+    names = ["learner", *(f"actor{i}" for i in range(run.actors)), *(f"judge{i}" for i in range(run.judges))]
+    missing = [n for n in names if not run.cores.get(n)]
+    if missing:
+        raise ConfigError(f"run.cores: no cores given for {', '.join(missing)} (placement: manual needs one list "
+                          f"per process: {', '.join(names)})", ("run.placement", "run.actors", "run.judges"))
+    unknown = sorted(set(run.cores) - set(names))
+    if unknown:
+        raise ConfigError(f"run.cores: {', '.join(unknown)}: no such process (run.actors {run.actors}, run.judges "
+                          f"{run.judges} start {', '.join(names)})", ("run.actors", "run.judges"))
+    bad = sorted({c for cores in run.cores.values() for c in cores if c < 0})
+    if bad:
+        raise ConfigError(f"run.cores: core ids are at least 0, not {bad}")
+
+
 def check_combination(cfg: Config) -> Config:
     """Rules that span sections; each error names its first key, and passes the others it depends on."""
     cfg = resolve_pg(cfg)
@@ -120,6 +140,7 @@ def check_combination(cfg: Config) -> Config:
         _check_policy_gradient(cfg)
     _check_learner(cfg)
     _check_judge(cfg)
+    _check_manual_cores(cfg)
     if cfg.rollout.max_new_tokens >= cfg.rollout.max_model_len:
         raise ConfigError(f"rollout.max_new_tokens: {cfg.rollout.max_new_tokens} leaves no room for a prompt in "
                           f"rollout.max_model_len {cfg.rollout.max_model_len}", ("rollout.max_model_len",))
