@@ -108,6 +108,35 @@ def test_placement_auto_starts_no_more_actors_than_cores_left_for_them():
     assert auto_actors(3, cores=1)[0] == 1  # never none
 
 
+def test_the_learner_is_lent_the_actors_cores_only_where_none_is_shared():
+    from tiller.cli.placement import lend_actor_cores
+
+    slots = lend_actor_cores(plan(actors=1, judges=1, heavy_judges=False, cores=[0, 1]))
+    learner = slots[0]
+    assert (learner.role, learner.cores, learner.lent, learner.affinity) == ("learner", (0,), (1,), {0, 1})
+    assert learner.env()["TILLER_LENT_CORES"] == "1" and learner.env()["OMP_NUM_THREADS"] == "1"
+    assert "and cores 1 while no actor is generating" in describe(slots)
+    assert all(not s.lent for s in slots[1:]) and "TILLER_LENT_CORES" not in slots[1].env()
+    shared = lend_actor_cores(plan(actors=2, judges=1, heavy_judges=False, cores=[0, 1]))
+    assert shared[0].lent == ()  # two actors share core 1 already: no third process there
+    wide = lend_actor_cores(plan(actors=2, judges=1, heavy_judges=False, cores=[0, 1, 2, 3, 4]))
+    assert wide[0].cores == (0, 3) and wide[0].lent == (1, 2, 4)  # every actor's cores
+
+
+def test_the_core_lender_widens_torch_threads_only_while_no_actor_generates():
+    from tiller.learner.core_lending import CoreLender
+
+    generating, set_to = [1], []
+    lender = CoreLender(own=1, lendable=2, generating=lambda: generating[0], set_threads=set_to.append)
+    assert lender.adjust() == 1 and set_to == []  # an actor is generating: the learner's own core only
+    generating[0] = 0
+    assert lender.adjust() == 3 and lender.adjust() == 3 and set_to == [3]  # set once, not on every pass
+    generating[0] = 2
+    assert lender.adjust() == 1 and set_to == [3, 1]
+    m = lender.step_metrics()
+    assert 1.0 <= m["learner/threads"] <= 3.0 and m["learner/thread_switches"] == 2
+
+
 def test_placement_manual_and_gpu():
     manual = plan(1, 1, False, cores=[0, 1], manual={"learner": [0], "actor0": [1], "judge0": [1]})
     assert [s.cores for s in manual] == [(0,), (1,), (1,)]

@@ -21,6 +21,12 @@ LearnerAddress = Annotated[
 ]
 
 CORES_ENV = "TILLER_CORES"  # set by `tiller run` for each child process
+LENT_ENV = "TILLER_LENT_CORES"  # the learner's: actors' cores it may train on while they wait (placement.py)
+
+
+def lent_cores() -> list[int]:
+    text = os.environ.get(LENT_ENV, "")
+    return [int(c) for c in text.split(",") if c]
 STANDALONE = False  # True when this process was started as `tiller ...` (tiller.cli.main), not invoked in-process
 
 
@@ -98,13 +104,14 @@ def prepare_and_run(run, check: Callable[[Config], None], cfg: Config):
 
 
 def setup_process(role: str) -> list[int] | None:
-    """Logging, plus the pinning `tiller run` planned (TILLER_CORES): OS affinity and torch threads."""
+    """Logging, plus the pinning `tiller run` planned (TILLER_CORES): OS affinity and torch threads. A
+    learner lent the actors' cores (TILLER_LENT_CORES) may run on them too; its threads start at its own."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s")
     cores_text = os.environ.get(CORES_ENV)
     if not cores_text:
         return None
     cores = [int(c) for c in cores_text.split(",")]
-    os.sched_setaffinity(0, cores)
+    os.sched_setaffinity(0, set(cores) | set(lent_cores()))
     import torch
 
     torch.set_num_threads(len(cores))

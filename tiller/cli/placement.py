@@ -23,22 +23,43 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from tiller.cli.common import CORES_ENV, LENT_ENV
+
 
 @dataclass(frozen=True)
 class Slot:
     role: str  # "learner", "actor0", "judge0", ...
     cores: tuple[int, ...]  # empty: not pinned
     device: str | None = None  # CUDA_VISIBLE_DEVICES value on GPU machines
+    lent: tuple[int, ...] = ()  # the learner: actors' cores it may train on while no actor generates
+
+    @property
+    def affinity(self) -> set[int]:
+        return set(self.cores) | set(self.lent)
 
     def env(self) -> dict[str, str]:
         env: dict[str, str] = {}
         if self.cores:
             cpu_list = ",".join(map(str, self.cores))
-            env.update(TILLER_CORES=cpu_list, VLLM_CPU_OMP_THREADS_BIND=cpu_list,
-                       OMP_NUM_THREADS=str(len(self.cores)))
+            env.update({CORES_ENV: cpu_list, "VLLM_CPU_OMP_THREADS_BIND": cpu_list,
+                        "OMP_NUM_THREADS": str(len(self.cores))})
+        if self.lent:
+            env[LENT_ENV] = ",".join(map(str, self.lent))
         if self.device is not None:
             env["CUDA_VISIBLE_DEVICES"] = self.device
         return env
+
+
+def lend_actor_cores(slots: list[Slot]) -> list[Slot]:
+    """The learner may also run on the actors' cores (tiller/learner/core_lending.py decides when); not
+    when a core is shared already, where lending would only add a third process to it."""
+    learner = next(s for s in slots if s.role == "learner")
+    actor_cores = [c for s in slots if s.role.startswith("actor") for c in s.cores]
+    if not learner.cores or not actor_cores or len(set(actor_cores)) < len(actor_cores) \
+            or set(actor_cores) & set(learner.cores):
+        return slots
+    actor_cores = sorted(actor_cores)
+    return [Slot(s.role, s.cores, s.device, tuple(actor_cores)) if s is learner else s for s in slots]
 
 
 def auto_actors(actors: int, cores: int) -> tuple[int, str | None]:
@@ -104,7 +125,8 @@ def describe(slots: list[Slot]) -> str:
         where = f"cores {','.join(map(str, s.cores))}" if s.cores else "unpinned"
         if s.device is not None:
             where = f"cuda:{s.device}"
-        lines.append(f"  {s.role:<8} {where}")
+        lines.append(f"  {s.role:<8} {where}" + (f" (and cores {','.join(map(str, s.lent))} while no actor is "
+                                                 "generating: run.lend_actor_cores)" if s.lent else ""))
     counts: dict[int, int] = {}
     for s in slots:
         for c in s.cores:

@@ -39,7 +39,7 @@ def _spawn(slot: placement.Slot, args: list[str], log_path: Path | None, append:
     # every part measures the run's start from this command's (time/first_step_s)
     env = {**os.environ, **slot.env(), "PYTHONUNBUFFERED": "1", STARTED_ENV: os.environ.get(STARTED_ENV, str(STARTED))}
     out = log_path.open("a" if append else "w") if log_path else None
-    cores = set(slot.cores)
+    cores = slot.affinity
     return subprocess.Popen(
         [sys.executable, "-m", "tiller", *args], env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
         preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None,
@@ -145,6 +145,8 @@ def _placement(cfg: Config) -> list[placement.Slot]:
         actors, rc.judges, heavy_judges=cfg.judge.kind != "rule",  # a model in the judge needs cores
         gpus=gpus, manual=rc.cores if rc.placement == "manual" else None,
     ) if rc.placement != "off" else [placement.Slot(r, ()) for r in placement.roles(actors, rc.judges)]
+    if rc.lend_actor_cores and gpus == 0 and rc.placement != "off":
+        slots = placement.lend_actor_cores(slots)
     typer.echo(placement.describe(slots))
     return slots
 

@@ -232,6 +232,9 @@ class RunConfig:
     timeout_s: float | None = ranged(None, at_least=0)
     # per actor or judge: a worker that dies is started again, up to this many times
     max_restarts: int = ranged(5, at_least=0)
+    # CPU, placement auto or manual: the learner also trains on the actors' cores while no actor is
+    # generating (actors waiting for credit leave them idle when training is the bottleneck)
+    lend_actor_cores: bool = True
     # wait before the first restart; doubles with each (at most 60 s)
     restart_backoff_s: float = ranged(1.0, at_least=0)
     # a worker that ran this long before it died was healthy: its restart count starts again from 0, and

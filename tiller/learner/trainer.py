@@ -74,6 +74,9 @@ class PolicyTrainer:
                                      lc.max_nonfinite_steps, name="critic", setting=SETTING,
                                      gradient_checkpointing=lc.gradient_checkpointing)
         self.critic = self.value.engine if self.value is not None else None
+        # called before every policy and reference forward: the core lender widens or narrows torch's
+        # threads there (tiller/learner/core_lending.py); nothing by default
+        self.before_forward: Callable[[], object] = lambda: None
         self.critic_guard = self.value.guard if self.value is not None else None  # every critic step, if any
         print(f"learner: policy on {self.device} in {self.precision}"
               f"{f', LoRA rank {cfg.model.lora.r} (actors get merged weights)' if cfg.model.lora.r else ''}"
@@ -86,6 +89,7 @@ class PolicyTrainer:
                            temperature: float = 1.0) -> torch.Tensor:
         """[N, T-1] log-probs of the taken tokens under the frozen reference, on the policy's device."""
         device = self.reference_device
+        self.before_forward()
         with torch.no_grad():
             logits = self.reference(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
             logp, _ = taken_logprobs(logits, input_ids.to(device), mask.to(device), temperature,
@@ -95,6 +99,7 @@ class PolicyTrainer:
     def policy_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor,
                         temperature: float = 1.0, with_entropy: bool = False):
         """(log-probs [N, T-1], entropy or None) of the taken tokens under the policy being trained."""
+        self.before_forward()
         logits = self.engine(input_ids=input_ids, attention_mask=attention_mask).logits
         return taken_logprobs(logits, input_ids, mask, temperature, with_entropy,
                               chunk_bytes=self.cfg.learner.logprob_chunk_mb << 20)
