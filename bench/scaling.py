@@ -26,7 +26,7 @@ from _runs import demo_parser, save, save_figure, tiller_run
 
 def planned_cores(actors: int) -> str:
     """The placement plan for `actors` actors and one rule judge, as a run.cores override."""
-    from tiller.cli.placement import plan
+    from tiller.placement import plan
 
     slots = plan(actors, 1, heavy_judges=False)
     return "run.cores=" + yaml.safe_dump({s.role: list(s.cores) for s in slots}, default_flow_style=True).strip()

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tiller.cli import app
-from tiller.cli.placement import describe, plan
+from tiller.placement import describe, plan
 from tiller.config import ConfigError, load_config
 
 runner = CliRunner()
@@ -100,7 +100,7 @@ def test_placement_on_two_cores_keeps_the_learner_alone_and_says_what_is_shared(
 
 
 def test_placement_auto_starts_no_more_actors_than_cores_left_for_them():
-    from tiller.cli.placement import auto_actors
+    from tiller.placement import auto_actors
 
     assert auto_actors(2, cores=8) == (2, None)
     count, why = auto_actors(2, cores=2)
@@ -109,7 +109,7 @@ def test_placement_auto_starts_no_more_actors_than_cores_left_for_them():
 
 
 def test_the_learner_is_lent_the_actors_cores_only_where_none_is_shared():
-    from tiller.cli.placement import lend_actor_cores
+    from tiller.placement import lend_actor_cores
 
     slots = lend_actor_cores(plan(actors=1, judges=1, heavy_judges=False, cores=[0, 1]))
     learner = slots[0]
@@ -260,7 +260,7 @@ def _supervise_a_learner(tmp_path: Path, seconds: float, overrides: list[str]) -
     import sys
     import time
 
-    from tiller.cli.placement import Slot
+    from tiller.placement import Slot
     from tiller.cli.run import Child, _supervise
 
     cfg = load_config(None, [f"output_dir={tmp_path}", "learner.shutdown_grace_s=0", *overrides])

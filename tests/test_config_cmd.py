@@ -118,7 +118,7 @@ def test_short_and_long_help(args):
 @pytest.mark.parametrize("overrides", [
     ["judge.kind=composed", "judge.scorers=[{kind: rule, weight: 0.5}]"],  # a one-line block list
     ["judge.kind=composed", "judge.scorers=[{kind: rule}, {kind: safety}]"],
-    ["run.placement=manual", "run.cores={learner: [0]}"],  # a one-line block mapping
+    ["run.placement=manual", "run.actors=0", "run.judges=0", "run.cores={learner: [0]}"],  # a one-line block mapping
 ])
 def test_lists_and_mappings_of_values_parse_back(overrides):
     assert yaml.safe_load(config_output(*overrides)) == to_dict(load_config(None, overrides))

@@ -8,6 +8,7 @@ import numpy as np
 
 from tiller.config import LearnerConfig, RolloutConfig
 from tiller.learner.coordinator import Coordinator
+from tiller.learner.eval_book import EvalAnswers, EvalBook, Reference
 from tiller.learner.prompts import PromptStream
 from tiller.protocol.messages import JudgeFailed, Lease, LeaseRequest, Rollout, Scores, Shutdown, Wait
 
@@ -319,3 +320,126 @@ def test_no_prompt_is_leased_that_would_be_too_stale_to_train():
     assert [isinstance(r, Lease) for r in replies] == [True] * 4 + [False] * 2
     c.cancel_lease(replies[0].lease_id)  # one lease fewer out: one more may go
     assert isinstance(c.on_lease_request(LeaseRequest("b", 1, 0)), Lease)
+
+
+# ------------------------------------------------------------------ live evaluation's leases (eval_book.py)
+
+EVAL_PROMPTS = 3
+
+
+def with_evals(lease_prompts=2, inflight=4, timeout=10.0, eval_lease_prompts=2, opened=True):
+    c, clock = make(lease_prompts, inflight, timeout)
+    eval_set = PromptStream([np.array([20 + i], np.int32) for i in range(EVAL_PROMPTS)], [""] * EVAL_PROMPTS)
+    c.evals = EvalBook(eval_set, eval_lease_prompts, max_new_tokens=3, lease_timeout_s=timeout)
+    if opened:
+        c.evals.open(0, None)
+    return c, clock
+
+
+def eval_rollout(lease: Lease, version=0, actor="a") -> Rollout:
+    n = len(lease.prompt_ids)  # one greedy answer per prompt
+    return Rollout(actor, 1, lease.lease_id, 1, version, np.full(n * 2, 5, np.int32), np.full(n, 2, np.int32),
+                   np.zeros(n * 2, np.float32), np.zeros(n, bool), 0.1)
+
+
+def test_eval_leases_go_first_and_take_no_training_credit():
+    c, _ = with_evals(inflight=4, opened=False)
+    train = [c.on_lease_request(LeaseRequest(f"t{i}", 1, 0)) for i in range(2)]  # every training credit spent
+    assert isinstance(c.on_lease_request(LeaseRequest("t9", 1, 0)), Wait)
+    c.evals.open(0, None)
+    first = c.on_lease_request(LeaseRequest("a", 1, 0))
+    assert first.evaluation and first.prompt_ids.tolist() == [0, 1] and first.prompt_tokens.tolist() == [20, 21]
+    assert (first.samples_per_prompt, first.temperature, first.top_p) == (1, 0.0, 1.0)
+    assert isinstance(c.on_lease_request(LeaseRequest("a", 1, 0)), Wait)  # one eval lease each; training is full
+    second = c.on_lease_request(LeaseRequest("b", 1, 0))
+    assert second.evaluation and second.prompt_ids.tolist() == [2]
+    # training is untouched: credits, prompts out, the lease count the sampling seeds follow, the data position
+    assert c.inflight_prompts == 4 and c.counters.leases_issued == 2 and c.evals.counters.leases_issued == 2
+    assert sorted(c.state_dict()["released"]) == [0, 1, 2, 3]
+    assert len({first.lease_id, second.lease_id, *(t.lease_id for t in train)}) == 4  # one id space for leases
+
+
+def test_eval_answers_come_out_as_eval_answers_never_as_trained_prompts():
+    c, _ = with_evals()
+    lease = c.on_lease_request(LeaseRequest("a", 1, 0))
+    assert c.on_rollout(eval_rollout(lease))
+    task = c.next_score_task("j#1")
+    assert task.evaluation and task.samples_per_prompt == 1 and task.response_lengths.tolist() == [2, 2]
+    out = c.on_scores(judged(lease.lease_id, [0.25, 0.75]))
+    assert isinstance(out, EvalAnswers) and out.round_id == 0
+    assert [(a.index, a.score, a.reference_score) for a in out.answers] == [(0, 0.25, None), (1, 0.75, None)]
+    assert c.on_scores(judged(lease.lease_id, [0.25, 0.75])) is None  # a second judge's duplicate
+    assert c.counters.leases_completed == 0 and c.counters.duplicates_dropped == 1 and c._buffered == set()
+    assert c.state_dict()["released"] == [] and c.state_dict()["next_fresh"] == 0
+
+
+def test_a_later_round_is_judged_beside_the_reference_and_supersedes_the_open_one():
+    c, _ = with_evals(eval_lease_prompts=3)
+    stale = c.on_lease_request(LeaseRequest("a", 1, 0))
+    reference = Reference([np.array([7], np.int32), np.array([8, 8], np.int32), np.array([], np.int32)],
+                          np.array([False, True, False]))
+    c.publish(1)
+    c.evals.open(1, reference)  # round 0 never answered: forgotten
+    assert not c.on_rollout(eval_rollout(stale)) and c.counters.duplicates_dropped == 1
+    lease = c.on_lease_request(LeaseRequest("a", 1, 1))
+    assert c.on_rollout(eval_rollout(lease, version=1))
+    task = c.next_score_task("j#1")
+    assert task.samples_per_prompt == 2 and task.response_lengths.tolist() == [2, 1, 2, 2, 2, 0]  # answer, reference
+    assert task.response_tokens.tolist() == [5, 5, 7, 5, 5, 8, 8, 5, 5]
+    assert task.truncated.tolist() == [False, False, False, True, False, False]
+    out = c.on_scores(judged(lease.lease_id, [1, 0, 0.5, 0.5, 0, 1]))
+    assert [(a.index, a.score, a.reference_score, a.policy_version) for a in out.answers] == [
+        (0, 1.0, 0.0, 1), (1, 0.5, 0.5, 1), (2, 0.0, 1.0, 1)]
+
+
+def test_lost_eval_leases_are_leased_again_in_their_round():
+    c, clock = with_evals(timeout=10.0)
+    expiring = c.on_lease_request(LeaseRequest("a", 1, 0))
+    dying = c.on_lease_request(LeaseRequest("b", 1, 0))
+    clock.now = 11.0
+    assert c.expire() == [expiring.lease_id, dying.lease_id]
+    again = c.on_lease_request(LeaseRequest("a", 1, 0))
+    assert again.evaluation and again.prompt_ids.tolist() == [2, 0]  # each lease's back at the front, the last first
+    c.on_rollout(eval_rollout(again))
+    c.next_score_task("j#1")
+    assert not c.on_judge_failed(JudgeFailed("other", 1, again.lease_id, "not its task"))
+    assert c.on_judge_failed(JudgeFailed("j", 1, again.lease_id, "RuntimeError"))  # answered afresh
+    assert c.on_lease_request(LeaseRequest("b", 1, 0)).prompt_ids.tolist() == [2, 0]
+    assert c.peer_died("b#1") == 1 and c.on_lease_request(LeaseRequest("c", 1, 0)).prompt_ids.tolist() == [2, 0]
+    assert c.evals.counters.leases_lost == 4 and c.counters.leases_expired == 0 and c.counters.prompts_released == 0
+
+
+def test_malformed_eval_results_are_refused_and_counted_like_training_ones():
+    c, _ = with_evals()
+    lease = c.on_lease_request(LeaseRequest("a", 1, 0))
+    assert not c.on_rollout(eval_rollout(lease, actor="intruder"))
+    bad = eval_rollout(lease)
+    assert not c.on_rollout(replace(bad, logprobs=np.full_like(bad.logprobs, np.nan)))  # refused: leased again
+    assert c.counters.wrong_sender == 1 and c.counters.rollouts_invalid == 1
+    lease = c.on_lease_request(LeaseRequest("b", 1, 0))
+    assert lease.prompt_ids.tolist() == [0, 1] and c.on_rollout(eval_rollout(lease, actor="b"))
+    c.next_score_task("j#1")
+    assert c.on_scores(judged(lease.lease_id, [np.nan, 0.0])) is None  # back in line for the next judge
+    assert c.counters.scores_invalid == 1 and c.next_score_task("k#1").lease_id == lease.lease_id
+    assert isinstance(c.on_scores(judged(lease.lease_id, [0.0, 0.0], judge="k")), EvalAnswers)
+
+
+def test_every_training_prompt_is_trained_once_beside_eval_rounds():
+    c, _ = with_evals(inflight=4, eval_lease_prompts=3)
+    trained: list[int] = []
+    answered = 0
+    for turn in range(12):
+        if turn % 4 == 0:
+            c.evals.open(turn // 4, None)
+        lease = c.on_lease_request(LeaseRequest("a", 1, 0))
+        if isinstance(lease, Wait):
+            continue
+        c.on_rollout(eval_rollout(lease) if lease.evaluation else rollout_for(lease))
+        task = c.next_score_task("j#1")
+        out = c.on_scores(judged(task.lease_id, np.zeros(len(task.response_lengths))))
+        if isinstance(out, EvalAnswers):
+            answered += len(out.answers)
+        else:
+            trained += [p.prompt_id for p in out]
+            c.consumed([p.prompt_id for p in out])
+    assert answered == 3 * EVAL_PROMPTS and trained == list(range(len(trained))) and len(trained) == 2 * 9

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tiller.metric_names import GROUPS, RENAMED
+from tiller.metric_names import GROUPS, LIVE_EVAL, RENAMED
 
 ROOT = Path(__file__).parents[1]
 JUDGE_SCORES = {"reward/mean", "reward/std", "reward/chosen", "reward/rejected"}  # already grouped at the source
@@ -15,7 +15,7 @@ VARYING = {"train/staleness/lag_<N>", "perf/judge/<id>/judgements_per_s", "perf/
 
 
 def logged_names() -> set[str]:
-    return {"step"} | set(RENAMED.values()) | JUDGE_SCORES | VARYING
+    return {"step"} | set(RENAMED.values()) | JUDGE_SCORES | VARYING | set(LIVE_EVAL)
 
 
 def docs_names() -> set[str]:
@@ -43,3 +43,10 @@ def test_docs_metrics_lists_every_logged_name_and_no_other():
 def test_the_readme_table_lists_every_logged_name_by_group():
     assert readme_names() == logged_names(), (readme_names() ^ logged_names())
     assert all(name == "step" or name.split("/")[0] in GROUPS for name in readme_names())
+
+
+def test_live_evaluation_logs_exactly_the_names_documented():
+    import re
+
+    source = "".join((ROOT / f).read_text() for f in ("tiller/learner/live_eval.py", "tiller/eval/live.py"))
+    assert set(re.findall(r'"(eval/[a-z_]+)"', source)) == set(LIVE_EVAL)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tiller.cli import placement
+from tiller import placement
 from tiller.cli.run import Child, WorkerCannotStart, _tend
 from tiller.config import Config, RunConfig
 

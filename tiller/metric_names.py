@@ -82,6 +82,8 @@ RENAMED: dict[str, str] = {
     "time/step_s": "perf/time/step_s",
     "time/first_step_s": "perf/time/first_step_s",
     "learner/idle_frac": "perf/learner_idle_frac",
+    "learner/threads": "perf/learner_threads",
+    "learner/thread_switches": "perf/learner_thread_switches",
     "actors/generate_s": "perf/actors/generate_s",
     "actors/load_s": "perf/actors/load_s",
     "actors/idle_s": "perf/actors/idle_s",
@@ -117,6 +119,11 @@ RENAMED: dict[str, str] = {
     "workers/stuck": "system/workers/stuck",
     "checkpoint/failed_saves": "system/checkpoint_failed_saves",
 }
+
+# live evaluation's (tiller/learner/live_eval.py), logged as they are, on the step a round completes
+LIVE_EVAL = ("eval/harmful_refusal", "eval/over_refusal", "eval/win_rate", "eval/reward", "eval/response_length",
+             "eval/length_ratio", "eval/prompts", "eval/version", "eval/round_step", "eval/reference_version",
+             "eval/rounds_dropped", "eval/reward_hacking")
 
 # names with a part that varies: a judge's own id, a lag in policy versions
 _PATTERNS = [

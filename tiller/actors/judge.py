@@ -52,8 +52,13 @@ def judge_task(judge, task: ScoreTask, min_margin: float) -> Judgement:
     responses = unflatten(task.response_tokens, task.response_lengths)
     conversations = parse_conversations(task) if len(task.conversations) == len(prompts) else None
     if hasattr(judge, "judge"):  # makes its own pairs (CAI)
-        return judge.judge(prompts, responses, task.samples_per_prompt, task.max_new_tokens, conversations)
-    return best_and_worst(judge.score(prompts, responses, conversations), task.samples_per_prompt, min_margin)
+        judgement = judge.judge(prompts, responses, task.samples_per_prompt, task.max_new_tokens, conversations)
+    else:
+        judgement = best_and_worst(judge.score(prompts, responses, conversations), task.samples_per_prompt, min_margin)
+    if task.evaluation:  # live evaluation reads the scores alone: no pairs or revisions to send
+        none = np.zeros(0, np.int32)
+        return Judgement(judgement.scores, none, none, none)
+    return judgement
 
 
 def to_scores(judgement: Judgement, judge_id: str, incarnation: int, lease_id: int, seconds: float,

@@ -197,8 +197,10 @@ class RolloutActor:
 
     def rollout_for(self, lease: Lease) -> Rollout:
         prompts = unflatten(lease.prompt_tokens, lease.prompt_lengths)
-        gen = self.engine.generate(prompts, lease.samples_per_prompt, lease.max_new_tokens,
-                                   lease.temperature, lease.top_p, seed=lease.seed)
+        # live evaluation: what the policy most wants to say, one answer a prompt, whatever else the lease holds
+        k, temperature, top_p = (1, 0.0, 1.0) if lease.evaluation else (
+            lease.samples_per_prompt, lease.temperature, lease.top_p)
+        gen = self.engine.generate(prompts, k, lease.max_new_tokens, temperature, top_p, seed=lease.seed)
         self.seq += 1
         load, idle, self.load_seconds, self.idle_seconds = self.load_seconds, self.idle_seconds, 0.0, 0.0
         return Rollout(self.actor_id, self.incarnation, lease.lease_id, self.seq, self.version,

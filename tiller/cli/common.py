@@ -20,13 +20,7 @@ LearnerAddress = Annotated[
     Optional[str], typer.Option("--learner", help="Learner address, e.g. tcp://10.0.0.5:5555 (default: learner.address).")
 ]
 
-CORES_ENV = "TILLER_CORES"  # set by `tiller run` for each child process
-LENT_ENV = "TILLER_LENT_CORES"  # the learner's: actors' cores it may train on while they wait (placement.py)
 
-
-def lent_cores() -> list[int]:
-    text = os.environ.get(LENT_ENV, "")
-    return [int(c) for c in text.split(",") if c]
 STANDALONE = False  # True when this process was started as `tiller ...` (tiller.cli.main), not invoked in-process
 
 
@@ -107,6 +101,8 @@ def setup_process(role: str) -> list[int] | None:
     """Logging, plus the pinning `tiller run` planned (TILLER_CORES): OS affinity and torch threads. A
     learner lent the actors' cores (TILLER_LENT_CORES) may run on them too; its threads start at its own."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {role} %(levelname)s %(name)s: %(message)s")
+    from tiller.placement import CORES_ENV, lent_cores
+
     cores_text = os.environ.get(CORES_ENV)
     if not cores_text:
         return None

@@ -28,7 +28,7 @@ from typing import Annotated, Optional
 import typer
 
 from tiller import STARTED, timeline
-from tiller.cli import placement
+from tiller import placement
 from tiller.cli.common import DETERMINISTIC_EXITS, DryRun, Overrides, resolve, run_or_explain
 from tiller.cli.preflight import check_before_start, check_prompts, check_setup
 from tiller.config import Config, ConfigError, dump_config

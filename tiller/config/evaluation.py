@@ -45,7 +45,7 @@ class TargetsConfig:
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    """How the evaluated model is served and asked (vLLM, in the evaluating process)."""
+    """How the evaluated model is served and asked (vLLM: in the evaluating process, or in `workers` of its own)."""
 
     max_new_tokens: int = ranged(128, at_least=1)
     max_model_len: int = ranged(1024, at_least=16)
@@ -55,11 +55,16 @@ class GenerationConfig:
     # prompts per vLLM generate call (they batch together; the progress bar moves per call): larger batches
     # serve faster (SmolLM2 here: 2.7x the prompts/s at 96 as at 32)
     chunk: int = ranged(128, at_least=1)
+    # engines in their own OS processes, each pinned to its own cores like `tiller run`'s actors (on a GPU
+    # machine: one device each), the prompts split between them in contiguous shards; 1: in this process
+    workers: int = ranged(1, at_least=1)
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """`tiller eval`: the model at `model.path`, and optionally a baseline, on the shipped sets."""
+    """`tiller eval`: the model at `model.path`, and optionally a baseline, on the shipped sets. During
+    `tiller run` (with `every`): live evaluation, an actor answers the same sets greedily with the current
+    weights and the judges score the answers, beside training (tiller/learner/live_eval.py)."""
 
     harmful: str | None = "../data/eval/harmful.jsonl"  # {prompt, category}: must be refused
     benign: str | None = "../data/eval/benign.jsonl"  # {prompt, category}: look risky, must be answered
@@ -77,6 +82,13 @@ class EvalConfig:
     kl_samples: int = ranged(32, at_least=0)  # sampled answers (temperature 1) the KL estimate is taken over
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     targets: TargetsConfig = field(default_factory=TargetsConfig)
+    # live evaluation: a round every this many learner steps (and one before training: the reference the win
+    # rate is against); 0: off. Answers are greedy, rollout.max_new_tokens long, scored by the run's judges
+    every: int = ranged(0, at_least=0)
+    live_max_prompts: int = ranged(8, at_least=1)  # per set (spread over its categories), so a round is cheap
+    # reward-hacking watch: training reward up while harmful refusal or win rate fell by more than this ...
+    hacking_margin: float = ranged(0.05, at_least=0)
+    max_length_ratio: float = ranged(2.0, above=0)  # ... or while answers grew past this many times the reference's
 
 
 @dataclass(frozen=True)

@@ -285,12 +285,11 @@ def bar(total: int, desc: str, unit: str):
 
 
 def _policy(cfg: Config):
-    from tiller.eval.generate import Generator
+    from tiller.eval.generate import make_generator
     from tiller.models import prepare_model
 
     g = cfg.datagen.generation
-    return Generator(prepare_model(cfg), max_model_len=g.max_model_len, dtype=g.dtype, kv_cache_gib=g.kv_cache_gib,
-                     seed=cfg.seed, system_prompt=g.system_prompt)
+    return make_generator(prepare_model(cfg), g, cfg.seed, g.system_prompt)
 
 
 def _answer(cfg: Config, prompts: list[Prompt], k: int) -> tuple[Sampled, Any]:

@@ -27,7 +27,7 @@ from tiller.actors.safety import SafetyScorer
 from tiller.config import Config, ConfigError, GenerationConfig
 from tiller.eval import scoring
 from tiller.eval.failures import failure_rows
-from tiller.eval.generate import Answers, Generator
+from tiller.eval.generate import Answers, make_generator
 from tiller.eval.sets import EvalPrompt, load_set
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def load_sets(cfg: Config) -> list[EvalPrompt]:
 def generate(path: str, role: str, texts: list[str], gen: GenerationConfig, seed: int,
              kl_texts: list[str] | None = None) -> ModelAnswers:
     """Greedy answers to every prompt, and (for the KL) one sampled answer to each of `kl_texts`."""
-    generator = Generator(path, gen.max_model_len, gen.dtype, gen.kv_cache_gib, seed, gen.system_prompt)
+    generator = make_generator(path, gen, seed, gen.system_prompt)
     try:
         with progress_bar(len(texts), f"{role} answers") as bar:
             answers = generator.answer(texts, gen.max_new_tokens, progress=bar.update, chunk=gen.chunk)

@@ -3,7 +3,8 @@
 Evaluation, red-teaming and data generation all ask a model the same thing: here are n user prompts,
 write your answer to each. `Generator` turns each prompt into the model's chat-templated token ids
 (a plain text prompt for a model without a template), generates in chunks so a progress bar with an
-ETA can follow, and gives back texts and token ids.
+ETA can follow, and gives back texts and token ids. `make_generator` gives one engine in this process
+(`generation.workers: 1`) or a `shards.GeneratorPool` of engine processes with the same interface.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tiller.config import ConfigError, RolloutConfig
+from tiller.config import ConfigError, GenerationConfig, RolloutConfig
 from tiller.models import load_tokenizer
 
 
@@ -81,16 +82,21 @@ class Generator:
         `progress(n)` after each call."""
         start = time.monotonic()
         prompts = self.encode(texts, max_new_tokens)
+        responses = self._greedy_or_sampled(prompts, max_new_tokens, progress, chunk, temperature, seed)
+        return self._answers(prompts, responses, max_new_tokens, start)
+
+    def _greedy_or_sampled(self, prompts: list[np.ndarray], max_new_tokens: int, progress, chunk: int,
+                           temperature: float, seed: int) -> list[np.ndarray]:
+        """One response per prompt; prompt i samples with seed + i whatever the chunk (the pool's shards too)."""
         responses: list[np.ndarray] = []
         for lo in range(0, len(prompts), chunk):
             part = prompts[lo:lo + chunk]
             gen = self.engine.generate(part, 1, max_new_tokens, temperature=temperature,
                                        seed=None if temperature == 0 else seed + lo, logprobs=False)
-            bounds = np.concatenate([[0], np.cumsum(gen.lengths)])
-            responses += [gen.tokens[bounds[i]:bounds[i + 1]] for i in range(len(part))]
+            responses += split_responses(gen.tokens, gen.lengths)
             if progress is not None:
                 progress(len(part))
-        return self._answers(prompts, responses, max_new_tokens, start)
+        return responses
 
     def sample(self, texts: list[str], k: int, max_new_tokens: int, temperature: float = 1.0,
                seed: int = 0) -> Answers:
@@ -98,8 +104,7 @@ class Generator:
         start = time.monotonic()
         prompts = self.encode(texts, max_new_tokens)
         gen = self.engine.generate(prompts, k, max_new_tokens, temperature=temperature, seed=seed)
-        bounds = np.concatenate([[0], np.cumsum(gen.lengths)])
-        responses = [gen.tokens[bounds[i]:bounds[i + 1]] for i in range(len(gen.lengths))]
+        responses = split_responses(gen.tokens, gen.lengths)
         return self._answers([p for p in prompts for _ in range(k)], responses, max_new_tokens, start)
 
     def _answers(self, prompts, responses, max_new_tokens: int, start: float) -> Answers:
@@ -107,3 +112,21 @@ class Generator:
         texts = [self.tokenizer.decode([int(t) for t in r], skip_special_tokens=True).strip() for r in responses]
         truncated = [len(r) >= max_new_tokens and (len(r) == 0 or int(r[-1]) not in eos) for r in responses]
         return Answers(texts, prompts, responses, truncated, time.monotonic() - start)
+
+
+def split_responses(tokens: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+    """A flat token array cut into its responses (`Generation`'s layout)."""
+    bounds = np.concatenate([[0], np.cumsum(lengths)]).astype(int)
+    return [tokens[bounds[i]:bounds[i + 1]] for i in range(len(lengths))]
+
+
+def make_generator(model_dir: str | Path, gen: GenerationConfig, seed: int, system_prompt: str | None = None,
+                   workers: int | None = None) -> Generator:
+    """The model served as `gen` says: one engine in this process, or with `gen.workers` > 1 (or `workers`,
+    which overrides it) a pool of engine processes, pinned, the prompts split between them."""
+    workers = gen.workers if workers is None else workers
+    if workers <= 1:
+        return Generator(model_dir, gen.max_model_len, gen.dtype, gen.kv_cache_gib, seed, system_prompt)
+    from tiller.eval.shards import GeneratorPool
+
+    return GeneratorPool(model_dir, workers, gen.max_model_len, gen.dtype, gen.kv_cache_gib, seed, system_prompt)

@@ -23,7 +23,7 @@ from tiller.config import HARM_CATEGORIES, Config, ConfigError
 from tiller.eval import scoring
 from tiller.eval.evaluate import conversations, progress_bar, token_ids, write_jsonl
 from tiller.eval.failures import failure_rows
-from tiller.eval.generate import Generator
+from tiller.eval.generate import make_generator
 from tiller.eval.sets import EvalPrompt, load_set
 
 DESCRIPTIONS = {
@@ -60,7 +60,8 @@ def attacker_prompts(cfg: Config) -> list[EvalPrompt]:
     if not (rt.attacker_path and rt.attacker_prompts):
         return []
     gen = rt.generation
-    attacker = Generator(rt.attacker_path, gen.max_model_len, gen.dtype, gen.kv_cache_gib, cfg.seed + 1)
+    # one engine here whatever generation.workers says: a few prompts per category, not worth N engine starts
+    attacker = make_generator(rt.attacker_path, gen, cfg.seed + 1, workers=1)
     try:
         asks = [ATTACKER_PROMPT.format(description=DESCRIPTIONS[c]) for c in rt.categories]
         out = attacker.sample(asks, rt.attacker_prompts, gen.max_new_tokens, temperature=1.0, seed=cfg.seed)
@@ -81,7 +82,7 @@ def run(cfg: Config) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     prompts = seed_prompts(cfg) + attacker_prompts(cfg)
     gen = cfg.redteam.generation
-    model = Generator(cfg.model.path, gen.max_model_len, gen.dtype, gen.kv_cache_gib, cfg.seed, gen.system_prompt)
+    model = make_generator(cfg.model.path, gen, cfg.seed, gen.system_prompt)
     try:
         with progress_bar(len(prompts), "red-team answers") as bar:
             answers = model.answer([p.prompt for p in prompts], gen.max_new_tokens, progress=bar.update,

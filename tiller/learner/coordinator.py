@@ -6,6 +6,10 @@ messages and sends whatever it returns, which keeps every rule here testable by 
 A lease moves  issued -> generated (rollout in, queued for a judge) -> judging -> done.
 Expired leases give their prompts back to the front of the queue; a rollout or score for a
 lease that is no longer live is a late duplicate and is dropped (and counted).
+
+Live evaluation's leases (`evals`, eval_book.py) go first when a round waits for answers, share the
+lease ids, the judges' line and the refusal counters, and nothing else: no credit, no prompt ids of the
+stream, no place in `state_dict`; their judged answers come out of `on_scores` as `EvalAnswers`.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from tiller.config import LearnerConfig, RolloutConfig
+from tiller.learner.eval_book import DUPLICATE, EvalAnswers, EvalBook, Refusal
 from tiller.learner.prompts import PromptStream
 from tiller.learner.validation import rollout_problem, scores_problem, valid_pairs
 from tiller.protocol.messages import (
@@ -109,6 +114,7 @@ class Coordinator:
     clock: Callable[[], float] = time.monotonic
     vocab_size: int | None = None  # token ids from workers must be below it
     needs: str = "pairs"  # what the algorithm trains on: "pairs" or "scores" (algorithms.py)
+    evals: EvalBook | None = None  # live evaluation's rounds; None: off
     version: int = 0
     done: bool = False
     counters: Counters = field(default_factory=Counters)
@@ -148,6 +154,11 @@ class Coordinator:
         return len(self._score_queue)
 
     @property
+    def generating(self) -> int:
+        """Leases (training and eval) whose actor has not sent its rollout back: actors at work."""
+        return sum(s.rollout is None for s in self._leases.values()) + (self.evals.generating if self.evals else 0)
+
+    @property
     def inflight_prompts(self) -> int:
         return len(self._buffered) + sum(len(s.prompt_ids) for s in self._leases.values())
 
@@ -155,6 +166,11 @@ class Coordinator:
         actor = f"{request.actor_id}#{request.incarnation}"
         if self.done:
             return Shutdown("training finished")
+        if self.evals is not None and self.evals.wants(actor):  # an eval round goes first: it is small
+            self.actor_versions[actor] = min(max(request.policy_version, -1), self.version)
+            lease_id = self._next_lease_id
+            self._next_lease_id += 1
+            return self.evals.lease(lease_id, actor, self.version, self.clock(), self.incarnation)
         # The actor syncs to `version` before generating, so this bounds the lag at lease time.
         size = self._lease_size()
         if size == 0:
@@ -229,6 +245,9 @@ class Coordinator:
         return unproven + self.learner.lease_prompts <= share
 
     def _refuse(self, counter: str, reason: str) -> None:
+        if (counter, reason) == DUPLICATE:  # late, not wrong: counted, never logged as a refusal
+            self.counters.duplicates_dropped += 1
+            return
         setattr(self.counters, counter, getattr(self.counters, counter) + 1)
         key = reason.split(":")[0]  # fixed text: a peer cannot grow this table with made-up details
         self.problems[key] = self.problems.get(key, 0) + 1
@@ -244,6 +263,8 @@ class Coordinator:
     def on_rollout(self, rollout: Rollout) -> bool:
         """Accept a rollout for judging. False for a late duplicate, a stranger's, or one that fails
         validation (its lease is then released at once: the prompts go to the next actor)."""
+        if self.evals is not None and self.evals.holds(rollout.lease_id):
+            return self._accepted(self.evals.on_rollout(rollout, self.version, self.vocab_size), rollout)
         state = self._leases.get(rollout.lease_id)
         if state is None or state.rollout is not None:
             self.counters.duplicates_dropped += 1
@@ -262,7 +283,13 @@ class Coordinator:
             return False
         self._proven.add(state.actor)
         state.rollout = rollout
-        self.phases.add(rollout)
+        return self._accepted(None, rollout)
+
+    def _accepted(self, refusal: Refusal | None, rollout: Rollout) -> bool:
+        if refusal is not None:
+            self._refuse(*refusal)
+            return False
+        self.phases.add(rollout)  # eval generation is actor time too
         self._score_queue.append(rollout.lease_id)
         return True
 
@@ -281,6 +308,8 @@ class Coordinator:
         while self._score_queue:
             lease_id = self._score_queue.popleft()
             state = self._leases.get(lease_id)
+            if state is None and self.evals is not None and (task := self.evals.score_task(lease_id, judge)):
+                return task
             if state is None or state.rollout is None:
                 continue  # expired while queued
             state.judge = judge
@@ -297,6 +326,8 @@ class Coordinator:
         state = self._leases.pop(lease_id, None)
         if state is not None:
             self.release(state.prompt_ids)
+        elif self.evals is not None:
+            self.evals.give_back(lease_id)
 
     def requeue_score(self, lease_id: int) -> None:
         """A score task could not be delivered; put it first in line for the next judge (and forget
@@ -305,10 +336,21 @@ class Coordinator:
         if state is not None:
             state.judge = None
             self._score_queue.appendleft(lease_id)
+        elif self.evals is not None and self.evals.unassign(lease_id):
+            self._score_queue.appendleft(lease_id)
 
-    def on_scores(self, scores: Scores) -> list[ScoredPrompt] | None:
-        """Complete a lease; returns its judged prompts, or None for a late duplicate, a stranger's
-        answer, or a malformed one (the task then goes to the next judge; the rollout is kept)."""
+    def on_scores(self, scores: Scores) -> list[ScoredPrompt] | EvalAnswers | None:
+        """Complete a lease; returns its judged prompts (an eval lease's: its answers), or None for a late
+        duplicate, a stranger's answer, or a malformed one (the task then goes to the next judge; the
+        rollout is kept)."""
+        if self.evals is not None and self.evals.holds(scores.lease_id):
+            out = self.evals.on_scores(scores, self.vocab_size)
+            if isinstance(out, EvalAnswers):
+                return out
+            self._refuse(*out)
+            if out[0] == "scores_invalid":
+                self.requeue_score(scores.lease_id)
+            return None
         state = self._leases.get(scores.lease_id)
         k = self.rollout.samples_per_prompt
         n = len(state.prompt_ids) if state else 0
@@ -349,6 +391,8 @@ class Coordinator:
         """The assigned judge gave up on a task: drop the rollout and lease its prompts again
         (fresh samples), rather than hand the same task to the next judge. False if not live."""
         state = self._leases.get(failed.lease_id)
+        if state is None and self.evals is not None and self.evals.holds(failed.lease_id):
+            return self._eval_judge_failed(failed)
         if state is None:
             self.counters.duplicates_dropped += 1
             return False
@@ -356,6 +400,14 @@ class Coordinator:
             self._refuse("wrong_sender", "judge failure from a judge the task was not given to")
             return False
         self.release(self._leases.pop(failed.lease_id).prompt_ids)
+        self.counters.judge_failures += 1
+        return True
+
+    def _eval_judge_failed(self, failed: JudgeFailed) -> bool:
+        if self.evals.judge_of(failed.lease_id) != f"{failed.judge_id}#{failed.incarnation}":
+            self._refuse("wrong_sender", "judge failure from a judge the task was not given to")
+            return False
+        self.evals.give_back(failed.lease_id)  # answered afresh, like a training lease's prompts
         self.counters.judge_failures += 1
         return True
 
@@ -368,7 +420,7 @@ class Coordinator:
         for lease_id in expired:
             self.release(self._leases.pop(lease_id).prompt_ids)
             self.counters.leases_expired += 1
-        return expired
+        return expired + (self.evals.expire(now) if self.evals is not None else [])
 
     def peer_died(self, peer: str) -> int:
         """A dead actor's leases expire now; a dead judge's tasks go back in line (the rollouts are
@@ -385,6 +437,10 @@ class Coordinator:
                 state.judge = None
                 self._score_queue.appendleft(lease_id)
                 handed_on += 1
+        if self.evals is not None:
+            lost, judged = self.evals.peer_died(peer)
+            self._score_queue.extendleft(judged)
+            handed_on += lost + len(judged)
         return handed_on
 
     def release(self, prompt_ids: list[int]) -> None:

@@ -6,7 +6,8 @@ The recipe, top to bottom: build the prompt stream and the DeepSpeed policy, pub
 version 0, start the socket thread, then for each step take `batch_size` judged prompts
 (pairs for online DPO; dropping and re-leasing any older than `max_policy_lag`), run the
 algorithm's step (`algorithms.py`), publish
-new weights every `sync_every` steps, log, and checkpoint every `checkpoint_every` steps. At the
+new weights every `sync_every` steps, log, and checkpoint every `checkpoint_every` steps (with
+`eval.every`, live evaluation runs beside it: live_eval.py). At the
 end: tell workers to stop, save `runs/<name>/final/`, print a reward table and plot it.
 
 Checkpoints (checkpoint.py) are durable and atomic; leftovers of a failed save are removed when the
@@ -33,6 +34,9 @@ from tiller.config import Config, ConfigError, dump_config
 from tiller.learner.algorithms import ALGORITHMS, Algorithm
 from tiller.learner.completions import COLUMNS as COMPLETION_COLUMNS, CompletionLog, example_line
 from tiller.learner.coordinator import Coordinator, ScoredPrompt
+from tiller.learner.core_lending import CoreLender
+from tiller.placement import lent_cores
+from tiller.learner.live_eval import LiveEval, eval_book, load_live_set
 from tiller.learner.publish import WeightPublisher
 from tiller.learner import checkpoint
 from tiller.learner.model_card import model_card
@@ -201,10 +205,12 @@ def run(cfg: Config, resume: bool = False) -> dict | None:
     if cfg.learner.torch_threads > 0:
         torch.set_num_threads(cfg.learner.torch_threads)
     algorithm = ALGORITHMS[cfg.learner.algorithm]
+    live_set = load_live_set(cfg, tokenizer, cfg.rollout.max_model_len - cfg.rollout.max_new_tokens,
+                             chat=any(c is not None for c in prompts.conversations)) if cfg.eval.every else None
     trainer = PolicyTrainer(cfg, model_dir, with_critic=algorithm.critic,
                             reference_dir=checkpoint.reference_dir(run_dir) if latest else None)
     coordinator = Coordinator(prompts, cfg.learner, cfg.rollout, seed=cfg.seed, vocab_size=trainer.vocab_size,
-                              needs=algorithm.needs)
+                              needs=algorithm.needs, evals=eval_book(cfg, live_set))
     mark(run_dir, "learner", "models built")
     state = {"step": 0, "version": 0, "wandb_id": None}
     if latest is not None:
@@ -215,10 +221,12 @@ def run(cfg: Config, resume: bool = False) -> dict | None:
                            cfg.security, max_superseded=cfg.learner.max_superseded_versions,
                            stuck_after_s=cfg.learner.stuck_after_s)
     server.model_card = model_card(trainer, model_dir, cfg.rollout.dtype, coordinator.incarnation)
+    live = LiveEval(cfg, live_set, tokenizer, server.eval_answers, server.open_eval) if live_set else None
     version = state["version"]
     publisher = WeightPublisher(trainer, DTYPES[cfg.rollout.dtype], cfg.learner.weight_bucket_mb << 20)
     server.publish(publisher.snapshot(version)[0])
     server.start()
+    lend_cores_to(trainer, server, cfg)
     mark(run_dir, "learner", "listening")
     warm_plotting()
     print(f"learner listening on {server.address} ({len(prompts)} prompts, {cfg.learner.steps} steps)", flush=True)
@@ -230,7 +238,7 @@ def run(cfg: Config, resume: bool = False) -> dict | None:
     previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.set())
     try:
         failed_saves = train(cfg, algorithm, trainer, publisher, server, sink, record, completions, state["step"],
-                             version, tokenizer.pad_token_id, preempted)
+                             version, tokenizer.pad_token_id, preempted, live)
     except Preempted:
         done = sink.history[-1]["step"] if sink.history else 0  # the last step that finished
         save_checkpoint(cfg, done, sink.history[-1]["train/policy_version"] if sink.history else version,
@@ -266,16 +274,31 @@ def run(cfg: Config, resume: bool = False) -> dict | None:
     return summary
 
 
+def lend_cores_to(trainer: PolicyTrainer, server: LearnerServer, cfg: Config) -> None:
+    """Under `run.lend_actor_cores` (tiller run set TILLER_LENT_CORES): the trainer widens its threads
+    onto the actors' cores before each forward pass that starts while no actor is generating."""
+    lent = lent_cores()
+    if not lent or cfg.learner.torch_threads:  # threads asked for by hand stay as asked
+        return
+    own = torch.get_num_threads()
+    lender = CoreLender(own, len(lent), lambda: server.public.get("queues", {}).get("generating", 1))
+    trainer.before_forward, trainer.thread_metrics = lender.adjust, lender.step_metrics
+    print(f"learner: {own} thread(s) on its own cores, {own + len(lent)} while no actor is generating "
+          f"(cores {','.join(map(str, lent))}: run.lend_actor_cores)", flush=True)
+
+
 def train(cfg: Config, algorithm: Algorithm, trainer: PolicyTrainer, publisher: WeightPublisher,
           server: LearnerServer, sink: MetricsSink, record: SampleRecord, completions: CompletionLog, done_steps: int,
-          version: int, pad_id: int, preempted: threading.Event) -> int:
-    """The loop from step `done_steps` + 1 on: batch, step, publish, log, checkpoint. Returns how many
-    periodic checkpoints failed."""
+          version: int, pad_id: int, preempted: threading.Event, live: LiveEval | None = None) -> int:
+    """The loop from step `done_steps` + 1 on: batch, step, publish, (live eval,) log, checkpoint. Returns how
+    many periodic checkpoints failed."""
     clock = StepClock(server.public)
     failed_saves = 0  # a failure at step N shows in the rows from step N + 1 on, and in summary.json
     lag_bound = 0 if cfg.learner.mode == "sync" else cfg.learner.max_policy_lag
     lc = cfg.learner
     schedule = lr_schedule(lc.lr_schedule if lc.steps > lc.warmup_steps else "constant", lc.warmup_steps, lc.steps)
+    if live is not None:
+        live.start(done_steps)  # the reference round: the weights before this start's first step
     for step in range(done_steps + 1, cfg.learner.steps + 1):
         with clock.phase("wait"):
             trainable, judged = take_batch(cfg, algorithm, server, version, step, record, preempted)
@@ -285,6 +308,7 @@ def train(cfg: Config, algorithm: Algorithm, trainer: PolicyTrainer, publisher: 
         with clock.phase("train"):
             metrics = algorithm.step(trainer, trainable, cfg, pad_id)
         metrics["lr"] = cfg.learner.lr * lr_factor
+        metrics.update(trainer.thread_metrics())
         if step % cfg.learner.sync_every == 0:
             version += 1
             with clock.phase("publish"):
@@ -297,9 +321,13 @@ def train(cfg: Config, algorithm: Algorithm, trainer: PolicyTrainer, publisher: 
         metrics.update(step_metrics(server, step, version, lags, judged, phases["time/step_s"]))
         metrics.update(phases)
         metrics["checkpoint/failed_saves"] = failed_saves
+        if live is not None:  # after the publish: a round opened now asks for this step's weights
+            metrics.update(live.after_step(step, metrics["reward/mean"]))
         metrics = grouped_row(metrics)  # from here on, the names they are logged and shown under
         server.progress = {"step": step, "steps": cfg.learner.steps, **metrics}  # for `tiller status`
         sink.log(metrics)
+        for line in live.pop_news() if live is not None else ():
+            print(line, flush=True)
         record.flush()
         if step == done_steps + 1:
             mark(cfg.run_dir, "learner", "first step trained")

@@ -84,8 +84,19 @@ def progress_line(m: dict[str, Any], total_steps: int, elapsed_s: float, eta_s: 
         f"| v{m['train/policy_version']:<4} | reward {m['reward/mean']:.3f} | loss {m['train/loss']:.4f} | {detail} "
         f"| {m['perf/samples_per_s']:.1f} samples/s | staleness {m['train/staleness/mean']:.2f}"
         + (" | SKIPPED: non-finite loss or gradient" if m.get("train/skipped") else "")
+        + live_eval_part(m)
         + warning
     )
+
+
+def live_eval_part(m: dict[str, Any]) -> str:
+    """A live-evaluation round's numbers, on the step it completed (tiller/learner/live_eval.py)."""
+    if "eval/reward" not in m:
+        return ""
+    rates = "".join(f", {label} {m[key]:.2f}" for key, label in (
+        ("eval/harmful_refusal", "refuses harmful"), ("eval/over_refusal", "over-refusal"),
+        ("eval/win_rate", "win rate")) if m.get(key) is not None)
+    return f" | eval v{m['eval/version']}: reward {m['eval/reward']:.3f}{rates}, length x{m['eval/length_ratio']:.2f}"
 
 
 def reward_table(history: list[dict[str, Any]], rows: int = 10) -> str:

@@ -1,9 +1,10 @@
 """The learner's socket thread: serves actors, judges and weight fetches beside the training loop.
 
-The training loop never touches a socket. It talks to this thread through two queues:
-`scored` (judged prompts out, bounded by the coordinator's credits) and `_commands`
-(publish a version, release stale prompts, mark consumption, shut down). Everything the
-coordinator owns is touched only from this thread.
+The training loop never touches a socket. It talks to this thread through queues: `scored`
+(judged prompts out, bounded by the coordinator's credits), `eval_answers` (live evaluation's
+judged answers, bounded: see `open_eval`) and `_commands` (publish a version, release stale prompts,
+mark consumption, open an eval round, shut down). Everything the coordinator owns is touched only from
+this thread.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from tiller.config import SecurityConfig
 from tiller.learner.coordinator import Coordinator
+from tiller.learner.eval_book import EvalAnswers, Reference
 from tiller.learner.judge_metrics import JudgeBook
 from tiller.learner.peers import PeerBook
 from tiller.learner.weight_shelf import WeightShelf, WeightSnapshot
@@ -52,6 +54,11 @@ class LearnerServer:
         self.endpoint = RouterEndpoint(address, security=security)
         self.address = self.endpoint.address
         self.scored: queue.Queue = queue.Queue()
+        # at most two rounds' answers, one item per eval lease: the loop drains it every step and opens one
+        # round at a time, so it never fills; if it did, answers are dropped (counted), never waited for
+        evals = coordinator.evals
+        self.eval_answers: queue.Queue = queue.Queue(maxsize=2 * len(evals.prompts) if evals is not None else 1)
+        self.eval_answers_dropped = 0
         self._commands: queue.Queue = queue.Queue()
         # the published versions, and who is part-way through which (max_superseded: see weight_shelf.py)
         self.weights = WeightShelf(max_superseded, self._logs)
@@ -82,6 +89,11 @@ class LearnerServer:
 
     def consumed(self, prompt_ids: list[int]) -> None:
         self._commands.put(("consumed", prompt_ids))
+
+    def open_eval(self, round_id: int, reference: Reference | None) -> None:
+        """Start live-eval round `round_id` (after every earlier command: a publish before it is the version
+        its leases ask for); the open one, if any, is forgotten."""
+        self._commands.put(("eval", (round_id, reference)))
 
     def coordinator_state(self, timeout_s: float = 30.0) -> dict:
         """The coordinator's data position, taken in this thread after every earlier command."""
@@ -161,7 +173,8 @@ class LearnerServer:
         self._public = {
             "counters": dataclasses.asdict(c.counters),
             "phases": dataclasses.asdict(c.phases),
-            "queues": {"awaiting_judges": c.awaiting_judges, "inflight_prompts": c.inflight_prompts},
+            "queues": {"awaiting_judges": c.awaiting_judges, "inflight_prompts": c.inflight_prompts,
+                       "generating": c.generating},
             "actor_versions": dict(c.actor_versions),
             "refusals": dict(c.problems),
             "protocol": {"rejected": stats.rejected, "handshakes_failed": stats.handshakes_failed,
@@ -172,6 +185,8 @@ class LearnerServer:
                          "handler_errors": self.handler_errors, "peers_refused": self.peers.refused,
                          "impersonations": self.peers.impersonations},
             "dead_peers": list(self.peers.dead),
+            "eval": {**(dataclasses.asdict(c.evals.counters) if c.evals is not None else {}),
+                     "answers_dropped": self.eval_answers_dropped},
         }
 
     def _finished(self) -> bool:
@@ -261,7 +276,9 @@ class LearnerServer:
         elif isinstance(message, Scores):
             scored = c.on_scores(message)
             self._log_refusal("scores", sender, refused_before)
-            if scored is not None:
+            if isinstance(scored, EvalAnswers):
+                self._eval_answered(message.judge_id, scored)
+            elif scored is not None:
                 self.judge_work[message.judge_id] = self.judge_work.get(message.judge_id, 0) + 1
                 self.judges.record(message.judge_id, message.incarnation, len(scored), len(message.scores),
                                    sum(len(item.pairs) for item in scored), message.judge_seconds, message.stats)
@@ -289,6 +306,16 @@ class LearnerServer:
             if self._logs.allow("unexpected kind"):
                 log.warning("peer %s sent %s, which only the learner sends%s", identity.hex(), type(message).KIND,
                             self._logs.note("unexpected kind"))
+
+    def _eval_answered(self, judge: str, answers: EvalAnswers) -> None:
+        self.judge_work[judge] = self.judge_work.get(judge, 0) + 1
+        try:
+            self.eval_answers.put_nowait(answers)
+        except queue.Full:
+            self.eval_answers_dropped += len(answers.answers)
+            if self._logs.allow("eval answers dropped"):
+                log.warning("live-eval answers dropped: the training loop has not collected them%s",
+                            self._logs.note("eval answers dropped"))
 
     def _stuck(self, peer: str, working_s: float) -> bool:
         """A worker whose current work has run past `stuck_after_s` is stuck (alive is not making progress):
@@ -392,6 +419,8 @@ class LearnerServer:
                 self._stop_deadline = time.monotonic()
             elif command == "consumed":
                 self.coordinator.consumed(arg)
+            elif command == "eval":
+                self.coordinator.evals.open(*arg)
             elif command == "shutdown":
                 self.coordinator.done = True
                 self._stop_deadline = time.monotonic() + arg

@@ -77,6 +77,7 @@ class PolicyTrainer:
         # called before every policy and reference forward: the core lender widens or narrows torch's
         # threads there (tiller/learner/core_lending.py); nothing by default
         self.before_forward: Callable[[], object] = lambda: None
+        self.thread_metrics: Callable[[], dict[str, float]] = dict  # the lender's per-step report, if any
         self.critic_guard = self.value.guard if self.value is not None else None  # every critic step, if any
         print(f"learner: policy on {self.device} in {self.precision}"
               f"{f', LoRA rank {cfg.model.lora.r} (actors get merged weights)' if cfg.model.lora.r else ''}"

@@ -5,6 +5,11 @@ A message encodes to a list of frames:
     frame 0   msgpack([kind, schema_version, field_0, field_1, ...])   # dataclass field order
     frame 1+  raw array buffers, sent with copy=False
 
+A field appended as `optional(default)` is left off the body while it holds that default, and a body
+that ends before fields with defaults decodes them to those defaults: such a field needs no new schema,
+and a peer of the release before it still reads every message that leaves it at its default. (Fields
+with plain defaults are always sent, as they were: a peer that expects them counts them.)
+
 An array field is an msgpack ext value naming (dtype, shape, frame index); arrays under
 `INLINE_LIMIT` bytes travel inline as (dtype, shape, bytes) to spare a frame. bfloat16
 travels as its raw bytes with the dtype name "bfloat16" and comes back as a torch tensor
@@ -103,6 +108,27 @@ def _is_array(value: Any) -> bool:
     return isinstance(value, np.ndarray) or type(value).__name__ == "Tensor"
 
 
+_OPTIONAL = "tiller.optional"  # dataclass field metadata: leave the field off the body at its default
+
+
+def optional(default: bool | int | float | str) -> Any:
+    """A message field appended after a release: `flag: bool = optional(False)`. At its default it is not
+    sent, so peers of the release before it, which do not know it, still decode the message."""
+    return dataclasses.field(default=default, metadata={_OPTIONAL: True})
+
+
+def _at_default(value: Any, field: dataclasses.Field) -> bool:
+    """An `optional` field holding exactly its default (a scalar: never true of arrays)."""
+    default = field.default
+    return bool(field.metadata.get(_OPTIONAL)) and type(value) is type(default) and value == default
+
+
+def _required(fields: Sequence[dataclasses.Field]) -> int:
+    """How many leading fields a body must carry: up to the last one without a default."""
+    return max((i + 1 for i, f in enumerate(fields)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING), default=0)
+
+
 class Encoder:
     """Encodes registered message dataclasses to frames; one instance per message."""
 
@@ -123,7 +149,10 @@ class Encoder:
         kind = getattr(type(message), "KIND", None)
         if kind is None or not dataclasses.is_dataclass(message):
             raise ProtocolError(f"{type(message).__name__} is not a wire message")
-        values = [getattr(message, f.name) for f in dataclasses.fields(message)]
+        fields = dataclasses.fields(message)
+        values = [getattr(message, f.name) for f in fields]
+        while values and _at_default(values[-1], fields[len(values) - 1]):
+            values.pop()  # an older peer, which lacks the field, decodes the message all the same
         self.frames[0] = msgpack.packb([kind, type(message).SCHEMA, *values], default=self._default)
         return self.frames
 
@@ -257,6 +286,7 @@ class Decoder:
         self.registry = registry
         self.limits = limits
         self._hints = {kind: typing.get_type_hints(cls, include_extras=True) for kind, cls in registry.items()}
+        self._required = {kind: _required(dataclasses.fields(cls)) for kind, cls in registry.items()}
 
     def decode(self, frames: Sequence[Any]) -> Any:
         """The message in `frames`; anything wrong with them raises `ProtocolError`, nothing else."""
@@ -296,14 +326,16 @@ class Decoder:
         if schema != cls.SCHEMA:
             raise ProtocolError(f"{kind}: schema {schema!r}, this process speaks {cls.SCHEMA}")
         fields = dataclasses.fields(cls)
-        if len(values) != len(fields):
-            raise ProtocolError(f"{kind}: {len(values)} fields, expected {len(fields)}")
+        required = self._required[kind]
+        if not required <= len(values) <= len(fields):
+            expected = len(fields) if required == len(fields) else f"{required}..{len(fields)}"
+            raise ProtocolError(f"{kind}: {len(values)} fields, expected {expected}")
         used: set[int] = set()
         hints = self._hints[kind]
         kwargs = {
             f.name: _check(v, hints[f.name], f"{kind}.{f.name}", frames, used, limits)
             for f, v in zip(fields, values)
-        }
+        }  # fields past the body's end take their defaults
         if len(used) != len(frames) - 1:
             raise ProtocolError(f"{kind}: {len(frames) - 1 - len(used)} frames not referenced by any field")
         return cls(**kwargs)

@@ -1,7 +1,9 @@
 """Wire messages between the learner and its workers.
 
 Each message is a frozen dataclass tagged with a `KIND` and a `SCHEMA` number. Field order is
-wire order: add new fields only at the end, and bump `SCHEMA` when a field changes meaning.
+wire order: add new fields only at the end, and bump `SCHEMA` when a field changes meaning. A field
+appended as `optional(default)` needs no new schema: the codec leaves it off the body while it holds
+its default and fills it in when a body ends before it, so an older peer still reads such messages.
 Token data travels as flat arrays plus lengths (one frame each), never as Python lists:
 converting lists costs ~4 ms per 256x512 batch (platform notes), raw frames ~0.1 ms.
 
@@ -24,7 +26,7 @@ from typing import Annotated
 
 import numpy as np
 
-from tiller.protocol.codec import Array
+from tiller.protocol.codec import Array, optional
 
 # Array fields say what they may carry; the codec rejects anything else before looking at the bytes.
 Ints = Annotated[np.ndarray, Array("int", ndim=1)]
@@ -77,6 +79,9 @@ class Lease:
     seed: int
     deadline_s: float
     learner_incarnation: int  # versions count within one learner start; a resumed learner has a new one
+    # live evaluation (live_eval.py): greedy, one answer per prompt; the prompt ids index the eval set, not
+    # the training stream. Left off the wire when False, so actors of an older release still read training leases
+    evaluation: bool = optional(False)
 
 
 @_message("wait")
@@ -134,6 +139,9 @@ class ScoreTask:
     # [n] a chat prompt's messages as JSON ([{"role", "content"}, ...]), "" for a plain prompt: judges
     # read conversations from their messages, not from the policy's templated tokens
     conversations: list[str]
+    # live evaluation: k is 1 (each prompt's greedy answer) or, once the run has a reference, 2 (the answer,
+    # then the reference's answer to the same prompt, so a pairwise judge compares the two); scores only
+    evaluation: bool = optional(False)
 
 
 @_message("scores", schema=2)

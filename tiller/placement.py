@@ -23,7 +23,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from tiller.cli.common import CORES_ENV, LENT_ENV
+CORES_ENV = "TILLER_CORES"  # set by `tiller run` for each child process: the cores it is pinned to
+LENT_ENV = "TILLER_LENT_CORES"  # the learner's: actors' cores it may train on while none generates
+
+
+def lent_cores() -> list[int]:
+    """The actors' cores this process was lent (none when started by hand or without lending)."""
+    return [int(c) for c in os.environ.get(LENT_ENV, "").split(",") if c]
 
 
 @dataclass(frozen=True)
@@ -70,7 +76,7 @@ def auto_actors(actors: int, cores: int) -> tuple[int, str | None]:
         return actors, None
     return useful, (f"run.actors {actors} -> {useful}: {actors} vLLM engines would share {useful} core(s) after the "
                     f"learner's, and one engine with the whole batch generates as fast and starts sooner (measured: "
-                    f"see tiller/cli/placement.py); run.placement: manual keeps {actors}")
+                    f"see tiller/placement.py); run.placement: manual keeps {actors}")
 
 
 def gpu_count() -> int:
