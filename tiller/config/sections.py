@@ -233,8 +233,10 @@ class RunConfig:
     # per actor or judge: a worker that dies is started again, up to this many times
     max_restarts: int = ranged(5, at_least=0)
     # CPU, placement auto or manual: the learner also trains on the actors' cores while no actor is
-    # generating (actors waiting for credit leave them idle when training is the bottleneck)
-    lend_actor_cores: bool = True
+    # generating (actors waiting for credit leave them idle when training is the bottleneck). Off by
+    # default: measured on the 2-core machine (compute-bound toy, 30 steps) it did not pay, 0.97x the
+    # pairs/s with micro-batches of 4 and 0.81x without, as the actor was idle only 12-28% of the time
+    lend_actor_cores: bool = False
     # wait before the first restart; doubles with each (at most 60 s)
     restart_backoff_s: float = ranged(1.0, at_least=0)
     # a worker that ran this long before it died was healthy: its restart count starts again from 0, and
