@@ -27,6 +27,7 @@ class FilesOnlyTrainer:
     """Writes what a checkpoint holds as small files; `full_at` makes the disk fill up partway."""
 
     critic = None
+    thread_metrics = staticmethod(dict)  # no core lender
 
     def __init__(self):
         self.full_at: int | None = None  # the step whose save runs out of space after its first file
