@@ -53,18 +53,19 @@ class Run:
     def log(self, name: str) -> str:
         return (self.tmp / f"{name}.log").read_text(errors="replace")
 
-    def wait_for_log(self, name: str, text: str, timeout_s: float = 240) -> None:
-        """Wait until `text` is in process `name`'s log; fail if the process ends first or time runs out."""
+    def wait_for_log(self, name: str, text: str, timeout_s: float = 240, start: str = "") -> None:
+        """Wait until `text` is in process `name`'s log (on a line beginning with `start`); fail if the
+        process ends first or time runs out."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if text in self.log(name):
+            if any(line.startswith(start) and text in line for line in self.log(name).splitlines()):
                 return
             assert self.procs[name].poll() is None, self.log(name)[-3000:]
             time.sleep(0.3)
         raise AssertionError(f"{name} never logged {text!r}:\n{self.log(name)[-3000:]}")
 
     def wait_for_step(self, step: int, timeout_s: float = 240) -> None:
-        self.wait_for_log("learner", f"step {step:>4} |", timeout_s)
+        self.wait_for_log("learner", f" {step}/", timeout_s, start=f"step ")
 
     def finish(self, timeout_s: float = 300) -> dict:
         try:

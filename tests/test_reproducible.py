@@ -16,7 +16,8 @@ import pytest
 pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[cpu]')")
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parents[1]
-KEYS = ("step", "policy_version", "reward/mean", "response_length/mean", "loss", "kl/sequence", "rewards/margin")
+KEYS = ("step", "train/policy_version", "reward/mean", "train/response_length", "train/loss", "objective/kl/sequence",
+        "objective/implicit_reward/margin")
 
 
 def sync_run(tmp_path: Path, name: str, seed: int, model_dir: Path) -> tuple[list[tuple], list[tuple]]:
@@ -30,9 +31,9 @@ def sync_run(tmp_path: Path, name: str, seed: int, model_dir: Path) -> tuple[lis
         capture_output=True, text=True, timeout=400, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     metrics = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-    assert all(m["staleness/max"] == 0 for m in metrics)  # every trained sample from the current policy
+    assert all(m["train/staleness/max"] == 0 for m in metrics)  # every trained sample from the current policy
     # ... so the learner's log-probs of each pair are the ones vLLM sampled it with (per token, fp32)
-    assert all(abs(m["offpolicy/logratio"]) < 1e-3 for m in metrics), [m["offpolicy/logratio"] for m in metrics]
+    assert all(abs(m["objective/offpolicy/logratio"]) < 1e-3 for m in metrics), [m["objective/offpolicy/logratio"] for m in metrics]
     samples = [json.loads(line) for line in (tmp_path / name / "samples.jsonl").read_text().splitlines()]
     return [tuple(m[k] for k in KEYS) for m in metrics], [(r["prompt_id"], r["outcome"]) for r in samples]
 

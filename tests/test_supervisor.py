@@ -43,10 +43,10 @@ def test_tiller_run_restarts_a_killed_judge_and_a_killed_actor(tiny_policy_dir, 
         cwd=ROOT, stdout=out.open("w"), stderr=subprocess.STDOUT)
     try:
         pids = dict(re.findall(r"(actor0|judge0) (\d+)", wait_for_line(out, r"started \d+ processes \(.*\)", proc)[0]))
-        wait_for_line(out, r"step\s+3 \|", proc)
+        wait_for_line(out, r"step\s+3/\d+ \|", proc)
         os.kill(int(pids["judge0"]), signal.SIGKILL)
         wait_for_line(out, r"judge0 restarted", proc)
-        wait_for_line(out, r"step\s+7 \|", proc)
+        wait_for_line(out, r"step\s+7/\d+ \|", proc)
         os.kill(int(pids["actor0"]), signal.SIGKILL)
         wait_for_line(out, r"actor0 restarted", proc)
         assert proc.wait(timeout=400) == 0, out.read_text()[-3000:]
