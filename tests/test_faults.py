@@ -65,7 +65,7 @@ class Run:
         raise AssertionError(f"{name} never logged {text!r}:\n{self.log(name)[-3000:]}")
 
     def wait_for_step(self, step: int, timeout_s: float = 240) -> None:
-        self.wait_for_log("learner", f" {step}/", timeout_s, start=f"step ")
+        self.wait_for_log("learner", f" {step}/", timeout_s, start="step ")
 
     def finish(self, timeout_s: float = 300) -> dict:
         try:
