@@ -62,8 +62,8 @@ def test_each_stage_feeds_the_next_on_the_real_model(imported, tmp_path):
              "eval.kl_samples=4", *common, *small_eval], tmp_path)
     report = json.loads((runs / "after" / "report.json").read_text())
     assert report["win_rate"]["n"] == 8 and "reward model" in report["win_rate"]["judge"]  # 6 benign kinds + 2
-    kl = report["kl_to_baseline"]  # k3 is never negative, even when one step barely moved the model
-    assert kl["responses"] == 4 and kl["estimator"] == "k3" and kl["per_token"] >= 0 and math.isfinite(kl["per_token_k1"])
+    kl = report["kl_to_baseline"]  # k3 > 0 for any change at all: one step moved the model a little
+    assert kl["responses"] == 4 and kl["estimator"] == "k3" and kl["per_token"] > 0 and math.isfinite(kl["per_token_k1"])
     assert set(report["metrics"]) == {"model", "baseline"}
     assert all(set(report["metrics"][r]["reward"]) == {"harmful", "benign", "helpful", "honest"}
                for r in ("model", "baseline"))

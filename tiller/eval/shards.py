@@ -7,7 +7,7 @@ contiguous groups, one group per engine (OS affinity and vLLM's OpenMP binding; 
 cores were measured 7x slower in total, tiller/placement.py), or one CUDA device each on a GPU machine.
 The parent keeps the tokenizer: it encodes, splits the prompts into N contiguous shards, and decodes.
 
-Wire: JSON lines, nothing else (no pickle). The parent writes one request per call on a worker's stdin,
+Wire: JSON lines and nothing else, so no Python object crosses it. The parent writes one request per call on a worker's stdin,
     {"prompts": [[id, ...], ...], "k", "max_new_tokens", "temperature", "top_p", "seed", "logprobs", "chunk"}
 and the worker writes on its stdout
     {"ready": true}                                   once, when its engine is built

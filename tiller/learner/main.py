@@ -51,7 +51,7 @@ from tiller.metric_names import grouped_row
 from tiller.learner.trainer import PolicyTrainer
 from tiller.models import load_tokenizer, prepare_model
 from tiller.protocol.security import check_bind
-from tiller.records import provenance
+from tiller.records import provenance, wandb_mode
 from tiller.timeline import mark, since_start
 from tiller.training.engine import DTYPES
 from tiller.training.errors import NonFiniteTraining
@@ -228,7 +228,7 @@ def run(cfg: Config, resume: bool = False) -> dict | None:
     server.start()
     lend_cores_to(trainer, server, cfg)
     mark(run_dir, "learner", "listening")
-    warm_plotting()
+    warm_plotting(wandb_tables=bool(cfg.metrics.log_completions_every) and wandb_mode(cfg.metrics.wandb) != "disabled")
     print(f"learner listening on {server.address} ({len(prompts)} prompts, {cfg.learner.steps} steps)", flush=True)
     sink = MetricsSink(cfg, run_dir, resume_step=state["step"], wandb_id=state["wandb_id"])
     record = SampleRecord(run_dir / "samples.jsonl", resume_step=state["step"])

@@ -65,9 +65,9 @@ class KLWarning:
 def clock(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
-        f"{seconds // 60}:{seconds % 60:02d}"
+    hours, rest = divmod(int(round(seconds)), 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
 
 def progress_line(m: dict[str, Any], total_steps: int, elapsed_s: float, eta_s: float, warning: str = "") -> str:
@@ -119,7 +119,7 @@ def first_last_tenth(history: list[dict[str, Any]]) -> tuple[float, float]:
     return first, last
 
 
-def warm_plotting() -> threading.Thread:
+def warm_plotting(wandb_tables: bool) -> threading.Thread:
     """Import matplotlib (0.7 s of CPU) and W&B's tables in a background thread. Started while the learner waits for its
     first batch (the actors start slower than the learner), so the closing plots do not add it to the
     end of the run."""
@@ -127,6 +127,8 @@ def warm_plotting() -> threading.Thread:
 
     def warm() -> None:
         pyplot()
+        if not wandb_tables:  # W&B off: importing it would only take CPU from the learner's start
+            return
         try:  # W&B's first Table costs 0.5 s of imports: not on step 1's completions log
             import wandb
 
