@@ -1,4 +1,4 @@
-"""`tiller rlaif-data` and `tiller cai-data`: which pairs are judged and which become rows (pure, fixed verdicts),
+"""`tiller rlaif-data`, `tiller cai-data` and `tiller self-data`: which pairs are judged and which become rows (pure, fixed verdicts),
 that the rows are what the offline readers take as is, and each command end to end on tiny models (a
 subprocess each, so vLLM never starts inside pytest), the rlaif rows then trained on by `tiller dpo` and
 `tiller rm` for a step."""
@@ -22,6 +22,7 @@ from tiller.eval.datagen import (
     preference_rows,
     read_prompts,
 )
+from tiller.eval.self_data import answer_row, last_whole_sentences
 from tiller.offline.data import (
     Source,
     check_sources,
@@ -122,6 +123,27 @@ def test_a_revision_that_failed_was_cut_or_changed_nothing_gives_no_row():
     assert (plain["prompt"], plain["completion"], plain["rejected"]) == ("q", " better", " bad")
 
 
+def test_own_answers_become_rows_cut_back_to_whole_sentences_and_refusals_are_left_out():
+    p = user("What is a botnet?")
+    row, why = answer_row(p, "A botnet is a network of hijacked computers.", False, True, None, "definition")
+    assert why == "written" and row == {"prompt": [{"role": "user", "content": "What is a botnet?"}],
+                                        "completion": [{"role": "assistant", "content": "A botnet is a network "
+                                                        "of hijacked computers."}], "category": "definition"}
+    cut = "A botnet is a network of computers. Its owner sends them orders. The orders are"
+    row, why = answer_row(p, cut, True, True, None, None)
+    assert why == "trimmed" and row["completion"][0]["content"] == "A botnet is a network of computers. Its owner sends them orders."
+    assert "category" not in row
+    assert answer_row(p, "A botnet is a network of computers that all", True, True, None, None) == (None, "cut")
+    assert answer_row(p, "I can't help with that. Try a search engine.", False, True, None, None) == (None, "refusal")
+    assert answer_row(p, "  ", False, True, None, None) == (None, "empty")
+    plain, _ = answer_row(user("Q: botnet?"), " A network.", False, False, None, None)
+    assert plain == {"prompt": "Q: botnet?", "completion": " A network."}
+    # a list number is not a sentence end; a quoted sentence end is; too little left is no answer
+    assert last_whole_sentences("1. Mix the flour.\n2. Add") == "1. Mix the flour."
+    assert last_whole_sentences('He said "stop." Then he') == 'He said "stop."'
+    assert last_whole_sentences("Short. " + "x" * 40) is None
+
+
 def test_the_rows_are_read_as_they_are_by_the_sft_and_preference_readers(tmp_path, chat_dir, tiny_policy_dir):
     from tiller.models import load_tokenizer
 
@@ -201,6 +223,29 @@ def test_rlaif_data_writes_preferences_that_dpo_and_rm_train_on(tmp_path, models
     dpo.run(load_config(None, ["name=dpo", f"dpo.data=[{{path: {out}}}]", *common]))
     rm.run(load_config(None, ["name=rm", f"rm.data=[{{path: {out}}}]", *common]))
     assert (tmp_path / "dpo" / "final" / "config.json").exists() and (tmp_path / "rm" / "final" / "config.json").exists()
+
+
+@pytest.mark.slow
+def test_self_data_writes_the_models_own_answers_as_sft_rows(tmp_path, models):
+    from tiller.models import load_tokenizer
+
+    prompts = tmp_path / "prompts.jsonl"
+    write(prompts, [{"prompt": "abc", "category": "x"}, {"prompt": [{"role": "user", "content": "de"}]},
+                    {"prompt": "fgh", "category": "y"}, {"prompt": "ij"}])
+    tiller("self-data", "configs/safety/self-data.yaml", f"output_dir={tmp_path}", f"model.path={models / 'chat'}",
+           "model.build_tiny=true", "model.tiny_chat=true", f"datagen.prompts={prompts}", "datagen.temperature=1.0",
+           "datagen.generation.max_new_tokens=24", "datagen.generation.max_model_len=1024")
+    out = tmp_path / "safety-self-data" / "self-data.jsonl"
+    s = json.loads((tmp_path / "safety-self-data" / "self-data.summary.json").read_text())
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert s["prompts"] == s["answers"] == 4 and s["rows_written"] == len(rows)
+    assert s["rows_written"] + s["answers_cut"] + s["answers_empty"] + s["answers_refusing"] == 4
+    assert sum(s["by_category"].values()) == len(rows)
+    for row in rows:
+        assert set(row) <= {"prompt", "completion", "category"} and row["prompt"][-1]["role"] == "user"
+        assert row["completion"][0]["content"].strip()
+    if rows:
+        assert len(read_sft([Source(str(out))], load_tokenizer(models / "chat"))) == len(rows)
 
 
 @pytest.mark.slow

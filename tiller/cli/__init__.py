@@ -20,6 +20,7 @@ from tiller.cli.rlaif_data import rlaif_data
 from tiller.cli.redteam import redteam
 from tiller.cli.rm import rm
 from tiller.cli.run import run
+from tiller.cli.self_data import self_data
 from tiller.cli.sft import sft
 from tiller.cli.status import status
 
@@ -62,6 +63,7 @@ app.command("rm")(rm)
 app.command("dpo")(dpo)
 app.command("rlaif-data")(rlaif_data)
 app.command("cai-data")(cai_data)
+app.command("self-data")(self_data)
 app.command("eval")(evaluate)
 app.command("redteam")(redteam)
 app.command("import-gguf")(import_gguf)

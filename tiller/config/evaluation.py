@@ -29,6 +29,10 @@ class SafetyConfig:
     kv_cache_gib: float = ranged(1.0, above=0)
     # as an online judge: a refusal of a request the patterns do not flag scores like an unsafe answer
     penalize_over_refusal: bool = True
+    # requests whose label is known (JSONL, a `prompt` per row): the rule method and penalize_over_refusal
+    # take a request's label from these before asking the patterns (tiller/actors/request_labels.py)
+    harmful_prompts: list[str] = field(default_factory=list)
+    benign_prompts: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

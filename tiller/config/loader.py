@@ -207,6 +207,9 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
                 changes[f.name] = section(value, sub)
         if dotted in ("sft", "rm", "dpo"):  # each stage's list of data files
             changes["data"] = [dataclasses.replace(source, path=_near(source.path, base)) for source in node.data]
+        if dotted == "safety":  # the labelled request files
+            changes["harmful_prompts"] = [_near(path, base) for path in node.harmful_prompts]
+            changes["benign_prompts"] = [_near(path, base) for path in node.benign_prompts]
         if dotted == "judge":
             changes["scorers"] = [dataclasses.replace(s, reward_model_path=_near(s.reward_model_path, base))
                                   for s in node.scorers]

@@ -152,7 +152,7 @@ def sample_answers(generator, prompts: list[Prompt], k: int, max_new_tokens: int
 # ----------------------------------------------------------------------------- rows
 
 
-def _assistant(text: str) -> list[Message]:
+def assistant_turn(text: str) -> list[Message]:
     return [{"role": "assistant", "content": text}]
 
 
@@ -211,8 +211,8 @@ def preference_rows(prompts: list[Prompt], texts: list[str], k: int, plan: list[
         seen.add(key)
         rows.append({
             "prompt": row_prompt(prompts[n], conversational, system),
-            "chosen": _assistant(chosen) if conversational else chosen,
-            "rejected": _assistant(rejected) if conversational else rejected,
+            "chosen": assistant_turn(chosen) if conversational else chosen,
+            "rejected": assistant_turn(rejected) if conversational else rejected,
             "judge": judge,
             "votes": {"orders": orders, "chosen_wins": wins[(n, win)], "rejected_wins": wins[(n, lose)]},
         })
@@ -235,7 +235,7 @@ def cai_row(prompt: Prompt, initial: str, revision, conversational: bool = True,
         return None, "unchanged"
     if not conversational:  # the revision continues the prompt as the answer did
         text = initial[:len(initial) - len(initial.lstrip())] + text
-    answer = _assistant(text) if conversational else text
+    answer = assistant_turn(text) if conversational else text
     return {
         "prompt": row_prompt(prompt, conversational, system),
         "initial": initial,
@@ -244,7 +244,7 @@ def cai_row(prompt: Prompt, initial: str, revision, conversational: bool = True,
         "principle": ", ".join(revision.principles),
         "completion": answer,
         "chosen": answer,
-        "rejected": _assistant(initial) if conversational else initial,
+        "rejected": assistant_turn(initial) if conversational else initial,
     }, "written"
 
 
@@ -292,7 +292,7 @@ def _policy(cfg: Config):
     return make_generator(prepare_model(cfg), g, cfg.seed, g.system_prompt)
 
 
-def _answer(cfg: Config, prompts: list[Prompt], k: int) -> tuple[Sampled, Any]:
+def answer_prompts(cfg: Config, prompts: list[Prompt], k: int) -> tuple[Sampled, Any]:
     """Every prompt's answers, then the policy engine closed; returns them and the policy's tokenizer."""
     d, g = cfg.datagen, cfg.datagen.generation
     generator = _policy(cfg)
@@ -325,7 +325,7 @@ def rlaif_data(cfg: Config) -> dict:
     d = cfg.datagen
     k = d.samples_per_prompt
     prompts = read_prompts(d.prompts, d.max_prompts)
-    sampled, tokenizer = _answer(cfg, prompts, k)
+    sampled, tokenizer = answer_prompts(cfg, prompts, k)
     plan, skipped = pairs_to_judge(sampled.texts, k)
     flat = [(sampled.prompts[n].judged, sampled.texts[n * k + i], sampled.texts[n * k + j])
             for n, pairs in enumerate(plan) for i, j in pairs]
@@ -370,7 +370,7 @@ def cai_data(cfg: Config) -> dict:
     start = time.monotonic()
     d = cfg.datagen
     prompts = read_prompts(d.prompts, d.max_prompts)
-    sampled, tokenizer = _answer(cfg, prompts, 1)  # temperature 0: greedy
+    sampled, tokenizer = answer_prompts(cfg, prompts, 1)  # temperature 0: greedy
     todo = [n for n, t in enumerate(sampled.texts) if t.strip()]
     judge = ConstitutionalJudge(cfg.judge, tokenizer)
     revisions: dict[int, Any] = {}
