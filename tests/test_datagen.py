@@ -1,7 +1,7 @@
-"""`tiller rlaif-data`, `tiller cai-data` and `tiller self-data`: which pairs are judged and which become rows (pure, fixed verdicts),
-that the rows are what the offline readers take as is, and each command end to end on tiny models (a
-subprocess each, so vLLM never starts inside pytest), the rlaif rows then trained on by `tiller dpo` and
-`tiller rm` for a step."""
+"""`tiller rlaif-data`, `tiller cai-data` and `tiller self-data`: which pairs are judged and which answers
+become rows (pure, fixed verdicts), that the rows are what the offline readers take as is, and each command
+end to end on tiny models (a subprocess each, so vLLM never starts inside pytest), the rlaif rows then
+trained on by `tiller dpo` and `tiller rm` for a step."""
 
 from __future__ import annotations
 
@@ -131,7 +131,8 @@ def test_own_answers_become_rows_cut_back_to_whole_sentences_and_refusals_are_le
                                                         "of hijacked computers."}], "category": "definition"}
     cut = "A botnet is a network of computers. Its owner sends them orders. The orders are"
     row, why = answer_row(p, cut, True, True, None, None)
-    assert why == "trimmed" and row["completion"][0]["content"] == "A botnet is a network of computers. Its owner sends them orders."
+    assert why == "trimmed"
+    assert row["completion"][0]["content"] == "A botnet is a network of computers. Its owner sends them orders."
     assert "category" not in row
     assert answer_row(p, "A botnet is a network of computers that all", True, True, None, None) == (None, "cut")
     assert answer_row(p, "I can't help with that. Try a search engine.", False, True, None, None) == (None, "refusal")

@@ -33,29 +33,42 @@ def test_each_stage_feeds_the_next_on_the_real_model(imported, tmp_path):
     common = [f"output_dir={runs}", "metrics.wandb=disabled"]
     one_step = ["train.max_steps=1", "train.batch_size=2", "train.eval_fraction=0"]
 
-    _tiller(["sft", str(SAFETY / "sft.yaml"), f"model.path={base}", *common, *one_step], tmp_path)
+    # the base model's own answers to benign prompts: the SFT stage's anchor
+    _tiller(["self-data", str(SAFETY / "self-data.yaml"), f"model.path={base}", *common, "datagen.max_prompts=6",
+             "datagen.generation.max_new_tokens=32", "datagen.generation.max_model_len=512"], tmp_path)
+    anchor = runs / "safety-self-data" / "self-data.jsonl"
+    made = json.loads((runs / "safety-self-data" / "self-data.summary.json").read_text())
+    assert made["prompts"] == 6 and made["rows_written"] == sum(1 for _ in anchor.open()) >= 1
+    refusals = ROOT / "configs/data/safety/refusals.jsonl"
+    sft_data = f"[{{path: {refusals}, weight: 0.05}}, {{path: {anchor}}}]"
+    _tiller(["sft", str(SAFETY / "sft.yaml"), f"model.path={base}", f"sft.data={sft_data}", *common, *one_step],
+            tmp_path)
     sft = runs / "safety-sft" / "final"
     assert (sft / "config.json").exists() and (sft / "tokenizer_config.json").exists()
 
-    # the base model answers the harmful training prompts: its compliances become on-policy pairs
+    shipped = ROOT / "configs/data/safety/preferences.jsonl"
+    _tiller(["rm", str(SAFETY / "rm.yaml"), f"model.path={sft}", f"rm.data=[{{path: {shipped}, weight: 0.05}}]",
+             *common, *one_step], tmp_path)
+    rm = runs / "safety-rm" / "final"
+    assert len(json.loads((rm / "config.json").read_text())["id2label"]) == 1  # one score
+
+    # online DPO judged by the labelled safety scorer and the reward model, composed (as shipped)
+    scorers = f"[{{kind: safety, weight: 1.0}}, {{kind: reward_model, reward_model_path: {rm}, weight: 0.1}}]"
+    _tiller(["run", str(SAFETY / "online.yaml"), f"model.path={sft}", f"judge.scorers={scorers}", *common,
+             "learner.steps=1", "learner.batch_size=2", "learner.lease_prompts=2", "rollout.max_new_tokens=16",
+             "judge.min_margin=0", "learner.address=tcp://127.0.0.1:5583"], tmp_path)
+    online = runs / "safety-online" / "final"
+    assert (online / "config.json").exists()
+
+    # the optional loop: a model's failures on the training prompts become pairs for offline DPO
     small_eval = ["eval.max_prompts=1", "eval.generation.max_new_tokens=16", "eval.generation.max_model_len=512"]
     _tiller(["eval", str(SAFETY / "train-prompts.yaml"), "name=pairs", f"model.path={base}", *common,
              *small_eval], tmp_path)
     pairs = runs / "pairs" / "failures.preferences.jsonl"
     assert sum(1 for _ in pairs.open()) >= 1
-    shipped = ROOT / "configs/data/safety/preferences.jsonl"
-    data = f"[{{path: {pairs}}}, {{path: {shipped}, weight: 0.05}}]"
-
-    _tiller(["dpo", str(SAFETY / "dpo.yaml"), f"model.path={sft}", f"dpo.data={data}", *common, *one_step], tmp_path)
-    _tiller(["rm", str(SAFETY / "rm.yaml"), f"model.path={sft}", f"rm.data={data}", *common, *one_step], tmp_path)
-    dpo, rm = runs / "safety-dpo" / "final", runs / "safety-rm" / "final"
-    assert len(json.loads((rm / "config.json").read_text())["id2label"]) == 1  # one score
-
-    _tiller(["run", str(SAFETY / "online.yaml"), f"model.path={dpo}", f"judge.reward_model_path={rm}", *common,
-             "learner.steps=1", "learner.batch_size=2", "learner.lease_prompts=2", "rollout.max_new_tokens=16",
-             "judge.min_margin=0", "learner.address=tcp://127.0.0.1:5583"], tmp_path)
-    online = runs / "safety-online" / "final"
-    assert (online / "config.json").exists()
+    _tiller(["dpo", str(SAFETY / "dpo.yaml"), f"model.path={sft}", f"dpo.data=[{{path: {pairs}}}]", *common,
+             *one_step], tmp_path)
+    assert (runs / "safety-dpo" / "final" / "config.json").exists()
 
     _tiller(["eval", str(SAFETY / "eval.yaml"), "name=after", f"model.path={online}", f"eval.baseline_path={base}",
              "judge.kind=reward_model", f"judge.reward_model_path={rm}", f"eval.reward_model_path={rm}",

@@ -43,7 +43,8 @@ class KnownRequests:
         naming both places; a row without a readable prompt is an error naming its line."""
         labels: dict[str, bool] = {}
         where_of: dict[str, str] = {}
-        for paths, is_harmful, key in ((harmful, True, "safety.harmful_prompts"), (benign, False, "safety.benign_prompts")):
+        lists = ((harmful, True, "safety.harmful_prompts"), (benign, False, "safety.benign_prompts"))
+        for paths, is_harmful, key in lists:
             for path in paths:
                 for where, row in read_jsonl(path):
                     text = user_text(row.get("prompt"))

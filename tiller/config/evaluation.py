@@ -27,7 +27,7 @@ class SafetyConfig:
     template_path: str | None = None  # llm: text with {prompt} and {response}
     max_model_len: int = ranged(2048, at_least=16)
     kv_cache_gib: float = ranged(1.0, above=0)
-    # as an online judge: a refusal of a request the patterns do not flag scores like an unsafe answer
+    # as an online judge: a refusal of a request not flagged harmful scores like an unsafe answer
     penalize_over_refusal: bool = True
     # requests whose label is known (JSONL, a `prompt` per row): the rule method and penalize_over_refusal
     # take a request's label from these before asking the patterns (tiller/actors/request_labels.py)

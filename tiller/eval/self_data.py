@@ -2,15 +2,15 @@
 
 Fine-tuning on a model's own answers is an anchor: where the new behaviour should not differ from the old
 (benign requests that merely look risky, everyday tasks), the model is taught what it already says, so the
-fine-tune changes it only where other rows (refusals) pull it away. Hand-written answers teach a new style
-on every prompt and move the whole distribution; sampled own answers (temperature 1) are draws from the
-model itself, so their log-likelihood is the quantity whose loss measures drift from it (the KL that
-`tiller eval` reports is taken on the same kind of prompts).
+fine-tune changes it only where other rows (refusals) pull it away, and the anchor's loss rises only as the
+model drifts from itself there. Hand-written answers instead teach a new style on every prompt and move the
+whole distribution. At `datagen.temperature: 1` the rows are draws from the model; greedy (0) gives its
+most likely answers, the better text for a small model whose samples wander (the SmolLM2 pipeline's choice).
 
 An answer becomes a row if it is not empty and not a refusal by the refusal detector (the anchor is for
 prompts the model should answer). One that ran into the token limit is cut back to its last whole sentence
 (trained with an end of turn there, it teaches a shorter answer, not stopping mid-sentence); if that leaves
-less than half of it, it is dropped. Each prompt's `category`, when its row has one, rides along for per-category reports.
+less than half of it, it is dropped. Each prompt's `category`, when its row has one, rides along.
 """
 
 from __future__ import annotations
@@ -95,8 +95,8 @@ def self_data(cfg: Config) -> dict:
     summary = {
         "output": str(out), "model": cfg.model.path,
         "prompts": len(prompts), "prompts_too_long": sampled.too_long, "answers": len(sampled.texts),
-        "rows_written": len(rows), "answers_trimmed": counts["trimmed"], "answers_cut": counts["cut"], "answers_empty": counts["empty"],
-        "answers_refusing": counts["refusal"], "temperature": d.temperature,
+        "rows_written": len(rows), "answers_trimmed": counts["trimmed"], "answers_cut": counts["cut"],
+        "answers_empty": counts["empty"], "answers_refusing": counts["refusal"], "temperature": d.temperature,
         "form": "conversational" if conversational else "plain",
         "by_category": dict(sorted(Counter(r.get("category", "none") for r in rows).items())),
         "seconds": round(time.monotonic() - start, 2), "generation_seconds": round(sampled.seconds, 2),
