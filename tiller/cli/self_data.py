@@ -24,9 +24,10 @@ def self_data(
     dry_run: DryRun = False,
 ) -> None:
     """One answer per prompt of datagen.prompts from the model (model.path, at datagen.temperature), each
-    finished answer that is not a refusal written as a {prompt, completion} row that tiller sft reads as is:
-    training on them keeps a fine-tune where the model already answers well. Writes datagen.output (default
-    runs/<name>/self-data.jsonl) and runs/<name>/self-data.summary.json."""
+    one that is not a refusal written as a {prompt, completion} row that tiller sft reads as is (an answer
+    cut at the token limit is trimmed to its last whole sentence): training on them keeps a fine-tune where
+    the model already answers well. Writes datagen.output (default runs/<name>/self-data.jsonl) and
+    runs/<name>/self-data.summary.json."""
     from tiller.eval.datagen import read_prompts
 
     cfg = resolve(config, overrides, dry_run,
