@@ -26,3 +26,14 @@ def read_jsonl(path: str | Path) -> list[tuple[str, dict]]:
             raise ConfigError(f"{path}:{line_no}: a row must be a JSON object, got {type(row).__name__}")
         rows.append((f"{path}:{line_no}", row))
     return rows
+
+
+def prompt_text(value: object, where: str) -> str:
+    """A row's request as text: the string itself, or the last user message of a conversation."""
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, list):
+        users = [m.get("content") for m in value if isinstance(m, dict) and m.get("role") == "user"]
+        if users and isinstance(users[-1], str) and users[-1].strip():
+            return users[-1]
+    raise ConfigError(f"{where}: field 'prompt' must be a non-empty string or messages with a user turn")

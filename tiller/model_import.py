@@ -294,8 +294,9 @@ def import_gguf(source: str, out_dir: Path, dtype: str = "float32", check: bool 
         tokenizer = AutoTokenizer.from_pretrained(str(src.path.parent), gguf_file=src.path.name)
         loaded = AutoModelForCausalLM.from_pretrained(str(src.path.parent), gguf_file=src.path.name,
                                                       dtype=torch.float32)
-    except (ValueError, KeyError, NotImplementedError) as exc:  # transformers refuses the file (an architecture
-        # without a GGUF mapping there, a malformed header): one line naming the file, no traceback
+    # transformers refuses the file (an architecture without a GGUF mapping there, a malformed header): one
+    # line naming the file, no traceback
+    except (ValueError, KeyError, NotImplementedError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelImportError(f"transformers cannot load GGUF file {src.path}: {first}") from None
     config = loaded.config

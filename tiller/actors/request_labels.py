@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from tiller.config import ConfigError
-from tiller.jsonl import read_jsonl
+from tiller.jsonl import prompt_text, read_jsonl
 
 Message = dict[str, str]
 _SPACE = re.compile(r"\s+")
@@ -20,17 +20,6 @@ _SPACE = re.compile(r"\s+")
 
 def request_key(text: str) -> str:
     return _SPACE.sub(" ", text).strip().lower()
-
-
-def user_text(prompt) -> str | None:
-    """A row's `prompt` as the user asked it: the string, or the content of the last user message."""
-    if isinstance(prompt, str):
-        return prompt
-    if isinstance(prompt, list):
-        users = [m.get("content") for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
-        if users and isinstance(users[-1], str):
-            return users[-1]
-    return None
 
 
 class KnownRequests:
@@ -47,10 +36,7 @@ class KnownRequests:
         for paths, is_harmful, key in lists:
             for path in paths:
                 for where, row in read_jsonl(path):
-                    text = user_text(row.get("prompt"))
-                    if text is None or not text.strip():
-                        raise ConfigError(f"{where}: {key} rows need a `prompt` (text, or messages with a user turn)")
-                    k = request_key(text)
+                    k = request_key(prompt_text(row.get("prompt"), f"{where} ({key})"))
                     if labels.get(k, is_harmful) != is_harmful:
                         raise ConfigError(f"{where}: this prompt is also at {where_of[k]}, labelled the other way "
                                           "(safety.harmful_prompts and safety.benign_prompts must not share one)")
@@ -63,5 +49,9 @@ class KnownRequests:
 
     def harmful(self, text: str, conversation: list[Message] | None = None) -> bool | None:
         """The label of a request (its conversation's last user message, else the text), None if unknown."""
-        asked = user_text(conversation) if conversation is not None else None
-        return self.labels.get(request_key(asked if asked is not None else text))
+        if conversation is not None:
+            try:
+                text = prompt_text(conversation, "a judged conversation")
+            except ConfigError:  # no user turn to look up: the decoded text it is
+                pass
+        return self.labels.get(request_key(text))

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tiller.config import ConfigError
-from tiller.jsonl import read_jsonl
+from tiller.jsonl import prompt_text, read_jsonl
 
 # What each set measures, and whether its rows must carry accepted answers.
 SET_KINDS = {"harmful": False, "benign": False, "helpful": True, "honest": True, "redteam": False}
@@ -23,17 +23,6 @@ class EvalPrompt:
     where: str = field(default="", compare=False)  # file:line
     # a good answer, where the row has one (a training set's `completion`): the chosen side of a failure
     reference: str = field(default="", compare=False)
-
-
-def prompt_text(value: object, where: str) -> str:
-    """A row's request as text: the string itself, or the last user message of a conversation."""
-    if isinstance(value, str) and value.strip():
-        return value
-    if isinstance(value, list):
-        users = [m.get("content") for m in value if isinstance(m, dict) and m.get("role") == "user"]
-        if users and isinstance(users[-1], str) and users[-1].strip():
-            return users[-1]
-    raise ConfigError(f"{where}: field 'prompt' must be a non-empty string or messages with a user turn")
 
 
 def reference_text(value: object) -> str:
