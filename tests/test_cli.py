@@ -115,7 +115,7 @@ def test_the_learner_is_lent_the_actors_cores_only_where_none_is_shared():
     learner = slots[0]
     assert (learner.role, learner.cores, learner.lent, learner.affinity) == ("learner", (0,), (1,), {0, 1})
     assert learner.env()["TILLER_LENT_CORES"] == "1" and learner.env()["OMP_NUM_THREADS"] == "1"
-    assert "and cores 1 while no actor is generating" in describe(slots)
+    assert "lent cores 1: run.lend_actor_cores" in describe(slots)
     assert all(not s.lent for s in slots[1:]) and "TILLER_LENT_CORES" not in slots[1].env()
     shared = lend_actor_cores(plan(actors=2, judges=1, heavy_judges=False, cores=[0, 1]))
     assert shared[0].lent == ()  # two actors share core 1 already: no third process there

@@ -24,7 +24,12 @@ import os
 from dataclasses import dataclass
 
 CORES_ENV = "TILLER_CORES"  # set by `tiller run` for each child process: the cores it is pinned to
-LENT_ENV = "TILLER_LENT_CORES"  # the learner's: actors' cores it may train on while none generates
+LENT_ENV = "TILLER_LENT_CORES"  # the learner's: actors' cores it may use (run.lend_actor_cores)
+
+
+def own_cores() -> list[int]:
+    """The cores `tiller run` pinned this process to (none when started by hand or unpinned)."""
+    return [int(c) for c in os.environ.get(CORES_ENV, "").split(",") if c]
 
 
 def lent_cores() -> list[int]:
@@ -37,7 +42,7 @@ class Slot:
     role: str  # "learner", "actor0", "judge0", ...
     cores: tuple[int, ...]  # empty: not pinned
     device: str | None = None  # CUDA_VISIBLE_DEVICES value on GPU machines
-    lent: tuple[int, ...] = ()  # the learner: actors' cores it may train on while no actor generates
+    lent: tuple[int, ...] = ()  # the learner: actors' cores it may use (run.lend_actor_cores)
 
     @property
     def affinity(self) -> set[int]:
@@ -57,7 +62,7 @@ class Slot:
 
 
 def lend_actor_cores(slots: list[Slot]) -> list[Slot]:
-    """The learner may also run on the actors' cores (tiller/learner/core_lending.py decides when); not
+    """The learner may also run on the actors' cores (tiller/learner/lending.py decides how); not
     when a core is shared already, where lending would only add a third process to it."""
     learner = next(s for s in slots if s.role == "learner")
     actor_cores = [c for s in slots if s.role.startswith("actor") for c in s.cores]
@@ -131,8 +136,8 @@ def describe(slots: list[Slot]) -> str:
         where = f"cores {','.join(map(str, s.cores))}" if s.cores else "unpinned"
         if s.device is not None:
             where = f"cuda:{s.device}"
-        lines.append(f"  {s.role:<8} {where}" + (f" (and cores {','.join(map(str, s.lent))} while no actor is "
-                                                 "generating: run.lend_actor_cores)" if s.lent else ""))
+        lines.append(f"  {s.role:<8} {where}" + (f" (lent cores {','.join(map(str, s.lent))}: "
+                                                 "run.lend_actor_cores)" if s.lent else ""))
     counts: dict[int, int] = {}
     for s in slots:
         for c in s.cores:

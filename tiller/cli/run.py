@@ -145,7 +145,7 @@ def _placement(cfg: Config) -> list[placement.Slot]:
         actors, rc.judges, heavy_judges=cfg.judge.kind != "rule",  # a model in the judge needs cores
         gpus=gpus, manual=rc.cores if rc.placement == "manual" else None,
     ) if rc.placement != "off" else [placement.Slot(r, ()) for r in placement.roles(actors, rc.judges)]
-    if rc.lend_actor_cores and gpus == 0 and rc.placement != "off":
+    if rc.lend_actor_cores != "off" and gpus == 0 and rc.placement != "off":
         slots = placement.lend_actor_cores(slots)
     typer.echo(placement.describe(slots))
     return slots

@@ -232,11 +232,13 @@ class RunConfig:
     timeout_s: float | None = ranged(None, at_least=0)
     # per actor or judge: a worker that dies is started again, up to this many times
     max_restarts: int = ranged(5, at_least=0)
-    # CPU, placement auto or manual: the learner also trains on the actors' cores while no actor is
-    # generating (actors waiting for credit leave them idle when training is the bottleneck). Off by
-    # default: measured on the 2-core machine (compute-bound toy, 30 steps) it did not pay, 0.97x the
-    # pairs/s with micro-batches of 4 and 0.81x without, as the actor was idle only 12-28% of the time
-    lend_actor_cores: bool = False
+    # CPU, placement auto or manual: what the learner does with the actors' cores, which idle while they
+    # wait for credit when training is the bottleneck (tiller/learner/lending.py). reference: a thread on
+    # them computes the frozen reference's log-probs of each judged prompt before it is batched; threads:
+    # torch's threads widen onto them for forward passes while no actor generates (measured on the 2-core
+    # machine, compute-bound toy: 0.97x the pairs/s with micro-batches of 4, 0.81x without); auto: a probe
+    # over steps 2-4 starts `reference` if the actors idled 30% or more while the learner hardly waited
+    lend_actor_cores: Literal["off", "reference", "threads", "auto"] = "off"
     # wait before the first restart; doubles with each (at most 60 s)
     restart_backoff_s: float = ranged(1.0, at_least=0)
     # a worker that ran this long before it died was healthy: its restart count starts again from 0, and

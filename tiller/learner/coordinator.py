@@ -54,6 +54,9 @@ class ScoredPrompt:
     truncated: np.ndarray  # bool [k]: cut at max_new_tokens
     pairs: tuple[tuple[int, int], ...] = ()  # (chosen, rejected) candidates; empty: the judge saw no preference
     revisions: tuple[np.ndarray | None, ...] = ()  # k entries when the judge revised, else empty
+    # candidate -> the frozen reference's log-probs of its response tokens, when computed ahead of the
+    # batch on lent cores (tiller/learner/reference_ahead.py); empty: the step computes them
+    reference: dict[int, np.ndarray] = field(default_factory=dict, compare=False)
 
     def candidate(self, index: int) -> np.ndarray:
         k = len(self.responses)

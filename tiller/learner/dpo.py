@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from functools import partial
 
+import numpy as np
 import torch
 
 from tiller.config import Config
@@ -34,6 +35,16 @@ def offpolicy_weights(log_ratio: torch.Tensor, cap: float) -> torch.Tensor:
     return torch.where(torch.isnan(weights), torch.ones_like(weights), weights)
 
 
+def reference_ahead(pairs: list[tuple[ScoredPrompt, int, int]]) -> torch.Tensor | None:
+    """The reference's summed log-probs [2B] (chosen sides, then rejected) from `ScoredPrompt.reference`,
+    or None unless every side of every pair has them."""
+    if not all(c in p.reference and r in p.reference for p, c, r in pairs):
+        return None
+    sides = [c for _, c, _ in pairs], [r for _, _, r in pairs]
+    return torch.tensor([float(p.reference[i].sum(dtype=np.float64)) for side in sides
+                         for (p, _, _), i in zip(pairs, side)])
+
+
 def dpo_step(trainer, items: list[ScoredPrompt], cfg: Config, pad_id: int) -> dict[str, float]:
     """One optimizer step of the configured DPO variant on every pair of `items` (each has at least one:
     best over worst sample for scoring judges, revision over original for a CAI judge)."""
@@ -46,7 +57,10 @@ def dpo_step(trainer, items: list[ScoredPrompt], cfg: Config, pad_id: int) -> di
     pair_chunks = row_chunks(torch.arange(b, device=trainer.device), cfg.learner.micro_batch_size // 2)
     rows_of = [torch.cat([chunk, chunk + b]) for chunk in pair_chunks]
     ref_logps = torch.zeros(2 * b, device=trainer.device)
-    if dpo.variant != "simpo":  # reference-free: skip the reference forward
+    ahead = reference_ahead(pairs) if dpo.variant != "simpo" else None  # SimPO: reference-free
+    if ahead is not None:  # computed on lent cores before the batch was taken
+        ref_logps = ahead.to(trainer.device)
+    elif dpo.variant != "simpo":
         for rows in rows_of:
             ref_logps[rows] = pair_logprobs(trainer.reference_logprobs, batch, rows)
     policy_logps = torch.full((2 * b,), float("nan"), device=trainer.device)  # filled as micro-batches run

@@ -34,8 +34,7 @@ from tiller.config import Config, ConfigError, dump_config
 from tiller.learner.algorithms import ALGORITHMS, Algorithm
 from tiller.learner.completions import COLUMNS as COMPLETION_COLUMNS, CompletionLog, example_line
 from tiller.learner.coordinator import Coordinator, ScoredPrompt
-from tiller.learner.core_lending import CoreLender
-from tiller.placement import lent_cores
+from tiller.learner.lending import Lending
 from tiller.learner.live_eval import LiveEval, eval_book, load_live_set
 from tiller.learner.publish import WeightPublisher
 from tiller.learner import checkpoint
@@ -84,8 +83,8 @@ class Preempted(Exception):
 
 
 def take_batch(cfg: Config, algorithm: Algorithm, server: LearnerServer, version: int, step: int,
-               record: SampleRecord, preempted: threading.Event):
-    """Block until `batch_size` trainable prompts are in hand; returns (trainable, all judged)."""
+               record: SampleRecord, preempted: threading.Event, scored: queue.Queue):
+    """Block until `batch_size` trainable prompts from `scored` are in hand; returns (trainable, all judged)."""
     trainable: list[ScoredPrompt] = []
     judged: list[ScoredPrompt] = []
     no_preference = 0
@@ -97,7 +96,7 @@ def take_batch(cfg: Config, algorithm: Algorithm, server: LearnerServer, version
             server.release([p.prompt_id for p in judged])  # not trained: lease them again after resume
             raise Preempted()
         try:
-            item: ScoredPrompt = server.scored.get(timeout=1.0)
+            item: ScoredPrompt = scored.get(timeout=1.0)
         except queue.Empty:
             if time.monotonic() - waited_since > 30:
                 waited_since = time.monotonic()
@@ -226,7 +225,7 @@ def run(cfg: Config, resume: bool = False) -> dict | None:
     publisher = WeightPublisher(trainer, DTYPES[cfg.rollout.dtype], cfg.learner.weight_bucket_mb << 20)
     server.publish(publisher.snapshot(version)[0])
     server.start()
-    lend_cores_to(trainer, server, cfg)
+    lending = Lending(cfg, trainer, server, algorithm.needs)  # the actors' cores, if tiller run lent them
     mark(run_dir, "learner", "listening")
     warm_plotting(wandb_tables=bool(cfg.metrics.log_completions_every) and wandb_mode(cfg.metrics.wandb) != "disabled")
     print(f"learner listening on {server.address} ({len(prompts)} prompts, {cfg.learner.steps} steps)", flush=True)
@@ -238,7 +237,7 @@ def run(cfg: Config, resume: bool = False) -> dict | None:
     previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.set())
     try:
         failed_saves = train(cfg, algorithm, trainer, publisher, server, sink, record, completions, state["step"],
-                             version, tokenizer.pad_token_id, preempted, live)
+                             version, tokenizer.pad_token_id, preempted, live, lending)
     except Preempted:
         done = sink.history[-1]["step"] if sink.history else 0  # the last step that finished
         save_checkpoint(cfg, done, sink.history[-1]["train/policy_version"] if sink.history else version,
@@ -258,6 +257,7 @@ def run(cfg: Config, resume: bool = False) -> dict | None:
         sink.close()
         raise
     finally:
+        lending.close()
         signal.signal(signal.SIGTERM, previous_handler)  # after training, SIGTERM stops the process again
     print("training finished; telling workers to stop", flush=True)
     mark(run_dir, "learner", "training finished")
@@ -274,22 +274,10 @@ def run(cfg: Config, resume: bool = False) -> dict | None:
     return summary
 
 
-def lend_cores_to(trainer: PolicyTrainer, server: LearnerServer, cfg: Config) -> None:
-    """Under `run.lend_actor_cores` (tiller run set TILLER_LENT_CORES): the trainer widens its threads
-    onto the actors' cores before each forward pass that starts while no actor is generating."""
-    lent = lent_cores()
-    if not lent or cfg.learner.torch_threads:  # threads asked for by hand stay as asked
-        return
-    own = torch.get_num_threads()
-    lender = CoreLender(own, len(lent), lambda: server.public.get("queues", {}).get("generating", 1))
-    trainer.before_forward, trainer.thread_metrics = lender.adjust, lender.step_metrics
-    print(f"learner: {own} thread(s) on its own cores, {own + len(lent)} while no actor is generating "
-          f"(cores {','.join(map(str, lent))}: run.lend_actor_cores)", flush=True)
-
-
 def train(cfg: Config, algorithm: Algorithm, trainer: PolicyTrainer, publisher: WeightPublisher,
           server: LearnerServer, sink: MetricsSink, record: SampleRecord, completions: CompletionLog, done_steps: int,
-          version: int, pad_id: int, preempted: threading.Event, live: LiveEval | None = None) -> int:
+          version: int, pad_id: int, preempted: threading.Event, live: LiveEval | None = None,
+          lending: Lending | None = None) -> int:
     """The loop from step `done_steps` + 1 on: batch, step, publish, (live eval,) log, checkpoint. Returns how
     many periodic checkpoints failed."""
     clock = StepClock(server.public)
@@ -301,7 +289,8 @@ def train(cfg: Config, algorithm: Algorithm, trainer: PolicyTrainer, publisher: 
         live.start(done_steps)  # the reference round: the weights before this start's first step
     for step in range(done_steps + 1, cfg.learner.steps + 1):
         with clock.phase("wait"):
-            trainable, judged = take_batch(cfg, algorithm, server, version, step, record, preempted)
+            trainable, judged = take_batch(cfg, algorithm, server, version, step, record, preempted,
+                                           lending.scored if lending is not None else server.scored)
         lags = [version - p.policy_version for p in trainable]  # versions behind the learner
         lr_factor = schedule(step - 1)  # optimizer steps already taken, as LambdaLR counts
         trainer.set_lr(cfg.learner.lr * lr_factor, cfg.learner.pg.critic_lr * lr_factor)
@@ -320,6 +309,8 @@ def train(cfg: Config, algorithm: Algorithm, trainer: PolicyTrainer, publisher: 
         phases = clock.finish(server.public, lags, lag_bound, response_tokens(trainable, algorithm))
         metrics.update(step_metrics(server, step, version, lags, judged, phases["time/step_s"]))
         metrics.update(phases)
+        if lending is not None:
+            metrics.update(lending.after_step(step, phases))
         metrics["checkpoint/failed_saves"] = failed_saves
         if live is not None:  # after the publish: a round opened now asks for this step's weights
             metrics.update(live.after_step(step, metrics["reward/mean"]))

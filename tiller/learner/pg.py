@@ -65,6 +65,19 @@ def build_sample_batch(items: list[ScoredPrompt], pad_id: int) -> SampleBatch:
     return SampleBatch(input_ids, attention, mask, behaviour, scores, flags, k=len(items[0].responses))
 
 
+def reference_ahead(items: list[ScoredPrompt], batch: SampleBatch) -> torch.Tensor | None:
+    """[N, T-1] reference log-probs from `ScoredPrompt.reference`, laid out as the batch's behaviour
+    log-probs, or None unless every sample has them."""
+    k = batch.k
+    if not all(c in p.reference for p in items for c in range(k)):
+        return None
+    out = torch.zeros_like(batch.mask)
+    for i, (p, c) in enumerate((p, c) for p in items for c in range(k)):
+        start, logp = len(p.prompt) - 1, p.reference[c]
+        out[i, start:start + len(logp)] = torch.as_tensor(logp, dtype=torch.float32, device=out.device)
+    return out
+
+
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """[N, T, V] logits over [N, T] ids -> [N, T-1] log-prob of each next token under the sampling
     distribution softmax(logits / temperature): the one vLLM sampled from and reports log-probs of
@@ -120,7 +133,9 @@ def pg_step(trainer, items: list[ScoredPrompt], cfg: Config, pad_id: int) -> dic
     mask = batch.mask
     temperature, micro = cfg.rollout.temperature, cfg.learner.micro_batch_size
     prox_logp = _no_grad_per_row(batch, micro, lambda i, a, m: trainer.policy_logprobs(i, a, m, temperature)[0])
-    ref_logp = _no_grad_per_row(batch, micro, lambda i, a, m: trainer.reference_logprobs(i, a, m, temperature))
+    ref_logp = reference_ahead(items, batch)  # computed on lent cores before the batch was taken, if so
+    if ref_logp is None:
+        ref_logp = _no_grad_per_row(batch, micro, lambda i, a, m: trainer.reference_logprobs(i, a, m, temperature))
     values = None
     if trainer.critic is not None:
         values = _no_grad_per_row(

@@ -89,13 +89,19 @@ class PolicyTrainer:
     def reference_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor,
                            temperature: float = 1.0) -> torch.Tensor:
         """[N, T-1] log-probs of the taken tokens under the frozen reference, on the policy's device."""
-        device = self.reference_device
         self.before_forward()
+        return self.reference_pass(input_ids, attention_mask, mask, temperature).to(self.device)
+
+    def reference_pass(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor,
+                       temperature: float = 1.0) -> torch.Tensor:
+        """The reference's token log-probs [N, T-1] on its own device, threads left as they are: what a
+        thread beside training calls (tiller/learner/reference_ahead.py)."""
+        device = self.reference_device
         with torch.no_grad():
             logits = self.reference(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
             logp, _ = taken_logprobs(logits, input_ids.to(device), mask.to(device), temperature,
                                      chunk_bytes=self.cfg.learner.logprob_chunk_mb << 20)
-        return logp.to(self.device)
+        return logp
 
     def policy_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor,
                         temperature: float = 1.0, with_entropy: bool = False):
