@@ -83,8 +83,10 @@ class Preempted(Exception):
 
 
 def take_batch(cfg: Config, algorithm: Algorithm, server: LearnerServer, version: int, step: int,
-               record: SampleRecord, preempted: threading.Event, scored: queue.Queue):
-    """Block until `batch_size` trainable prompts from `scored` are in hand; returns (trainable, all judged)."""
+               record: SampleRecord, preempted: threading.Event, scored: queue.Queue | None = None):
+    """Block until `batch_size` trainable prompts from `scored` (default: the socket thread's queue) are in
+    hand; returns (trainable, all judged)."""
+    scored = scored if scored is not None else server.scored
     trainable: list[ScoredPrompt] = []
     judged: list[ScoredPrompt] = []
     no_preference = 0
@@ -290,7 +292,7 @@ def train(cfg: Config, algorithm: Algorithm, trainer: PolicyTrainer, publisher: 
     for step in range(done_steps + 1, cfg.learner.steps + 1):
         with clock.phase("wait"):
             trainable, judged = take_batch(cfg, algorithm, server, version, step, record, preempted,
-                                           lending.scored if lending is not None else server.scored)
+                                           lending.scored if lending is not None else None)
         lags = [version - p.policy_version for p in trainable]  # versions behind the learner
         lr_factor = schedule(step - 1)  # optimizer steps already taken, as LambdaLR counts
         trainer.set_lr(cfg.learner.lr * lr_factor, cfg.learner.pg.critic_lr * lr_factor)
