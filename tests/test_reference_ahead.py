@@ -176,6 +176,22 @@ def test_auto_lends_the_actors_cores_to_the_reference_only_when_training_is_the_
         lending.close()
 
 
+def test_auto_probes_the_first_steps_of_a_resumed_start(monkeypatch, capsys):
+    from tiller.learner import lending as lending_module
+
+    monkeypatch.setenv("TILLER_LENT_CORES", "1")
+    monkeypatch.delenv("TILLER_CORES", raising=False)
+    cfg = Config(run=RunConfig(lend_actor_cores="auto"), rollout=RolloutConfig(temperature=1.0))
+    lending = lending_module.Lending(cfg, FakeTrainer(), FakeServer(), needs="pairs")
+    phases = {"actors/idle_frac": 0.6, "learner/idle_frac": 0.02}
+    try:  # resumed after step 40: steps 42-44 are the probe, not the run's 2-4 (long past)
+        rows = [lending.after_step(step, phases) for step in range(41, 47)]
+        assert [r["reference_ahead/on"] for r in rows] == [0, 0, 0, 1, 1, 1]
+        assert "over steps 42-44" in capsys.readouterr().out
+    finally:
+        lending.close()
+
+
 def test_without_lent_cores_nothing_is_lent(monkeypatch):
     from tiller.learner.lending import Lending
 

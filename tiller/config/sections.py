@@ -238,7 +238,8 @@ class RunConfig:
     # on SmolLM2-135M, 2 cores: step 32 -> 25 s, 1.26x TRL's pairs/s, 0.98x without); threads:
     # torch's threads widen onto them for forward passes while no actor generates (measured on the 2-core
     # machine, compute-bound toy: 0.97x the pairs/s with micro-batches of 4, 0.81x without); auto: a probe
-    # over steps 2-4 starts `reference` if the actors idled 30% or more while the learner hardly waited
+    # over the 2nd-4th steps of each start (a resumed one too) starts `reference` if the actors idled 30%
+    # or more while the learner hardly waited
     lend_actor_cores: Literal["off", "reference", "threads", "auto"] = "off"
     # wait before the first restart; doubles with each (at most 60 s)
     restart_backoff_s: float = ranged(1.0, at_least=0)

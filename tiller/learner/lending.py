@@ -8,7 +8,7 @@ bottleneck the actors wait for credit and their cores idle; two ways to use them
                loses its reference pass, a quarter to a third of its compute
     threads    torch's threads widen onto the actors' cores for each forward pass that starts while no
                actor generates (tiller/learner/core_lending.py; measured not to pay on the toy)
-    auto       probe: steps 2-4 run as they would without lending; if the actors idled at least
+    auto       probe: the 2nd to 4th steps of this start (of a resumed run too) run as they would without lending; if the actors idled at least
                `AUTO_ACTOR_IDLE` of that time while the learner hardly waited (training is the
                bottleneck), `reference` from then on, else nothing. The decision and its reason go to the
                console and to `perf/reference_ahead` (1 while on).
@@ -32,7 +32,7 @@ from tiller.learner.core_lending import CoreLender
 from tiller.learner.reference_ahead import ReferenceAhead
 from tiller.placement import lent_cores, own_cores
 
-PROBE_STEPS = range(2, 5)  # steps the auto probe watches (step 1 carries the start-up)
+PROBE_STEPS = range(2, 5)  # steps of this start the auto probe watches (its first carries the start-up)
 AUTO_ACTOR_IDLE = 0.3  # actors' idle share above which their cores are worth lending
 AUTO_LEARNER_IDLE = 0.2  # the learner's waiting share below which training is the bottleneck
 
@@ -50,6 +50,8 @@ class Lending:
         self.max_rows = cfg.learner.micro_batch_size or 16
         self.ahead: ReferenceAhead | None = None
         self._probe: list[tuple[float, float]] = []  # (actors' idle share, learner's idle share) per step
+        self._probed: list[int] = []  # the run's step numbers the probe watched
+        self._started = 0  # steps this start has finished: a resumed run probes its own first steps
         if self.mode in ("reference", "auto") and self.own:
             os.sched_setaffinity(0, self.own)  # this thread trains on its own cores; the lent ones are the thread's
         if self.mode == "threads":
@@ -78,9 +80,11 @@ class Lending:
 
     def after_step(self, step: int, phases: dict[str, float]) -> dict[str, float]:
         """This step's lending metrics; in auto mode, watches the probe steps and decides after the last."""
-        if self.mode == "auto" and self.ahead is None and step in PROBE_STEPS:
+        self._started += 1
+        if self.mode == "auto" and self.ahead is None and self._started in PROBE_STEPS:
             self._probe.append((phases["actors/idle_frac"], phases["learner/idle_frac"]))
-            if step == PROBE_STEPS[-1]:
+            self._probed.append(step)
+            if self._started == PROBE_STEPS[-1]:
                 self._decide()
         metrics: dict[str, float] = {}
         if self.mode in ("reference", "auto"):
@@ -92,7 +96,7 @@ class Lending:
     def _decide(self) -> None:
         actors = statistics.fmean(a for a, _ in self._probe)
         learner = statistics.fmean(w for _, w in self._probe)
-        seen = (f"over steps {PROBE_STEPS[0]}-{PROBE_STEPS[-1]} the actors idled {actors:.0%} of their time and the "
+        seen = (f"over steps {self._probed[0]}-{self._probed[-1]} the actors idled {actors:.0%} of their time and the "
                 f"learner waited {learner:.0%} of its own")
         if actors >= AUTO_ACTOR_IDLE and learner <= AUTO_LEARNER_IDLE:
             self._start_reference(f"run.lend_actor_cores: auto; {seen}: training is the bottleneck")
