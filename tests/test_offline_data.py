@@ -137,9 +137,10 @@ def test_the_shipped_safety_sets_read_as_they_are_documented(tmp_path):
     tok.chat_template = TINY_CHAT_TEMPLATE
     sft = read_sft([Source(str(root / "refusals.jsonl")), Source(str(root / "helpful.jsonl"))], tok)
     prefs = read_preferences([Source(str(root / "preferences.jsonl"))], tok)
-    assert len(sft) == 192 and len(prefs) == 192
+    assert len(sft) == 312 and len(prefs) == 312
     categories = Counter(json.loads(line)["category"] for line in (root / "refusals.jsonl").read_text().splitlines())
-    assert len(categories) == 8 and set(categories.values()) == {12}
+    assert len(categories) == 8 and set(categories.values()) == {24, 32}
+    assert {c for c, n in categories.items() if n == 32} == {"illegal_acts", "self_harm", "violence"}
     refusals = [json.loads(line)["completion"][0]["content"] for line in (root / "refusals.jsonl").read_text().splitlines()]
     first_sentences = [r.split(".")[0].lower() for r in refusals]
     assert all(any(p in s for p in ("can't", "won't", "not able", "not going to")) for s in first_sentences)
