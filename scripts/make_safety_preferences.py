@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build configs/data/safety/preferences.jsonl from refusals.jsonl and helpful.jsonl, then check all three.
+"""Build configs/data/safety/preferences.jsonl and online-prompts.jsonl from the hand-written files, then check them.
 
     python3 scripts/make_safety_preferences.py           # build, then validate (prints counts)
     python3 scripts/make_safety_preferences.py --check   # validate only
@@ -10,6 +10,10 @@ Every prompt of the two SFT files becomes one preference row in TRL's conversati
 - a benign prompt (helpful.jsonl): chosen = its helpful answer, rejected = an unnecessary refusal (OVER_REFUSAL):
   the pair teaches answering over refusing.
 Templates are assigned by row position (row i of a file takes template i mod 20), so the output is deterministic.
+
+online-prompts.jsonl is the online stage's prompt stream: every request of refusals.jsonl and benign-prompts.jsonl,
+each category spread evenly through it, `{prompt, category}` with the prompt as one user message. An online
+run takes prompts in file order, so a file of one kind after the other would train on one kind at a time.
 Standard library only.
 """
 
@@ -119,6 +123,22 @@ def build(refusals: list[dict], helpful: list[dict]) -> list[dict]:
     return out
 
 
+def interleave(harmful: list[dict], benign: list[dict]) -> list[dict]:
+    """The online prompt stream: every category of both files spread evenly through it, each in file order
+    (the i-th of a category's n rows sits at (i + 0.5) / n of the way), so any stretch of the stream holds
+    harmful and benign prompts of every kind in the files' proportions."""
+    rows = [{"prompt": r["prompt"] if isinstance(r["prompt"], list) else [{"role": "user", "content": r["prompt"]}],
+             "category": r["category"]} for r in harmful + benign]
+    sizes = Counter(r["category"] for r in rows)
+    order = {category: k for k, category in enumerate(sizes)}
+    seen: Counter = Counter()
+    keyed = []
+    for r in rows:
+        keyed.append(((seen[r["category"]] + 0.5) / sizes[r["category"]], order[r["category"]], r))
+        seen[r["category"]] += 1
+    return [r for _, _, r in sorted(keyed, key=lambda k: k[:2])]
+
+
 def sentences(text: str) -> list[str]:
     return [s for s in SENTENCE_END.split(text.strip()) if s]
 
@@ -204,6 +224,11 @@ def validate() -> int:
         check(chosen != rejected, where, "chosen equals rejected")
         if prompt is not None and prompt in sft:
             check(sft[prompt][1] == chosen, where, f"chosen is not the answer at {sft[prompt][0]}")
+    online = read(DATA / "online-prompts.jsonl")
+    check(online == interleave(files["refusals.jsonl"], read(DATA / "benign-prompts.jsonl")), "online-prompts.jsonl",
+          "differs from what this script builds (run it without --check)")
+    print(f"online-prompts.jsonl: {len(online)} rows, "
+          f"{sum(r['category'] in HARM_CATEGORIES for r in online)} harmful, every category spread through it")
     n_prefs = sum(PER_HARM_CATEGORY.values()) + sum(PER_BENIGN_CATEGORY.values())
     check(len(prefs) == n_prefs, "preferences.jsonl", f"{len(prefs)} rows, expected {n_prefs}")
 
@@ -228,6 +253,9 @@ def main() -> int:
         rows = build(read(DATA / "refusals.jsonl"), read(DATA / "helpful.jsonl"))
         write(DATA / "preferences.jsonl", rows)
         print(f"wrote {(DATA / 'preferences.jsonl').relative_to(ROOT)}: {len(rows)} rows")
+        online = interleave(read(DATA / "refusals.jsonl"), read(DATA / "benign-prompts.jsonl"))
+        write(DATA / "online-prompts.jsonl", online)
+        print(f"wrote {(DATA / 'online-prompts.jsonl').relative_to(ROOT)}: {len(online)} rows")
     return validate()
 
 

@@ -144,3 +144,27 @@ def test_the_shipped_safety_sets_read_as_they_are_documented(tmp_path):
     refusals = [json.loads(line)["completion"][0]["content"] for line in (root / "refusals.jsonl").read_text().splitlines()]
     first_sentences = [r.split(".")[0].lower() for r in refusals]
     assert all(any(p in s for p in ("can't", "won't", "not able", "not going to")) for s in first_sentences)
+
+
+def test_the_online_prompt_stream_mixes_every_kind_from_its_start():
+    # an online run takes prompts in file order: a file of one kind after the other trains one kind at a time
+    from collections import Counter
+    from pathlib import Path
+
+    root = Path(__file__).parents[1] / "configs" / "data" / "safety"
+
+    def rows(name: str) -> list[dict]:
+        return [json.loads(line) for line in (root / name).read_text().splitlines()]
+
+    def text(row: dict) -> str:
+        return row["prompt"] if isinstance(row["prompt"], str) else row["prompt"][0]["content"]
+
+    stream = rows("online-prompts.jsonl")
+    sources = rows("refusals.jsonl") + rows("benign-prompts.jsonl")
+    assert sorted(map(text, stream)) == sorted(map(text, sources)) and len(stream) == 774
+    assert all(r["prompt"][0]["role"] == "user" and len(r["prompt"]) == 1 for r in stream)
+    everywhere = Counter(r["category"] for r in sources)
+    first = Counter(r["category"] for r in stream[:96])
+    assert set(first) == set(everywhere)  # all 18 kinds within the first 12 steps' worth of prompts
+    for category, n in everywhere.items():  # each kind's share of the first 96 is its share of the file
+        assert abs(first[category] - 96 * n / len(sources)) <= 1.5, category
