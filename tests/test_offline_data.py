@@ -165,6 +165,6 @@ def test_the_online_prompt_stream_mixes_every_kind_from_its_start():
     assert all(r["prompt"][0]["role"] == "user" and len(r["prompt"]) == 1 for r in stream)
     everywhere = Counter(r["category"] for r in sources)
     first = Counter(r["category"] for r in stream[:96])
-    assert set(first) == set(everywhere)  # all 18 kinds within the first 12 steps' worth of prompts
+    assert set(first) == set(everywhere)  # all 18 kinds within the first 96 prompts
     for category, n in everywhere.items():  # each kind's share of the first 96 is its share of the file
         assert abs(first[category] - 96 * n / len(sources)) <= 1.5, category
