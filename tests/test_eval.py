@@ -206,3 +206,15 @@ def test_eval_names_a_bad_set_row(tmp_path):
                    f"model.path={tmp_path / 'm'}"], tmp_path, timeout=60)
     assert out.returncode == 2
     assert f"{bad}:2: field 'answers'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_win_rate_without_a_pairwise_judge_is_refused_before_any_answer_is_generated(tmp_path):
+    from tiller.config import ConfigError, load_config
+    from tiller.eval import evaluate
+
+    missing = tmp_path / "no-model-here"  # generating would fail on it: the judge's error must come first
+    cfg = load_config(str(ROOT / "configs/eval/tiny.yaml"), [f"model.path={missing}", f"eval.baseline_path={missing}",
+                                                          "judge.kind=rule", f"output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="judge.kind: rule cannot compare two answers"):
+        evaluate.run(cfg)
+    assert not (tmp_path / cfg.name).exists()

@@ -57,6 +57,24 @@ def test_sft_learns_its_responses_and_writes_a_loadable_final(tiny_policy_dir, t
     assert (tmp_path / "sft" / "plots" / "loss.png").stat().st_size > 0
 
 
+def test_sft_with_its_lower_layers_frozen_moves_only_the_top_block(tiny_policy_dir, tmp_path, data):
+    from transformers import AutoModelForCausalLM
+
+    from tiller.offline import sft
+
+    summary = sft.run(config(tmp_path, tiny_policy_dir, "sft", data["sft"], "train.epochs=3",
+                             "sft.unfrozen_layers=1"))
+    assert summary["eval"]["eval/loss"] < summary["first_eval"]["eval/loss"]
+    old = dict(AutoModelForCausalLM.from_pretrained(str(tiny_policy_dir)).named_parameters())
+    new = dict(AutoModelForCausalLM.from_pretrained(str(tmp_path / "sft" / "final")).named_parameters())
+    frozen = [n for n in old if ".layers.0." in n or "embed_tokens" in n or n.startswith("lm_head")]
+    trained = [n for n in old if ".layers.1." in n and n.endswith("weight") and "norm" not in n]
+    assert frozen and all(torch.equal(old[n], new[n]) for n in frozen)  # embeddings, head, block 0: exact
+    assert trained and all(not torch.equal(old[n], new[n]) for n in trained)
+    with pytest.raises(ValueError, match="sft.unfrozen_layers: 3, but the model has 2 blocks"):
+        sft.run(config(tmp_path, tiny_policy_dir, "sft", data["sft"], "sft.unfrozen_layers=3", name="too-many"))
+
+
 def test_a_reward_model_separates_an_easy_preference_set_with_its_lower_layers_frozen(
         tiny_policy_dir, tmp_path, data):
     from transformers import AutoModelForSequenceClassification

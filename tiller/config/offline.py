@@ -45,6 +45,9 @@ class SFTStageConfig:
     # concatenate examples (each ended by EOS) into rows of train.max_length, so no step pays for padding;
     # attention then crosses example boundaries, as in TRL's classic packing
     packing: bool = False
+    # train only the top N blocks and the final norm; the embeddings (and a head tied to them) and the lower
+    # blocks keep their weights, and the backward pass stops at the lowest trained block; null: all
+    unfrozen_layers: int | None = ranged(None, at_least=0)
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,9 @@ def model_metrics(prompts: list[EvalPrompt], texts: list[str], safe: np.ndarray,
     return out
 
 
+WIN_JUDGES = ("reward_model", "llm_pairwise")
+
+
 def win_rate(cfg: Config, prompts: list[EvalPrompt], prompt_ids, model_ids, baseline_ids, tokenizer,
              rewards: dict | None) -> dict:
     """The model against the baseline on the non-harmful prompts, by the `judge` section's judge.
@@ -166,18 +169,25 @@ def win_rate(cfg: Config, prompts: list[EvalPrompt], prompt_ids, model_ids, base
         judge_name = (f"LLM {cfg.judge.model_path}, pairwise" + (", both orders (position-swap debiased)"
                                                                   if cfg.judge.swap_positions else ", one order"))
     else:
-        raise ConfigError(f"judge.kind: {kind} cannot compare two answers; the win rate needs llm_pairwise or "
-                          f"reward_model (or set eval.win_judge: none)")
+        check_win_judge(cfg)
     rate = scoring.win_rate(verdicts)
     return {**rate.as_dict(), "judge": judge_name, "wins": verdicts.count("A"), "losses": verdicts.count("B"),
             "ties": verdicts.count("tie"), "unreadable": sum(v is None for v in verdicts),
             "verdicts": {str(i): v for i, v in zip(idx, verdicts)}}
 
 
+def check_win_judge(cfg: Config) -> None:
+    """A baseline's win rate needs a judge that compares two answers; said before any answer is generated."""
+    if cfg.eval.baseline_path and cfg.eval.win_judge == "judge" and cfg.judge.kind not in WIN_JUDGES:
+        raise ConfigError(f"judge.kind: {cfg.judge.kind} cannot compare two answers; the win rate against "
+                          f"eval.baseline_path needs llm_pairwise or reward_model (or set eval.win_judge: none)")
+
+
 def run(cfg: Config) -> dict:
     """Evaluate `model.path` (and `eval.baseline_path`); returns the report written to runs/<name>/."""
     from tiller.eval.report import check_targets, write_report
 
+    check_win_judge(cfg)
     started = time.monotonic()
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)

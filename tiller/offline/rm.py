@@ -22,6 +22,7 @@ import torch
 
 from tiller.config import Config
 from tiller.offline.data import PreferenceExample, Source, read_preferences
+from tiller.offline.freezing import freeze_below
 from tiller.offline.loop import Recipe, fit, max_length, split_held_out, stage_engine
 from tiller.training.engine import ModelEngine
 from tiller.training.losses import bradley_terry_loss
@@ -45,31 +46,6 @@ def rewards(model: torch.nn.Module, ids: torch.Tensor, attention: torch.Tensor) 
     hidden = backbone(input_ids=ids, attention_mask=attention).last_hidden_state
     last = attention.sum(-1) - 1
     return model.score(hidden[torch.arange(len(ids), device=ids.device), last]).squeeze(-1).float()
-
-
-def transformer_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The model's stack of transformer blocks: its ModuleList of `num_hidden_layers` modules."""
-    n = model.config.num_hidden_layers
-    for module in model.modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
-            return module
-    raise ValueError(f"rm.unfrozen_layers: no list of {n} transformer blocks found in {type(model).__name__}")
-
-
-def freeze_below(unfrozen: int | None):
-    """A `freeze(model)` that trains only the top `unfrozen` blocks, the final norm and the score head."""
-    def freeze(model: torch.nn.Module) -> None:
-        if unfrozen is None:
-            return
-        blocks = transformer_blocks(model)
-        if unfrozen > len(blocks):
-            raise ValueError(f"rm.unfrozen_layers: {unfrozen}, but the model has {len(blocks)} blocks")
-        model.requires_grad_(False)
-        backbone = getattr(model, model.base_model_prefix)
-        for module in [*blocks[len(blocks) - unfrozen:], model.score, getattr(backbone, "norm", None)]:
-            if module is not None:
-                module.requires_grad_(True)
-    return freeze
 
 
 def recipe(cfg: Config, engine: ModelEngine, pad_id: int) -> Recipe:
@@ -106,7 +82,7 @@ def run(cfg: Config, resume: bool = False) -> dict:
     pairs = read_preferences(sources, tokenizer, max_length(cfg, model_dir))
     train, held_out = split_held_out(pairs, cfg.train.eval_fraction, cfg.seed)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    engine = stage_engine(cfg, model_dir, AutoModelForSequenceClassification,
-                          freeze=freeze_below(cfg.rm.unfrozen_layers), task_type="SEQ_CLS", num_labels=1,
-                          pad_token_id=pad_id)
+    freeze = freeze_below(cfg.rm.unfrozen_layers, "rm.unfrozen_layers", heads=("score",))
+    engine = stage_engine(cfg, model_dir, AutoModelForSequenceClassification, freeze=freeze,
+                          task_type="SEQ_CLS", num_labels=1, pad_token_id=pad_id)
     return fit(cfg, recipe(cfg, engine, pad_id), engine, train, held_out, model_dir, resume)

@@ -8,7 +8,9 @@ completion, every assistant turn, or the output of an instruction row, end-of-tu
 batch's trained tokens, as TRL's SFTTrainer with completion-only loss averages. Held-out rows report
 `eval/loss` (per token) and `eval/token_accuracy` (greedy next-token match on trained tokens). With
 `sft.packing`, examples are concatenated into rows of `train.max_length` (attention crosses their
-boundaries, as in TRL's classic packing), so no step pays for padding.
+boundaries, as in TRL's classic packing), so no step pays for padding. `sft.unfrozen_layers: N` trains
+only the top N blocks and the final norm (offline/freezing.py): the embeddings, tied output head and lower
+blocks keep their weights exactly, and the backward pass stops at the lowest trained block.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 
 from tiller.config import Config
 from tiller.offline.data import SFTExample, Source, read_sft
+from tiller.offline.freezing import freeze_below
 from tiller.offline.loop import Recipe, fit, max_length, split_held_out, stage_engine
 from tiller.training.engine import ModelEngine
 from tiller.training.logprobs import taken_logprobs
@@ -93,6 +96,6 @@ def run(cfg: Config, resume: bool = False) -> dict:
     train, held_out = split_held_out(examples, cfg.train.eval_fraction, cfg.seed)
     if cfg.sft.packing:
         train = pack(train, cfg.train.max_length)
-    engine = stage_engine(cfg, model_dir)
+    engine = stage_engine(cfg, model_dir, freeze=freeze_below(cfg.sft.unfrozen_layers, "sft.unfrozen_layers"))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return fit(cfg, recipe(engine, pad_id), engine, train, held_out, model_dir, resume)
