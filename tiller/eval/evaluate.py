@@ -168,19 +168,23 @@ def win_rate(cfg: Config, prompts: list[EvalPrompt], prompt_ids, model_ids, base
             judge.close()
         judge_name = (f"LLM {cfg.judge.model_path}, pairwise" + (", both orders (position-swap debiased)"
                                                                   if cfg.judge.swap_positions else ", one order"))
-    else:
-        check_win_judge(cfg)
+    else:  # run() refuses this before generating; kept so that no other caller reads an unset verdict list
+        raise win_judge_error(kind)
     rate = scoring.win_rate(verdicts)
     return {**rate.as_dict(), "judge": judge_name, "wins": verdicts.count("A"), "losses": verdicts.count("B"),
             "ties": verdicts.count("tie"), "unreadable": sum(v is None for v in verdicts),
             "verdicts": {str(i): v for i, v in zip(idx, verdicts)}}
 
 
+def win_judge_error(kind: str) -> ConfigError:
+    return ConfigError(f"judge.kind: {kind} cannot compare two answers; the win rate against "
+                       f"eval.baseline_path needs llm_pairwise or reward_model (or set eval.win_judge: none)")
+
+
 def check_win_judge(cfg: Config) -> None:
     """A baseline's win rate needs a judge that compares two answers; said before any answer is generated."""
     if cfg.eval.baseline_path and cfg.eval.win_judge == "judge" and cfg.judge.kind not in WIN_JUDGES:
-        raise ConfigError(f"judge.kind: {cfg.judge.kind} cannot compare two answers; the win rate against "
-                          f"eval.baseline_path needs llm_pairwise or reward_model (or set eval.win_judge: none)")
+        raise win_judge_error(cfg.judge.kind)
 
 
 def run(cfg: Config) -> dict:

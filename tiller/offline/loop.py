@@ -191,7 +191,7 @@ def _plot(run_dir: Path) -> None:
 def stage_engine(cfg: Config, model_dir: Path, auto_class=None, freeze=None, task_type: str = "CAUSAL_LM",
                  **config_kwargs) -> ModelEngine:
     """The stage's model in a DeepSpeed engine with the `train` section's optimizer settings; `freeze(model)`
-    may set requires_grad before the optimizer is built (the reward model's frozen layers)."""
+    may set requires_grad before the optimizer is built (`rm.unfrozen_layers`, `sft.unfrozen_layers`)."""
     if auto_class is None:
         from transformers import AutoModelForCausalLM as auto_class
     tc = cfg.train
