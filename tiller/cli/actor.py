@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Annotated, Optional
 
 import typer
@@ -26,6 +27,11 @@ def actor(
     """Generate rollouts with vLLM for the learner at --learner, until it says stop."""
     cfg = resolve(config, overrides, dry_run)
     setup_process(actor_id or "actor")
+    # SIGTERM (`kill`, `tiller run` stopping its workers, a container's stop) ends the actor as Ctrl-C does,
+    # engine closed. It is also the one way to stop an actor started in the background by a script: there
+    # the shell hands it SIGINT ignored, and Python then never raises KeyboardInterrupt (measured: the
+    # test suite run as a background job lost every interrupt sent to a warm actor).
+    signal.signal(signal.SIGTERM, _interrupt)
     from tiller.actors.rollout import RolloutActor, WeightsDoNotFit
     from tiller.actors.worker import LearnerGone
     from tiller.models import prepare_model
@@ -40,10 +46,14 @@ def actor(
     except LearnerGone as exc:
         typer.echo(f"actor stopped: {exc}", err=True)
         raise typer.Exit(1) from None
-    except KeyboardInterrupt:  # how a warm (--stay) actor is meant to end
-        typer.echo("actor stopped: interrupted")
+    except KeyboardInterrupt as exc:  # how a warm (--stay) actor is meant to end
+        typer.echo(f"actor stopped: interrupted ({str(exc) or 'SIGINT'})")
         rollout_actor.engine.close()
         finish_process(0)
     typer.echo(f"actor done: {sent} rollouts sent")
     rollout_actor.engine.close()  # 0.2 s; Python's teardown of the engine and torch took 2.6 s more (measured)
     finish_process(0)
+
+
+def _interrupt(signum: int, _frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
