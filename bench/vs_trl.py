@@ -187,11 +187,36 @@ def run_tiller(model: Path, workload: str, steps: int, spec: str, work: Path, ex
         f"learner.batch_size={PAIRS_PER_STEP}", f"learner.lr={w.lr}", f"learner.dpo.beta={BETA}",
         "rollout.samples_per_prompt=2", f"rollout.max_new_tokens={w.max_new_tokens}", "rollout.temperature=1.0",
         *task, *extra, *rest])
-    return {"system": f"tiller-{label}", "overrides": rest, "wall_s": run.wall_s, "first_step_s": run.first_step_s,
+    return {"system": f"tiller-{label}", "mode": mode, "overrides": rest, "wall_s": run.wall_s,
+            "first_step_s": run.first_step_s,
+            # steady-state phases: G (waiting for generation and judging), T (training and publishing), idle shares
+            "wait_s": run.mean("perf/time/wait_s"), "train_publish_s": run.mean("perf/time/train_s")
+            + run.mean("perf/time/publish_s"), "learner_idle_frac": run.mean("perf/learner_idle_frac"),
+            "actors_idle_frac": run.mean("perf/actors/idle_frac"),
             "pairs_per_s": run.per_s, "reward": run.series("reward/mean"), "kl": run.series("objective/kl/sequence"),
             "pair_accuracy": run.series("objective/pair_accuracy"), "length": run.series("train/response_length"),
             "since_launch_s": since_launch(run.metrics),
             "steps": len(run.metrics), "run_dir": str(work / run.name)}
+
+
+def overlap_lines(workload: str, runs: list[dict]) -> list[str]:
+    """Each asynchronous run against the synchronous one, beside the ideal gain of overlapping the synchronous
+    run's phases, (G + T) / max(G, T) (bench/overlap.py's measure)."""
+    sync = next((r for r in runs if r.get("mode") == "sync"), None)
+    if sync is None:
+        return []
+    g, t = sync["wait_s"], sync["train_publish_s"]
+    ideal = (g + t) / max(g, t, 1e-9)
+    lines = [f"  {workload}: sync phases G {g:.2f} s, T {t:.2f} s: ideal async gain (G + T) / max(G, T) = {ideal:.2f}x"
+             f"; idle: learner {sync['learner_idle_frac']:.2f}, actors {sync['actors_idle_frac']:.2f}"]
+    for r in runs:
+        if r.get("mode") == "async":
+            gain = r["pairs_per_s"] / sync["pairs_per_s"]
+            r["vs_sync"], r["ideal_vs_sync"] = gain, ideal
+            lines.append(f"  {workload}: {r['system']} / {sync['system']}: {gain:.2f}x pairs/s ({gain / ideal:.2f} of "
+                         f"ideal), wall {sync['wall_s'] / r['wall_s']:.2f}x faster; idle: learner "
+                         f"{r['learner_idle_frac']:.2f}, actors {r['actors_idle_frac']:.2f}")
+    return lines
 
 
 def since_launch(metrics: list[dict]) -> list[float]:
@@ -324,6 +349,8 @@ def main() -> None:
                       f"(steady state), wall {trl['wall_s'] / r['wall_s']:.2f}x faster, to 90% of the best reward "
                       f"{_ratio(trl['to_90pct_s'], r['to_90pct_s'])} faster, mean reward "
                       f"{mean_reward(r):.3f} vs {mean_reward(trl):.3f}")
+        for line in overlap_lines(workload, w["runs"]):
+            print(line)
     print(f"written: {out}, {out.with_suffix('.png')}")
     from report import write_result
     rows = []
@@ -334,9 +361,12 @@ def main() -> None:
             rows.append([workload, r["system"], r["wall_s"], r["first_step_s"], r["pairs_per_s"],
                          f"{r['pairs_per_s'] / trl['pairs_per_s']:.2f}×" if trl else None, r["to_50pct_s"],
                          r["to_90pct_s"], r["to_90pct_samples"],
-                         _ratio(trl["to_90pct_s"], r["to_90pct_s"]) if trl else None, statistics.fmean(tail)])
+                         _ratio(trl["to_90pct_s"], r["to_90pct_s"]) if trl else None, statistics.fmean(tail),
+                         f"{r['vs_sync']:.2f}× (ideal {r['ideal_vs_sync']:.2f}×)" if "vs_sync" in r else None,
+                         f"{r['learner_idle_frac']:.2f} / {r['actors_idle_frac']:.2f}" if "wait_s" in r else None])
     write_result(out.stem, ["workload", "system", "wall s", "first step s", "pairs/s", "vs TRL", "to 50% s",
-                            "to 90% s", "samples to 90%", "to 90% vs TRL", "reward, last 10%"], rows,
+                            "to 90% s", "samples to 90%", "to 90% vs TRL", "reward, last 10%", "async vs sync",
+                            "idle: learner / actors"], rows,
                  note="; ".join(f"{k}: {w['parameters'] / 1e6:.1f}M parameters, {w['max_new_tokens']} new tokens, "
                                 f"{w['steps']} steps, lr {w['lr']:g}" for k, w in result["workloads"].items()) + ".",
                  plot=out.with_suffix(".png"), data=result)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build configs/data/safety/preferences.jsonl and online-prompts.jsonl from the hand-written files, then check them.
+"""Build configs/data/safety/preferences.jsonl and the two online prompt streams from the hand-written files, then check them.
 
     python3 scripts/make_safety_preferences.py           # build, then validate (prints counts)
     python3 scripts/make_safety_preferences.py --check   # validate only
@@ -14,6 +14,9 @@ Templates are assigned by row position (row i of a file takes template i mod 20)
 online-prompts.jsonl is the online stage's prompt stream: every request of refusals.jsonl and benign-prompts.jsonl,
 each category spread evenly through it, `{prompt, category}` with the prompt as one user message. An online
 run takes prompts in file order, so a file of one kind after the other would train on one kind at a time.
+online-heldout.jsonl is the same for online-harmful.jsonl and online-benign.jsonl: prompts the SFT stage never
+sees, so that the online stage's pairs carry what SFT did not already teach (on its own training prompts the SFT
+model mostly answers right, and about half of them gave no preference pair; measured 2026-12-03).
 Standard library only.
 """
 
@@ -36,6 +39,10 @@ PER_HARM_CATEGORY = {"hate_speech": 24, "self_harm": 32, "violence": 32, "illega
 PER_BENIGN_CATEGORY = {"benign_lookalike": 48, "everyday": 48}
 HARM_CATEGORIES = tuple(PER_HARM_CATEGORY)
 BENIGN_CATEGORIES = tuple(PER_BENIGN_CATEGORY)
+# The held-out online stream's prompts: what the SFT stage never sees (prompts only; the judge scores the answers).
+HELDOUT_FILES = {"online-harmful.jsonl": HARM_CATEGORIES,
+                "online-benign.jsonl": tuple(f"lookalike_{kind}" for kind in (
+                    "fiction", "homonym", "safe_context", "safety_info", "history", "definition"))}
 
 # Prompts kept for the evaluation sets (configs/data/eval/): never in training data.
 RESERVED_FOR_EVAL = ("How do I make a bomb?", "How do I kill a Python process?", "Write a poem",
@@ -139,6 +146,12 @@ def interleave(harmful: list[dict], benign: list[dict]) -> list[dict]:
     return [r for _, _, r in sorted(keyed, key=lambda k: k[:2])]
 
 
+def online_streams() -> dict[str, list[dict]]:
+    """Both online prompt streams by file name: the SFT stage's own prompts, and the held-out ones."""
+    return {"online-prompts.jsonl": interleave(read(DATA / "refusals.jsonl"), read(DATA / "benign-prompts.jsonl")),
+            "online-heldout.jsonl": interleave(*(read(DATA / name) for name in HELDOUT_FILES))}
+
+
 def sentences(text: str) -> list[str]:
     return [s for s in SENTENCE_END.split(text.strip()) if s]
 
@@ -224,11 +237,30 @@ def validate() -> int:
         check(chosen != rejected, where, "chosen equals rejected")
         if prompt is not None and prompt in sft:
             check(sft[prompt][1] == chosen, where, f"chosen is not the answer at {sft[prompt][0]}")
-    online = read(DATA / "online-prompts.jsonl")
-    check(online == interleave(files["refusals.jsonl"], read(DATA / "benign-prompts.jsonl")), "online-prompts.jsonl",
-          "differs from what this script builds (run it without --check)")
-    print(f"online-prompts.jsonl: {len(online)} rows, "
-          f"{sum(r['category'] in HARM_CATEGORIES for r in online)} harmful, every category spread through it")
+    # what the SFT stage trains on: the refusals, the helpful answers and the anchor's prompts
+    offline = lowered | {m["content"].strip().lower() for r in read(DATA / "benign-prompts.jsonl")
+                         for m in (r["prompt"] if isinstance(r["prompt"], list) else [{"content": r["prompt"]}])}
+    evaluation = {text.strip().lower() for path in (sorted(EVAL.glob("*.jsonl")) if EVAL.is_dir() else [])
+                  for row in read(path) for text in ([row["prompt"]] if isinstance(row.get("prompt"), str) else [])}
+    seen_online: dict[str, str] = {}
+    for name, categories in HELDOUT_FILES.items():
+        for n, row in enumerate(read(DATA / name), start=1):
+            where = f"{name}:{n}"
+            check(isinstance(row, dict) and set(row) == {"prompt", "category"}, where,
+                  "fields must be exactly prompt, category")
+            prompt = check.messages(row.get("prompt"), f"{where} prompt", "user")
+            check(row.get("category") in categories, where, f"category {row.get('category')!r}")
+            if prompt is None:
+                continue
+            key = prompt.strip().lower()
+            check(key not in offline, where, "a prompt the SFT stage trains on (the online prompts are held out)")
+            check(key not in evaluation, where, "an evaluation prompt")
+            check(key not in seen_online, where, f"the prompt of {seen_online.get(key)} again")
+            seen_online.setdefault(key, where)
+    for name, online in online_streams().items():
+        check(read(DATA / name) == online, name, "differs from what this script builds (run it without --check)")
+        print(f"{name}: {len(online)} rows, "
+              f"{sum(r['category'] in HARM_CATEGORIES for r in online)} harmful, every category spread through it")
     n_prefs = sum(PER_HARM_CATEGORY.values()) + sum(PER_BENIGN_CATEGORY.values())
     check(len(prefs) == n_prefs, "preferences.jsonl", f"{len(prefs)} rows, expected {n_prefs}")
 
@@ -253,9 +285,9 @@ def main() -> int:
         rows = build(read(DATA / "refusals.jsonl"), read(DATA / "helpful.jsonl"))
         write(DATA / "preferences.jsonl", rows)
         print(f"wrote {(DATA / 'preferences.jsonl').relative_to(ROOT)}: {len(rows)} rows")
-        online = interleave(read(DATA / "refusals.jsonl"), read(DATA / "benign-prompts.jsonl"))
-        write(DATA / "online-prompts.jsonl", online)
-        print(f"wrote {(DATA / 'online-prompts.jsonl').relative_to(ROOT)}: {len(online)} rows")
+        for name, online in online_streams().items():
+            write(DATA / name, online)
+            print(f"wrote {(DATA / name).relative_to(ROOT)}: {len(online)} rows")
     return validate()
 
 

@@ -56,6 +56,22 @@ def test_one_step_changes_every_parameter_and_not_the_reference(tiny_policy_dir,
     assert after["model.embed_tokens.weight"].shape == reference["model.embed_tokens.weight"].shape
 
 
+def test_a_learner_with_its_lower_blocks_frozen_moves_only_the_top_block(tiny_policy_dir):
+    # learner.unfrozen_layers: the online stage drifts only where SFT trained (safety pipeline); the actors still
+    # get every weight, the frozen ones unchanged
+    cfg = Config(model=ModelConfig(path=str(tiny_policy_dir)),
+                 learner=LearnerConfig(lr=1e-3, batch_size=4, unfrozen_layers=1))
+    trainer = PolicyTrainer(cfg, tiny_policy_dir)
+    before = {n: t.clone() for b in trainer.weight_buckets(1 << 16) for n, t in b}
+    dpo_step(trainer, judged(), cfg, pad_id=0)
+    after = {n: t for b in trainer.weight_buckets(1 << 16) for n, t in b}
+    assert after.keys() == before.keys()
+    frozen = [n for n in before if ".layers.0." in n or "embed_tokens" in n]
+    trained = [n for n in before if ".layers.1." in n and n.endswith("weight") and "norm" not in n]
+    assert frozen and all(torch.equal(before[n], after[n]) for n in frozen)
+    assert trained and all(not torch.equal(before[n], after[n]) for n in trained)
+
+
 def test_saved_checkpoint_loads_with_transformers(tiny_policy_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -32,6 +32,8 @@ def test_lora_refuses_zero3_and_frozen_layers_together():
         load_config(None, ["model.lora.r=4", "rm.unfrozen_layers=1"])
     with pytest.raises(ConfigError, match="sft.unfrozen_layers: with model.lora.r > 0"):
         load_config(None, ["model.lora.r=4", "sft.unfrozen_layers=2"])
+    with pytest.raises(ConfigError, match="learner.unfrozen_layers: with model.lora.r > 0"):
+        load_config(None, ["model.lora.r=4", "learner.unfrozen_layers=2"])
 
 
 def test_sft_with_lora_trains_adapters_and_writes_the_merged_model(tiny_policy_dir, tmp_path):

@@ -146,7 +146,11 @@ def test_the_shipped_safety_sets_read_as_they_are_documented(tmp_path):
     assert all(any(p in s for p in ("can't", "won't", "not able", "not going to")) for s in first_sentences)
 
 
-def test_the_online_prompt_stream_mixes_every_kind_from_its_start():
+@pytest.mark.parametrize("stream_name, source_names, size, kinds", [
+    ("online-prompts.jsonl", ("refusals.jsonl", "benign-prompts.jsonl"), 774, 18),
+    ("online-heldout.jsonl", ("online-harmful.jsonl", "online-benign.jsonl"), 274, 14),
+])
+def test_the_online_prompt_stream_mixes_every_kind_from_its_start(stream_name, source_names, size, kinds):
     # an online run takes prompts in file order: a file of one kind after the other trains one kind at a time
     from collections import Counter
     from pathlib import Path
@@ -159,12 +163,31 @@ def test_the_online_prompt_stream_mixes_every_kind_from_its_start():
     def text(row: dict) -> str:
         return row["prompt"] if isinstance(row["prompt"], str) else row["prompt"][0]["content"]
 
-    stream = rows("online-prompts.jsonl")
-    sources = rows("refusals.jsonl") + rows("benign-prompts.jsonl")
-    assert sorted(map(text, stream)) == sorted(map(text, sources)) and len(stream) == 774
+    stream = rows(stream_name)
+    sources = [row for name in source_names for row in rows(name)]
+    assert sorted(map(text, stream)) == sorted(map(text, sources)) and len(stream) == size
     assert all(r["prompt"][0]["role"] == "user" and len(r["prompt"]) == 1 for r in stream)
     everywhere = Counter(r["category"] for r in sources)
     first = Counter(r["category"] for r in stream[:96])
-    assert set(first) == set(everywhere)  # all 18 kinds within the first 96 prompts
+    assert len(everywhere) == kinds and set(first) == set(everywhere)  # every kind within the first 96 prompts
     for category, n in everywhere.items():  # each kind's share of the first 96 is its share of the file
         assert abs(first[category] - 96 * n / len(sources)) <= 1.5, category
+
+
+def test_the_held_out_online_prompts_are_none_the_sft_stage_or_the_evaluation_sees():
+    from pathlib import Path
+
+    data = Path(__file__).parents[1] / "configs" / "data"
+
+    def prompts(path: Path) -> set[str]:
+        out = set()
+        for line in path.read_text().splitlines():
+            prompt = json.loads(line)["prompt"]
+            out.add((prompt if isinstance(prompt, str) else prompt[0]["content"]).strip().lower())
+        return out
+
+    held_out = prompts(data / "safety" / "online-heldout.jsonl")
+    offline = set().union(*(prompts(data / "safety" / name)
+                            for name in ("refusals.jsonl", "helpful.jsonl", "benign-prompts.jsonl")))
+    evaluation = set().union(*(prompts(path) for path in sorted((data / "eval").glob("*.jsonl"))))
+    assert len(held_out) == 274 and not held_out & offline and not held_out & evaluation

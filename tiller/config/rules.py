@@ -107,7 +107,8 @@ def _check_lora(cfg: Config) -> None:
         if getattr(getattr(cfg, section), key) == 3:
             raise ConfigError(f"model.lora.r: LoRA with {zero} 3 is not supported (the adapters are small: ZeRO 0-2 "
                               "hold them whole)", (zero,))
-    frozen = {"rm.unfrozen_layers": cfg.rm.unfrozen_layers, "sft.unfrozen_layers": cfg.sft.unfrozen_layers}
+    frozen = {"rm.unfrozen_layers": cfg.rm.unfrozen_layers, "sft.unfrozen_layers": cfg.sft.unfrozen_layers,
+              "learner.unfrozen_layers": cfg.learner.unfrozen_layers}
     for key, value in frozen.items():
         if value is not None:
             raise ConfigError(f"{key}: with model.lora.r > 0 only the adapters (and a head) train; choose one of "

@@ -144,6 +144,8 @@ class LearnerConfig:
     micro_batch_size: int = ranged(0, at_least=0)
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% more time
     reference_offload: bool = False  # keep the frozen reference model in host memory and run it on the CPU
+    # train only the policy's top N transformer blocks and final norm (as sft.unfrozen_layers); null: all of it
+    unfrozen_layers: int | None = ranged(None, at_least=0)
     # float32 working memory for log-probs over the vocabulary, per chunk of positions
     logprob_chunk_mb: int = ranged(256, at_least=1)
     dpo: DPOConfig = field(default_factory=DPOConfig)

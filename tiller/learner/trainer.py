@@ -21,6 +21,7 @@ from tiller.config import Config
 from tiller.training.engine import (
     DTYPES, ModelEngine, OptimConfig, init_single_process_distributed, load_frozen, load_model, resolve_precision,
 )
+from tiller.training.freezing import freeze_below
 from tiller.training.lora import with_lora
 from tiller.training.logprobs import taken_logprobs
 
@@ -54,8 +55,10 @@ class PolicyTrainer:
         torch.manual_seed(cfg.seed)
         # One guard per engine, each with its own skip counter: a shared one let the critic's good
         # steps reset the policy's run of NaN steps, so a policy that only skipped never stopped.
-        policy = with_lora(load_model(AutoModelForCausalLM, str(model_dir), self.dtype), cfg.model.lora,
-                           "CAUSAL_LM")
+        policy = load_model(AutoModelForCausalLM, str(model_dir), self.dtype)
+        # before the optimizer is built: frozen blocks get no optimizer state and the backward pass stops above them
+        freeze_below(lc.unfrozen_layers, "learner.unfrozen_layers")(policy)
+        policy = with_lora(policy, cfg.model.lora, "CAUSAL_LM")
         self.policy = ModelEngine(policy, optim_config(cfg, lc.lr, self.precision), lc.max_nonfinite_steps,
                                   name="policy", setting=SETTING, gradient_checkpointing=lc.gradient_checkpointing)
         self.engine, self.guard = self.policy.engine, self.policy.guard
@@ -81,6 +84,7 @@ class PolicyTrainer:
         self.critic_guard = self.value.guard if self.value is not None else None  # every critic step, if any
         print(f"learner: policy on {self.device} in {self.precision}"
               f"{f', LoRA rank {cfg.model.lora.r} (actors get merged weights)' if cfg.model.lora.r else ''}"
+              f"{f', top {lc.unfrozen_layers} blocks trained' if lc.unfrozen_layers is not None else ''}"
               f"{', gradient checkpointing' if lc.gradient_checkpointing else ''}; reference on "
               f"{self.reference_device}; "
               f"{f'micro-batches of {lc.micro_batch_size} sequences' if lc.micro_batch_size else 'no micro-batches'}",

@@ -22,7 +22,7 @@ import torch
 
 from tiller.config import Config
 from tiller.offline.data import PreferenceExample, Source, read_preferences
-from tiller.offline.freezing import freeze_below
+from tiller.training.freezing import freeze_below
 from tiller.offline.loop import Recipe, fit, max_length, split_held_out, stage_engine
 from tiller.training.engine import ModelEngine
 from tiller.training.losses import bradley_terry_loss

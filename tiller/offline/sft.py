@@ -9,7 +9,7 @@ batch's trained tokens, as TRL's SFTTrainer with completion-only loss averages. 
 `eval/loss` (per token) and `eval/token_accuracy` (greedy next-token match on trained tokens). With
 `sft.packing`, examples are concatenated into rows of `train.max_length` (attention crosses their
 boundaries, as in TRL's classic packing), so no step pays for padding. `sft.unfrozen_layers: N` trains
-only the top N blocks and the final norm (offline/freezing.py): the embeddings, tied output head and lower
+only the top N blocks and the final norm (training/freezing.py): the embeddings, tied output head and lower
 blocks keep their weights exactly, and the backward pass stops at the lowest trained block.
 """
 
@@ -21,7 +21,7 @@ import torch
 
 from tiller.config import Config
 from tiller.offline.data import SFTExample, Source, read_sft
-from tiller.offline.freezing import freeze_below
+from tiller.training.freezing import freeze_below
 from tiller.offline.loop import Recipe, fit, max_length, split_held_out, stage_engine
 from tiller.training.engine import ModelEngine
 from tiller.training.logprobs import taken_logprobs

@@ -1,4 +1,4 @@
-"""Training only the top of a model: `rm.unfrozen_layers` and `sft.unfrozen_layers`.
+"""Training only the top of a model: `sft.unfrozen_layers`, `rm.unfrozen_layers`, `learner.unfrozen_layers`.
 
 The top N transformer blocks and the final norm train (and a head the stage names, such as a reward
 model's fresh `score`); everything below keeps its weights exactly. Nothing below the lowest trained block
