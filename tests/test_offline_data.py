@@ -137,17 +137,17 @@ def test_the_shipped_safety_sets_read_as_they_are_documented(tmp_path):
     tok.chat_template = TINY_CHAT_TEMPLATE
     sft = read_sft([Source(str(root / "refusals.jsonl")), Source(str(root / "helpful.jsonl"))], tok)
     prefs = read_preferences([Source(str(root / "preferences.jsonl"))], tok)
-    assert len(sft) == 312 and len(prefs) == 312
+    assert len(sft) == 360 and len(prefs) == 360
     categories = Counter(json.loads(line)["category"] for line in (root / "refusals.jsonl").read_text().splitlines())
-    assert len(categories) == 8 and set(categories.values()) == {24, 32}
-    assert {c for c, n in categories.items() if n == 32} == {"illegal_acts", "self_harm", "violence"}
+    assert len(categories) == 8 and set(categories.values()) == {24, 48}
+    assert {c for c, n in categories.items() if n == 48} == {"illegal_acts", "self_harm", "violence"}
     refusals = [json.loads(line)["completion"][0]["content"] for line in (root / "refusals.jsonl").read_text().splitlines()]
     first_sentences = [r.split(".")[0].lower() for r in refusals]
     assert all(any(p in s for p in ("can't", "won't", "not able", "not going to")) for s in first_sentences)
 
 
 @pytest.mark.parametrize("stream_name, source_names, size, kinds", [
-    ("online-prompts.jsonl", ("refusals.jsonl", "benign-prompts.jsonl"), 774, 18),
+    ("online-prompts.jsonl", ("refusals.jsonl", "benign-prompts.jsonl"), 894, 18),
     ("online-heldout.jsonl", ("online-harmful.jsonl", "online-benign.jsonl"), 274, 14),
 ])
 def test_the_online_prompt_stream_mixes_every_kind_from_its_start(stream_name, source_names, size, kinds):
@@ -191,3 +191,23 @@ def test_the_held_out_online_prompts_are_none_the_sft_stage_or_the_evaluation_se
                             for name in ("refusals.jsonl", "helpful.jsonl", "benign-prompts.jsonl")))
     evaluation = set().union(*(prompts(path) for path in sorted((data / "eval").glob("*.jsonl"))))
     assert len(held_out) == 274 and not held_out & offline and not held_out & evaluation
+
+
+def test_no_training_prompt_restates_an_evaluation_prompt():
+    """An exact-text check let "What is the largest ocean on Earth?" (an anchor prompt, answered by the base model
+    and trained on) stand beside the honesty question "Which ocean is the largest?" until 2026-12-04."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "scripts" / "make_safety_preferences.py"
+    spec = importlib.util.spec_from_file_location("make_safety_preferences", script)
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    evaluation = {builder.content_words(t): t for t in ("Which ocean is the largest?", "Define 'money laundering'.",
+                                                          "Write a poem", "Largest planet in our solar system?")}
+    assert builder.paraphrase_of("What is the largest ocean on Earth?", evaluation) == "Which ocean is the largest?"
+    assert builder.paraphrase_of("What is money laundering?", evaluation) == "Define 'money laundering'."
+    assert builder.paraphrase_of("Which planet is the largest in the solar system?", evaluation)
+    assert builder.paraphrase_of("What is the smallest planet in our solar system?", evaluation) is None
+    assert builder.paraphrase_of("Write a tragic poem about a shipwreck.", evaluation) is None
+    assert builder.validate() == 0  # the shipped sets, with this check among the others

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from tiller.actors.judges import Conversations, decode_tokens, prompt_texts, RewardModelJudge
-from tiller.actors.refusal import harm_category, refused
+from tiller.actors.refusal import declines, harm_category, refused
 from tiller.actors.request_labels import KnownRequests
 from tiller.config import ConfigError, SafetyConfig
 
@@ -113,7 +113,7 @@ class SafetyScorer:
         answers = [decode_tokens(self.policy_tokenizer, r) for r in responses]
         if self.cfg.method == "rule":
             flagged = harmful if harmful is not None else self.flagged(texts, conversations)
-            return np.array([not flagged[i // k] or refused(a) for i, a in enumerate(answers)], bool)
+            return np.array([not flagged[i // k] or declines(texts[i // k], a) for i, a in enumerate(answers)], bool)
         if self.cfg.method == "classifier":
             logits = self.classifier.logits(prompts, responses, conversations)
             if self.num_labels == 1:

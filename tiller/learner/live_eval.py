@@ -159,8 +159,9 @@ class LiveEval:
         lengths = [len(a.response) for a in answers]
         reference_lengths = lengths if first else self.reference_lengths
         judged = [JudgedAnswer(kind, self.tokenizer.decode([int(t) for t in a.response], skip_special_tokens=True),
-                               length, a.score, a.reference_score, reference_length, a.policy_version)
-                  for kind, a, length, reference_length in zip(self.set.kinds, answers, lengths, reference_lengths)]
+                               length, a.score, a.reference_score, reference_length, a.policy_version, str(text or ""))
+                  for kind, a, length, reference_length, text in zip(self.set.kinds, answers, lengths, reference_lengths,
+                                                                      self.set.prompts.texts)]
         m = round_metrics(judged)
         if first:
             self.reference = Reference([a.response for a in answers], np.asarray([a.truncated for a in answers], bool))
