@@ -19,6 +19,7 @@ import numpy as np
 
 from tiller.config import RolloutConfig
 from tiller.model_files import eos_ids
+from tiller.training.precision import generation_dtype
 
 WORKER_EXTENSION = "tiller.actors.worker_ext.TillerWorkerExtension"
 
@@ -58,7 +59,7 @@ class VLLMEngine:
         self.llm = LLM(
             model=str(self.model_dir),
             skip_tokenizer_init=True,
-            dtype=cfg.dtype,
+            dtype=generation_dtype(cfg.dtype),
             enforce_eager=eager,
             worker_extension_cls=WORKER_EXTENSION,
             max_model_len=cfg.max_model_len,

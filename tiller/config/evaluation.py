@@ -53,7 +53,7 @@ class GenerationConfig:
 
     max_new_tokens: int = ranged(128, at_least=1)
     max_model_len: int = ranged(1024, at_least=16)
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "fastest"] = "float32"  # fastest: as rollout.dtype
     kv_cache_gib: float = ranged(1.0, above=0)
     system_prompt: str | None = None  # a system turn before every prompt (models whose template takes one)
     # prompts per vLLM generate call (they batch together; the progress bar moves per call): larger batches

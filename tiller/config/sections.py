@@ -138,8 +138,9 @@ class LearnerConfig:
     missed_beats: int = ranged(5, at_least=1)  # a peer silent this many beats is dead: its leases expire at once
     # optimizer steps skipped in a row (NaN/inf loss or gradient) before the run stops
     max_nonfinite_steps: int = ranged(5, at_least=1)
-    # auto: bf16 on a GPU (DeepSpeed's bf16: fp32 master weights and optimizer states), fp32 on a CPU
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # auto: bf16 on a GPU (DeepSpeed's bf16: fp32 master weights and optimizer states), fp32 on a CPU;
+    # fastest: bf16 also on a CPU that multiplies it faster than fp32 (measured: tiller/training/precision.py)
+    precision: Literal["auto", "fastest", "fp32", "bf16"] = "auto"
     # sequences per forward/backward pass (a DPO pair is two); 0: a step's whole batch
     micro_batch_size: int = ranged(0, at_least=0)
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% more time
@@ -158,7 +159,9 @@ class RolloutConfig:
     max_new_tokens: int = ranged(16, at_least=1)
     temperature: float = ranged(1.0, at_least=0)  # 0: greedy
     top_p: float = ranged(1.0, above=0, at_most=1)
-    dtype: Literal["float32", "bfloat16"] = "float32"  # float32 keeps sampling on-policy on CPU
+    # float32 keeps sampling on-policy on CPU; fastest: bfloat16 where this machine multiplies it faster
+    # (tiller/training/precision.py), to match a learner in `precision: fastest`
+    dtype: Literal["float32", "bfloat16", "fastest"] = "float32"
     kv_cache_gib: float = ranged(1.0, above=0)
     max_model_len: int = ranged(256, at_least=2)
     learner_timeout_s: float = ranged(600.0, above=0)  # give up if the learner is silent this long

@@ -29,6 +29,7 @@ from tiller.eval import scoring
 from tiller.eval.failures import failure_rows
 from tiller.eval.generate import Answers, make_generator
 from tiller.eval.sets import EvalPrompt, load_set
+from tiller.training.precision import generation_dtype
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +239,8 @@ def run(cfg: Config) -> dict:
     report: dict = {"model": cfg.model.path, "baseline": baseline, "baseline_answers": cfg.eval.baseline_answers, "safety_scorer": scorer.describe(),
                     "sets": {kind: getattr(cfg.eval, kind) for kind in SETS},
                     "prompts": {kind: sum(p.set == kind for p in prompts) for kind in SETS},
-                    "generation": {"greedy": True, "max_new_tokens": gen.max_new_tokens, "dtype": gen.dtype,
-                                   "seconds": generation_s,
+                    "generation": {"greedy": True, "max_new_tokens": gen.max_new_tokens,
+                                   "dtype": generation_dtype(gen.dtype), "seconds": generation_s,
                                    "prompts_per_s": {k: len(texts) / max(v, 1e-9) for k, v in generation_s.items()}},
                     "metrics": {role: {k: v for k, v in m.items() if k != "safe"} for role, m in per_model.items()}}
     if baseline and cfg.eval.win_judge == "judge":

@@ -17,6 +17,7 @@ import numpy as np
 
 from tiller.config import ConfigError, GenerationConfig, RolloutConfig
 from tiller.models import load_tokenizer
+from tiller.training.precision import generation_dtype
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,9 @@ def make_generator(model_dir: str | Path, gen: GenerationConfig, seed: int, syst
     which overrides it) a pool of engine processes, pinned, the prompts split between them."""
     workers = gen.workers if workers is None else workers
     if workers <= 1:
-        return Generator(model_dir, gen.max_model_len, gen.dtype, gen.kv_cache_gib, seed, system_prompt)
+        return Generator(model_dir, gen.max_model_len, generation_dtype(gen.dtype), gen.kv_cache_gib, seed,
+                         system_prompt)
     from tiller.eval.shards import GeneratorPool
 
-    return GeneratorPool(model_dir, workers, gen.max_model_len, gen.dtype, gen.kv_cache_gib, seed, system_prompt)
+    return GeneratorPool(model_dir, workers, gen.max_model_len, generation_dtype(gen.dtype), gen.kv_cache_gib, seed,
+                         system_prompt)

@@ -54,6 +54,7 @@ from tiller.records import provenance, wandb_mode
 from tiller.timeline import mark, since_start
 from tiller.training.engine import DTYPES
 from tiller.training.errors import NonFiniteTraining
+from tiller.training.precision import generation_dtype
 
 log = logging.getLogger(__name__)
 
@@ -221,10 +222,11 @@ def run(cfg: Config, resume: bool = False) -> dict | None:
     server = LearnerServer(coordinator, cfg.learner.address, cfg.learner.heartbeat_s, cfg.learner.missed_beats,
                            cfg.security, max_superseded=cfg.learner.max_superseded_versions,
                            stuck_after_s=cfg.learner.stuck_after_s)
-    server.model_card = model_card(trainer, model_dir, cfg.rollout.dtype, coordinator.incarnation)
+    actor_dtype = generation_dtype(cfg.rollout.dtype)
+    server.model_card = model_card(trainer, model_dir, actor_dtype, coordinator.incarnation)
     live = LiveEval(cfg, live_set, tokenizer, server.eval_answers, server.open_eval) if live_set else None
     version = state["version"]
-    publisher = WeightPublisher(trainer, DTYPES[cfg.rollout.dtype], cfg.learner.weight_bucket_mb << 20)
+    publisher = WeightPublisher(trainer, DTYPES[actor_dtype], cfg.learner.weight_bucket_mb << 20)
     server.publish(publisher.snapshot(version)[0])
     server.start()
     lending = Lending(cfg, trainer, server, algorithm.needs)  # the actors' cores, if tiller run lent them

@@ -19,9 +19,10 @@ import torch
 
 from tiller.config import Config
 from tiller.training.engine import (
-    DTYPES, ModelEngine, OptimConfig, init_single_process_distributed, load_frozen, load_model, resolve_precision,
+    DTYPES, ModelEngine, OptimConfig, init_single_process_distributed, load_frozen, load_model,
 )
 from tiller.training.freezing import freeze_below
+from tiller.training.precision import resolve_precision
 from tiller.training.lora import with_lora
 from tiller.training.logprobs import taken_logprobs
 

@@ -28,7 +28,8 @@ import torch
 from tiller.config import Config, ConfigError, dump_config
 from tiller.records import RunRecord, provenance
 from tiller.training import checkpoint
-from tiller.training.engine import DTYPES, ModelEngine, OptimConfig, load_model, resolve_precision
+from tiller.training.engine import DTYPES, ModelEngine, OptimConfig, load_model
+from tiller.training.precision import resolve_precision
 from tiller.training.lora import with_lora
 from tiller.training.schedule import lr_schedule
 

@@ -1,6 +1,6 @@
 """The DeepSpeed side of every stage: one engine class for any trained model, and frozen models.
 
-    precision = resolve_precision("auto")
+    precision = resolve_precision("auto")                                       # tiller.training.precision
     trained = ModelEngine(load_model(AutoModelForCausalLM, path, DTYPES[precision]),  # dropout off
                           OptimConfig(lr=1e-5, precision=precision, batch_size=8, micro_batch_size=4))
     metrics = trained.step([lambda: loss_of(chunk) for chunk in chunks])          # through its own guard
@@ -73,14 +73,6 @@ def init_single_process_distributed() -> None:
         return
     store = Path(tempfile.mkdtemp(prefix="tiller-dist-")) / "store"
     deepspeed.init_distributed(dist_backend=backend, init_method=f"file://{store}", rank=0, world_size=1)
-
-
-def resolve_precision(precision: str) -> str:
-    """Precision `auto` (learner.precision, train.precision): bf16 where there is a GPU, fp32 on a CPU
-    (where bf16 matmuls are slow on most processors and fp32 keeps the tiny demos on-policy)."""
-    if precision != "auto":
-        return precision
-    return "bf16" if torch.cuda.is_available() else "fp32"
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "float32": torch.float32, "bfloat16": torch.bfloat16}
