@@ -34,8 +34,9 @@ DOC = ROOT / "docs" / "benchmarks.md"
 REQUIRED = ("benchmark", "date", "commit", "command", "columns", "rows")
 
 # Sections in this order (by result file name); files not named here follow, alphabetically.
-ORDER = ["codec", "weight_transfer", "overlap", "startup", "scaling", "slow_reader", "vs_trl", "vs_trl_overhead",
-         "offline_vs_trl", "offline_vs_trl_vocab32k", "eval_throughput", "learner_gpu-cpu", "learner_gpu-cuda"]
+ORDER = ["codec", "weight_transfer", "overlap", "startup", "scaling", "slow_reader", "vs_trl_bf16",
+         "vs_trl_overhead_bf16", "vs_trl", "vs_trl_overhead", "offline_vs_trl", "offline_vs_trl_vocab32k",
+         "eval_throughput", "learner_gpu-cpu", "learner_gpu-cuda"]
 # What each benchmark compares, by script (the results say what it found).
 ABOUT = {
     "codec": "Encode + decode of one rollout of 256 responses × 512 tokens with behaviour log-probs: Tiller's "

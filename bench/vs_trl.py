@@ -38,6 +38,7 @@ it Tiller's constant rate. Writes bench/results/vs_trl.json and vs_trl.png.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -161,10 +162,10 @@ def trl_worker(spec: dict) -> None:
     Path(spec["out"]).write_text(json.dumps({"records": records, "process_s": time.monotonic() - started}))
 
 
-def run_trl(model: Path, workload: str, steps: int, schedule: str, precision: str, work: Path) -> dict:
+def run_trl(model: Path, workload: str, steps: int, schedule: str, precision: str, seed: int, work: Path) -> dict:
     w = WORKLOADS[workload]
     spec = {"model": str(model), "steps": steps, "lr": w.lr, "schedule": schedule, "max_new_tokens": w.max_new_tokens,
-            "chat": w.chat, "seed": 0, "precision": precision, "out": str(work / f"trl-{workload}.json"), "out_dir": str(work / f"trl-{workload}")}
+            "chat": w.chat, "seed": seed, "precision": precision, "out": str(work / f"trl-{workload}.json"), "out_dir": str(work / f"trl-{workload}")}
     started = time.monotonic()
     done = subprocess.run([sys.executable, __file__, "--trl-worker", json.dumps(spec)], stdout=subprocess.PIPE,
                           text=True, cwd=ROOT, timeout=3600)  # its stderr (progress, warnings) to the terminal
@@ -312,6 +313,8 @@ def main() -> None:
                         help="a Tiller run (repeatable; MODE async or sync, default the label); default: async")
     parser.add_argument("--trl-schedule", default="constant", help="TRL's lr_scheduler_type (TRL's default: linear)")
     parser.add_argument("--no-trl", action="store_true", help="Tiller runs only")
+    parser.add_argument("--seed", type=int, default=0, help="both systems' sampling and prompt order (the "
+                        "random-init model itself stays seed 0's)")
     parser.add_argument("--precision", choices=["fastest", "fp32", "bf16"], default="fastest",
                         help="both systems' training precision (fastest: bf16 where this machine computes it faster)")
     parser.add_argument("--out", help="result JSON (default bench/results/vs_trl.json; a PNG beside it)")
@@ -320,6 +323,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.trl_worker:
         return trl_worker(json.loads(args.trl_worker))
+    if not args.no_trl and importlib.util.find_spec("trl") is None:  # before minutes of Tiller runs, not after
+        raise SystemExit("TRL is not installed: pip install -e '.[bench]' (or --no-trl for Tiller runs only)")
     work = Path(tempfile.mkdtemp(prefix="tiller-vs-trl-"))
     from tiller.training.precision import cpu_bf16_speedup, resolve_precision
 
@@ -328,7 +333,7 @@ def main() -> None:
     print(f"precision: {precision} for both systems (--precision {args.precision}; a bf16 matmul here is "
           f"{cpu_bf16_speedup():.1f}x fp32's)", flush=True)
     result = {"date": time.strftime("%Y-%m-%d"), "pairs_per_step": PAIRS_PER_STEP, "beta": BETA,
-              "trl_schedule": args.trl_schedule, "precision": precision, "workloads": {}}
+              "trl_schedule": args.trl_schedule, "precision": precision, "seed": args.seed, "workloads": {}}
     chosen = {"both": ["overhead", "compute"], "all": list(WORKLOADS)}.get(args.workload, [args.workload])
     for workload in chosen:
         steps = args.steps or WORKLOADS[workload].steps
@@ -337,10 +342,11 @@ def main() -> None:
         for spec in args.tiller or ["async"]:
             print(f"{workload}: Tiller {spec}, {steps} steps ...", flush=True)
             runs.append(run_tiller(model, workload, steps, spec, work,
-                                   [f"learner.precision={precision}", f"rollout.dtype={dtype}", *args.overrides]))
+                                   [f"learner.precision={precision}", f"rollout.dtype={dtype}", f"seed={args.seed}",
+                                    *args.overrides]))
         if not args.no_trl:
             print(f"{workload}: TRL, {steps} steps ...", flush=True)
-            runs.append(run_trl(model, workload, steps, args.trl_schedule, precision, work))
+            runs.append(run_trl(model, workload, steps, args.trl_schedule, precision, args.seed, work))
         add_reward_times(runs)
         result["workloads"][workload] = {"parameters": parameters(model), "steps": steps,
                                          "max_new_tokens": WORKLOADS[workload].max_new_tokens,

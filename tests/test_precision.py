@@ -14,8 +14,10 @@ def probe(monkeypatch):
     """Sets what the matmul probe measures (the CPU under test has whatever it has)."""
     def set_speedup(value: float):
         monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: value)
+        precision._fastest_on_this_cpu.cache_clear()  # decided once per process: each setting decides afresh
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    return set_speedup
+    yield set_speedup
+    precision._fastest_on_this_cpu.cache_clear()  # the real probe decides for the tests after this one
 
 
 def test_fastest_takes_bf16_only_when_the_probe_measures_it_faster(probe):
@@ -25,6 +27,15 @@ def test_fastest_takes_bf16_only_when_the_probe_measures_it_faster(probe):
     assert resolve_precision("fastest") == "fp32" and generation_dtype("fastest") == "float32"
     probe(0.3)  # emulated bf16 (most CPUs without AVX512-BF16 or AMX)
     assert resolve_precision("fastest") == "fp32"
+
+
+def test_the_decision_is_said_once_with_the_measured_ratio(probe, capsys):
+    probe(2.4)
+    assert resolve_precision("fastest") == "bf16" and generation_dtype("fastest") == "bfloat16"
+    said = capsys.readouterr().err.splitlines()
+    assert said == ["precision: fastest -> bf16 (a bf16 matmul on this CPU runs at 2.4x fp32's; bf16 is taken from 1.5x)"]
+    resolve_precision("auto")  # auto asks nothing and says nothing
+    assert capsys.readouterr().err == ""
 
 
 def test_auto_stays_fp32_on_a_cpu_whatever_the_probe_says(probe):
