@@ -35,7 +35,8 @@ REQUIRED = ("benchmark", "date", "commit", "command", "columns", "rows")
 
 # Sections in this order (by result file name); files not named here follow, alphabetically.
 ORDER = ["codec", "weight_transfer", "overlap", "startup", "scaling", "slow_reader", "vs_trl_bf16",
-         "vs_trl_overhead_bf16", "vs_trl", "vs_trl_overhead", "offline_vs_trl", "offline_vs_trl_vocab32k",
+         "vs_trl_overhead_bf16", "vs_trl_smollm2_bf16", "vs_trl", "vs_trl_overhead", "vs_trl_smollm2",
+         "offline_vs_trl", "offline_vs_trl_vocab32k",
          "eval_throughput", "learner_gpu-cpu", "learner_gpu-cuda"]
 # What each benchmark compares, by script (the results say what it found).
 ABOUT = {
