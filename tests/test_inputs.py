@@ -95,8 +95,9 @@ def test_tiller_run_refuses_bad_setups_in_seconds_before_any_process(overrides, 
 
 
 def test_a_prompt_only_the_tokenizer_refuses_stops_the_workers_started_meanwhile(tmp_path, tiny_policy_dir):
-    """Tokenizing waits for transformers (1.5 s), so the actors start first (their vLLM start is the longest
-    path to the first step); a prompt refused then still ends the run in seconds, with nothing left running."""
+    """Tokenizing waits for transformers, so every process starts at once and the learner tokenizes the prompts
+    before it builds anything; a prompt it refuses still ends the run in seconds, with one line and nothing
+    left running."""
     import time
 
     (tmp_path / "p.jsonl").write_text('{"prompt": "ab"}\n{"prompt": "' + "a" * 400 + '"}\n')
@@ -110,7 +111,8 @@ def test_a_prompt_only_the_tokenizer_refuses_stops_the_workers_started_meanwhile
     errors = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and "p.jsonl:2: prompt has 400 tokens" in errors[0], done.stderr
     milestones = (tmp_path / "demo" / "timeline.jsonl").read_text()
-    assert "workers started" in milestones and "learner started" not in milestones
+    assert "workers started" in milestones and "learner started" in milestones
+    assert "models built" not in milestones  # refused before the learner built anything
     launch = str(tmp_path / "demo" / "launch.yaml")
     left = [p for p in Path("/proc").iterdir() if p.name.isdigit() and launch in _cmdline(p)]
     assert not left, f"processes still running: {left}"

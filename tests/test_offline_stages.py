@@ -206,3 +206,34 @@ def test_packing_fills_rows_and_keeps_every_trained_token(tiny_policy_dir, tmp_p
     summary = sft.run(config(tmp_path, tiny_policy_dir, "sft", data["sft"], "train.max_steps=2", "sft.packing=true",
                              "train.max_length=64", name="packed"))
     assert summary["steps"] == 2
+
+
+def test_decision_weights_count_the_first_tokens_of_each_response_more():
+    from tiller.offline.sft import decision_weights
+
+    targets = torch.tensor([[0, 1, 1, 1, 0, 1, 1], [1, 1, 0, 0, 0, 0, 1]], dtype=torch.bool)
+    assert decision_weights(targets, 2, 3.0).tolist() == [[0, 3, 3, 1, 0, 3, 3], [3, 3, 0, 0, 0, 0, 3]]
+    assert decision_weights(targets, 0, 3.0).tolist() == targets.float().tolist()
+    assert decision_weights(targets, 5, 1.0).tolist() == targets.float().tolist()
+
+
+def test_sft_decision_weighting_changes_what_the_loss_averages_over_not_the_reported_loss(tiny_policy_dir,
+                                                                                         tmp_path, data):
+    from tiller.models import load_tokenizer
+    from tiller.offline import sft
+    from tiller.offline.data import Source, read_sft
+
+    examples = read_sft([Source(data["sft"])], load_tokenizer(tiny_policy_dir))
+    assert all(sum(e.trained) > 2 for e in examples)
+    plain = sft.run(config(tmp_path, tiny_policy_dir, "sft", data["sft"], "train.max_steps=1", name="plain"))
+    weighted = sft.run(config(tmp_path, tiny_policy_dir, "sft", data["sft"], "train.max_steps=1",
+                              "sft.decision_tokens=2", "sft.decision_weight=4", name="weighted"))
+    # the same model before training, evaluated unweighted by both
+    assert weighted["first_eval"]["eval/loss"] == pytest.approx(plain["first_eval"]["eval/loss"], rel=1e-6)
+
+    def step_units(name):
+        history = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return history[1]["train/units"]
+
+    # each of the 8 examples in the step: its trained tokens, plus 3 more for each of its first 2
+    assert step_units("weighted") == pytest.approx(step_units("plain") + 8 * 2 * 3)

@@ -4,17 +4,17 @@ The learner, actors and judges check their own inputs again when they start (eac
 its own), but by then two vLLM engines may have been built: a broken prompt file was once
 reported after 66 s, a refused bind after 50 s, a judge rule that does not import after the
 learner and an engine were up and the judge had failed five times. So the launcher checks the
-same things first, in three parts:
+same things first, in two parts:
 - `check_setup`, before anything is built or started (and by `--dry-run`): the bind address, the
   policy's model directory (or that a tiny one may be built there), a PPO critic's, and what the
   judge needs (`check_judge`: its rules import, its model directories, constitution and templates).
   The rules that span sections are checked before this, as the config loads.
 - `check_before_start`, once the demo model is built: its context length, and every prompt row
   read and parsed.
-- `check_prompts`, while the actors start (importing vLLM and building an engine is the longest
-  path to the first step, so it does not wait for this): every prompt tokenized as the learner
-  will, which needs the policy's tokenizer (importing transformers, 1.5 s). A prompt it refuses
-  (empty, too long, a conversation without a chat template) stops the started workers and the run.
+Tokenizing every prompt as the learner will needs the policy's tokenizer (importing transformers, 1.5 s to
+9 s on a busy 2-core machine): the learner does that first as it starts, beside the actors, and a prompt
+it refuses (empty, too long, a conversation without a chat template) ends it, and with it the run, in
+seconds with one line (tiller/cli/run.py).
 """
 
 from __future__ import annotations
@@ -52,22 +52,12 @@ def check_judge(j: JudgeConfig) -> None:
 
 
 def check_before_start(cfg: Config) -> list:
-    """Raise ConfigError for the first problem; returns the prompt rows (for `check_prompts`). Runs after
+    """Raise ConfigError for the first problem; returns the prompt rows. Runs after
     `check_setup` and after the demo model is built (`prepare_model`)."""
     _check_context(cfg)
     from tiller.learner.prompts import read_rows
 
     return read_rows(cfg.data)
-
-
-def check_prompts(cfg: Config, rows: list) -> int:
-    """Tokenize every prompt row as the learner will; raise ConfigError for the first it refuses.
-    Returns the number of prompts."""
-    from tiller.learner.prompts import load_prompts
-    from tiller.models import load_tokenizer
-
-    tokenizer = load_tokenizer(Path(cfg.model.path))
-    return len(load_prompts(cfg.data, tokenizer, cfg.rollout.max_model_len - cfg.rollout.max_new_tokens, rows))
 
 
 def _check_context(cfg: Config) -> None:

@@ -49,6 +49,10 @@ class SFTStageConfig:
     # train only the top N blocks and the final norm; the embeddings (and a head tied to them) and the lower
     # blocks keep their weights, and the backward pass stops at the lowest trained block; null: all
     unfrozen_layers: int | None = ranged(None, at_least=0)
+    # the first N tokens of every trained response count `decision_weight` times in the loss: where a
+    # response decides to refuse or to answer ("I can't" against "To"), one token among dozens
+    decision_tokens: int = ranged(0, at_least=0)
+    decision_weight: float = ranged(1.0, at_least=1)
 
 
 @dataclass(frozen=True)

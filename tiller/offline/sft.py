@@ -11,6 +11,9 @@ batch's trained tokens, as TRL's SFTTrainer with completion-only loss averages. 
 boundaries, as in TRL's classic packing), so no step pays for padding. `sft.unfrozen_layers: N` trains
 only the top N blocks and the final norm (training/freezing.py): the embeddings, tied output head and lower
 blocks keep their weights exactly, and the backward pass stops at the lowest trained block.
+`sft.decision_tokens: N` with `sft.decision_weight: W` counts the first N tokens of every trained response W
+times (in the loss and in the tokens it is averaged over): a response's first tokens are where it decides to
+refuse or to answer, one token among dozens otherwise. `eval/loss` stays the plain per-token mean.
 """
 
 from __future__ import annotations
@@ -58,20 +61,41 @@ def pack(examples: list[SFTExample], max_length: int) -> list[SFTExample]:
     return rows
 
 
-def nll(engine: ModelEngine, examples: list[SFTExample], pad_id: int, chunk_bytes: int = 256 << 20):
-    """(summed NLL of the trained tokens, their count, how many the greedy next token got right)."""
+def decision_weights(targets: torch.Tensor, first: int, weight: float) -> torch.Tensor:
+    """Per-token loss weights [N, T] from a target mask [N, T]: 1 on every target, `weight` on the first
+    `first` targets of each run of consecutive targets (a response; each assistant turn is its own run), 0 off
+    the targets. Pure."""
+    if first == 0 or weight == 1:
+        return targets.float()
+    before = torch.nn.functional.pad(targets[:, :-1], (1, 0), value=False)
+    position = torch.arange(targets.shape[1], device=targets.device).expand_as(targets)
+    run_start = torch.cummax(torch.where(targets & ~before, position, -1), dim=1).values
+    opening = targets & (position - run_start < first)
+    return targets.float() + (weight - 1) * opening.float()
+
+
+def nll(engine: ModelEngine, examples: list[SFTExample], pad_id: int, chunk_bytes: int = 256 << 20,
+        decision: tuple[int, float] = (0, 1.0)):
+    """(weighted summed NLL of the trained tokens, their weighted count, how many the greedy next token got
+    right, weighted alike); `decision`: (first tokens of each response, their weight), (0, 1.0): unweighted."""
     ids, attention, targets = (t.to(engine.device) for t in pad(examples, pad_id))
     ids, attention, targets = trimmed(ids, attention, targets)
     logits = engine(input_ids=ids, attention_mask=attention).logits
     logp, _ = taken_logprobs(logits, ids, targets, chunk_bytes=chunk_bytes)
+    weights = decision_weights(targets, *decision)
     with torch.no_grad():
-        right = ((logits[:, :-1].argmax(-1) == ids[:, 1:]) & targets).sum()
-    return -(logp * targets).sum(), targets.sum(), right
+        right = ((logits[:, :-1].argmax(-1) == ids[:, 1:]).float() * weights).sum()
+    return -(logp * weights).sum(), weights.sum(), right
 
 
-def recipe(engine: ModelEngine, pad_id: int) -> Recipe:
+def units(example: SFTExample, decision: tuple[int, float]) -> float:
+    """What one example adds to the tokens its batch's loss is averaged over (its weighted target count)."""
+    return float(decision_weights(torch.tensor([example.trained[1:]]), *decision).sum())
+
+
+def recipe(engine: ModelEngine, pad_id: int, decision: tuple[int, float] = (0, 1.0)) -> Recipe:
     def loss(rows: list[SFTExample]):
-        total, _, right = nll(engine, rows, pad_id)
+        total, _, right = nll(engine, rows, pad_id, decision=decision)
         return total, {"token_accuracy": float(right)}  # summed like the loss: the loop divides by the tokens
 
     def evaluate(rows: list[SFTExample]) -> dict[str, float]:
@@ -81,7 +105,7 @@ def recipe(engine: ModelEngine, pad_id: int) -> Recipe:
                 sums[i] += float(value)
         return {"loss": sums[0] / sums[1], "token_accuracy": sums[2] / sums[1]}
 
-    return Recipe("sft", units=lambda e: sum(e.trained), loss=loss, evaluate=evaluate)
+    return Recipe("sft", units=lambda e: units(e, decision), loss=loss, evaluate=evaluate)
 
 
 def run(cfg: Config, resume: bool = False) -> dict:
@@ -98,4 +122,5 @@ def run(cfg: Config, resume: bool = False) -> dict:
         train = pack(train, cfg.train.max_length)
     engine = stage_engine(cfg, model_dir, freeze=freeze_below(cfg.sft.unfrozen_layers, "sft.unfrozen_layers"))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return fit(cfg, recipe(engine, pad_id), engine, train, held_out, model_dir, resume)
+    decision = (cfg.sft.decision_tokens, cfg.sft.decision_weight)
+    return fit(cfg, recipe(engine, pad_id, decision), engine, train, held_out, model_dir, resume)
