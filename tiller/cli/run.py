@@ -109,8 +109,8 @@ def launch(cfg: Config) -> int:
     # the first step, and the learner's is next (importing torch and DeepSpeed, building its models). The
     # learner tokenizes every prompt before it builds anything, so a prompt its tokenizer refuses (empty, too
     # long, a conversation without a chat template) ends it in seconds with one line, and the workers with it
-    # (`_watch`). The launcher tokenized them itself before the learner started once: 9.4 s of a SmolLM2 run's
-    # first step, and the same work the learner then did again.
+    # (`_watch`). Until 2026-12-07 the launcher tokenized them itself before starting the learner: 9.4 s of a
+    # SmolLM2 run's first step, spent on work the learner then did again.
     children = [_child(cfg, slot, launch_config) for slot in slots if slot.role != "learner"]
     timeline.mark(run_dir, "launcher", "workers started")
     typer.echo(f"preflight: config, bind, models, judge rules and files and {len(rows)} prompt rows checked "
