@@ -217,6 +217,48 @@ def test_decision_weights_count_the_first_tokens_of_each_response_more():
     assert decision_weights(targets, 5, 1.0).tolist() == targets.float().tolist()
 
 
+def test_token_kl_is_the_forward_kl_and_pulls_every_token_toward_the_reference():
+    from tiller.training.losses import token_kl
+
+    reference = torch.tensor([[0.0, 0.0], [2.0, 0.0]])
+    policy = torch.tensor([[0.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    kl = token_kl(policy, reference)
+    p, q = torch.softmax(reference[1], -1), torch.softmax(policy[1].detach(), -1)
+    assert kl[0].item() == pytest.approx(0.0, abs=1e-7)  # the same distribution
+    assert kl[1].item() == pytest.approx(float((p * (p / q).log()).sum()), rel=1e-6)
+    kl.sum().backward()
+    assert torch.allclose(policy.grad[1], q - p, atol=1e-6)  # d KL / d logits: p_policy - p_reference
+
+
+def test_sft_anchor_kl_holds_the_anchored_rows_where_the_starting_model_was(tiny_policy_dir, tmp_path, data):
+    from tiller.models import load_tokenizer
+    from tiller.offline import sft
+    from tiller.offline.data import Source, read_sft
+
+    anchored = rows(tmp_path / "anchor.jsonl", [{"prompt": p, "completion": "yes please."} for p in prompts(24, 2)])
+    examples = read_sft([Source(data["sft"]), Source(anchored, anchor_kl=0.5)], load_tokenizer(tiny_policy_dir))
+    assert [e.anchor_kl for e in examples] == [0.0] * 24 + [0.5] * 24
+
+    def trained(coef: float, name: str) -> dict:
+        both = f"sft.data=[{{path: {data['sft']}}}, {{path: {anchored}, anchor_kl: {coef}}}]"
+        return sft.run(config(tmp_path, tiny_policy_dir, "sft", data["sft"], "train.epochs=4", both, name=name))
+
+    loose, held = trained(1e-6, "loose"), trained(20.0, "held")
+    # before training the policy is the reference: nothing to hold yet
+    assert loose["first_eval"]["eval/anchor_kl"] == pytest.approx(0.0, abs=1e-5)
+    assert loose["eval"]["eval/anchor_kl"] > 0.05
+    assert held["eval"]["eval/anchor_kl"] < 0.5 * loose["eval"]["eval/anchor_kl"]
+    history = [json.loads(line) for line in (tmp_path / "held" / "metrics.jsonl").read_text().splitlines()]
+    assert all("train/anchor_kl" in m for m in history[1:])
+
+
+def test_anchor_kl_is_refused_where_it_has_no_meaning(tiny_policy_dir, tmp_path):
+    with pytest.raises(ConfigError, match=r"dpo.data\[0\].anchor_kl: only SFT files"):
+        load_config(None, ["dpo.data=[{path: p.jsonl, anchor_kl: 1.0}]"])
+    with pytest.raises(ConfigError, match="sft.packing: not with an anchor_kl"):
+        load_config(None, ["sft.packing=true", "sft.data=[{path: a.jsonl, anchor_kl: 1.0}]"])
+
+
 def test_sft_decision_weighting_changes_what_the_loss_averages_over_not_the_reported_loss(tiny_policy_dir,
                                                                                          tmp_path, data):
     from tiller.models import load_tokenizer

@@ -17,6 +17,9 @@ class SourceConfig:
 
     path: str = ""
     weight: float = ranged(1.0, above=0)
+    # SFT only: + coef * the per-token KL from the starting model to the trained one on this file's trained
+    # tokens (its whole next-token distribution, not just the token written): an anchor that holds on
+    anchor_kl: float = ranged(0.0, at_least=0)
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,18 @@ def _check_lora(cfg: Config) -> None:
                               "the two", ("model.lora.r",))
 
 
+def _check_anchor_kl(cfg: Config) -> None:
+    """`anchor_kl` is an SFT loss term: the preference stages' files have nothing to hold it, and a packed
+    row mixes files (its tokens would need one coefficient each)."""
+    for stage in ("rm", "dpo"):
+        for i, source in enumerate(getattr(cfg, stage).data):
+            if source.anchor_kl:
+                raise ConfigError(f"{stage}.data[{i}].anchor_kl: only SFT files take an anchor KL ({source.path})")
+    if cfg.sft.packing and any(s.anchor_kl for s in cfg.sft.data):
+        raise ConfigError("sft.packing: not with an anchor_kl on an sft.data file (a packed row mixes files)",
+                          ("sft.data",))
+
+
 def _check_manual_cores(cfg: Config) -> None:
     """`run.placement: manual` needs a core list for every process `tiller run` starts (learner, actor0..,
     judge0..) and no entry that names none of them (a typo would leave a process unpinned)."""
@@ -139,6 +151,7 @@ def check_combination(cfg: Config) -> Config:
     """Rules that span sections; each error names its first key, and passes the others it depends on."""
     cfg = resolve_pg(cfg)
     _check_lora(cfg)
+    _check_anchor_kl(cfg)
     if cfg.learner.algorithm != "online_dpo":
         _check_policy_gradient(cfg)
     _check_learner(cfg)

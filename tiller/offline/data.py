@@ -26,7 +26,7 @@ each row of a source is used `weight` times an epoch (2.0: twice; 0.5: a seeded 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tiller.config import ConfigError
@@ -43,6 +43,7 @@ Message = dict[str, str]
 class Source:
     path: str
     weight: float = 1.0
+    anchor_kl: float = 0.0  # SFT: the coefficient of the KL to the starting model on this file's rows
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class SFTExample:
     where: str
     input_ids: list[int]
     trained: list[bool]
+    anchor_kl: float = 0.0  # its source's: the weight of the KL to the starting model on its trained tokens
 
 
 @dataclass(frozen=True)
@@ -214,15 +216,17 @@ def _response_part(example: SFTExample) -> list[int]:
     return example.input_ids[example.trained.index(True):]
 
 
-def _mixed(sources: list[Source], read) -> list:
-    """Every source's rows `weight` times (a fractional part: a seeded sample of its rows)."""
+def _mixed(sources: list[Source], read, with_source: bool = False) -> list:
+    """Every source's rows `weight` times (a fractional part: a seeded sample of its rows); `with_source`:
+    each as (its source, row)."""
     out = []
     for source in sources:
         if source.weight <= 0:
             raise ConfigError(f"{source.path}: weight {source.weight} must be above 0")
         rows = read(source.path)
         whole, part = int(source.weight), source.weight - int(source.weight)
-        out += rows * whole + random.Random(source.path).sample(rows, round(part * len(rows)))
+        picked = rows * whole + random.Random(source.path).sample(rows, round(part * len(rows)))
+        out += [(source, r) for r in picked] if with_source else picked
     return out
 
 
@@ -241,7 +245,9 @@ def read_sft(sources: list[Source], tokenizer, max_length: int = 2048) -> list[S
             examples.append(renderer.tokenize(text, spans, where, special=plain))
         return examples
 
-    return _mixed(sources, read)
+    return [replace(e, anchor_kl=source.anchor_kl) if source.anchor_kl else e
+            for source, e in _mixed(sources, read, with_source=True)]
+
 
 
 def read_preferences(sources: list[Source], tokenizer, max_length: int = 2048) -> list[PreferenceExample]:

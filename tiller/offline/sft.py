@@ -14,6 +14,9 @@ blocks keep their weights exactly, and the backward pass stops at the lowest tra
 `sft.decision_tokens: N` with `sft.decision_weight: W` counts the first N tokens of every trained response W
 times (in the loss and in the tokens it is averaged over): a response's first tokens are where it decides to
 refuse or to answer, one token among dozens otherwise. `eval/loss` stays the plain per-token mean.
+A data file with `anchor_kl: c` adds c times the per-token KL from the starting model (frozen) to the trained
+one on its rows' trained tokens: on the model's own answers, the whole next-token distribution is held where
+it was, not only the token it wrote (`eval/anchor_kl`: that KL per token on the held-out anchored rows).
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from tiller.config import Config
 from tiller.offline.data import SFTExample, Source, read_sft
 from tiller.training.freezing import freeze_below
 from tiller.offline.loop import Recipe, fit, max_length, split_held_out, stage_engine
-from tiller.training.engine import ModelEngine
+from tiller.training.engine import ModelEngine, load_frozen
 from tiller.training.logprobs import taken_logprobs
+from tiller.training.losses import token_kl
 from tiller.training.micro_batches import trimmed
 
 
@@ -75,9 +79,11 @@ def decision_weights(targets: torch.Tensor, first: int, weight: float) -> torch.
 
 
 def nll(engine: ModelEngine, examples: list[SFTExample], pad_id: int, chunk_bytes: int = 256 << 20,
-        decision: tuple[int, float] = (0, 1.0)):
+        decision: tuple[int, float] = (0, 1.0), reference: torch.nn.Module | None = None):
     """(weighted summed NLL of the trained tokens, their weighted count, how many the greedy next token got
-    right, weighted alike); `decision`: (first tokens of each response, their weight), (0, 1.0): unweighted."""
+    right, weighted alike, the summed KL to `reference` on anchored examples' trained tokens, those tokens'
+    count); `decision`: (first tokens of each response, their weight), (0, 1.0): unweighted. The loss to
+    train is the first plus each anchored example's `anchor_kl` times its KL (`anchor_loss`)."""
     ids, attention, targets = (t.to(engine.device) for t in pad(examples, pad_id))
     ids, attention, targets = trimmed(ids, attention, targets)
     logits = engine(input_ids=ids, attention_mask=attention).logits
@@ -85,7 +91,25 @@ def nll(engine: ModelEngine, examples: list[SFTExample], pad_id: int, chunk_byte
     weights = decision_weights(targets, *decision)
     with torch.no_grad():
         right = ((logits[:, :-1].argmax(-1) == ids[:, 1:]).float() * weights).sum()
-    return -(logp * weights).sum(), weights.sum(), right
+    kl = anchor_kl(logits, ids, attention, targets, examples, reference)
+    return -(logp * weights).sum(), weights.sum(), right, *kl
+
+
+def anchor_kl(logits: torch.Tensor, ids: torch.Tensor, attention: torch.Tensor, targets: torch.Tensor,
+              examples: list[SFTExample], reference: torch.nn.Module | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(sum over anchored examples of anchor_kl x their summed per-token KL to `reference`, the plain summed
+    KL, how many tokens it covers); zeros without a reference or an anchored example. The reference runs
+    only on the anchored rows, without gradients."""
+    coef = torch.tensor([e.anchor_kl for e in examples], device=logits.device)
+    rows = coef.nonzero(as_tuple=True)[0]
+    if reference is None or len(rows) == 0:
+        zero = logits.new_zeros((), dtype=torch.float32)
+        return zero, zero.detach(), 0
+    with torch.no_grad():
+        reference_logits = reference(input_ids=ids[rows], attention_mask=attention[rows]).logits
+    i, j = targets[rows].nonzero(as_tuple=True)
+    per_token = token_kl(logits[rows][i, j], reference_logits[i, j])
+    return (coef[rows][i] * per_token).sum(), per_token.detach().sum(), len(i)
 
 
 def units(example: SFTExample, decision: tuple[int, float]) -> float:
@@ -93,17 +117,22 @@ def units(example: SFTExample, decision: tuple[int, float]) -> float:
     return float(decision_weights(torch.tensor([example.trained[1:]]), *decision).sum())
 
 
-def recipe(engine: ModelEngine, pad_id: int, decision: tuple[int, float] = (0, 1.0)) -> Recipe:
+def recipe(engine: ModelEngine, pad_id: int, decision: tuple[int, float] = (0, 1.0),
+           reference: torch.nn.Module | None = None) -> Recipe:
     def loss(rows: list[SFTExample]):
-        total, _, right = nll(engine, rows, pad_id, decision=decision)
-        return total, {"token_accuracy": float(right)}  # summed like the loss: the loop divides by the tokens
+        total, _, right, anchored, kl, kl_tokens = nll(engine, rows, pad_id, decision=decision, reference=reference)
+        metrics = {"token_accuracy": float(right)}  # summed like the loss: the loop divides by the tokens
+        if reference is not None:
+            metrics["anchor_kl"] = float(kl)  # per unit of the batch, as the loss; eval/anchor_kl is per token
+        return total + anchored, metrics
 
     def evaluate(rows: list[SFTExample]) -> dict[str, float]:
-        sums = [0.0, 0.0, 0.0]
+        sums = [0.0] * 6
         for start in range(0, len(rows), 16):
-            for i, value in enumerate(nll(engine, rows[start:start + 16], pad_id)):
+            for i, value in enumerate(nll(engine, rows[start:start + 16], pad_id, reference=reference)):
                 sums[i] += float(value)
-        return {"loss": sums[0] / sums[1], "token_accuracy": sums[2] / sums[1]}
+        anchor = {"anchor_kl": sums[4] / sums[5]} if sums[5] else {}  # on held-out rows of the anchored files
+        return {"loss": sums[0] / sums[1], "token_accuracy": sums[2] / sums[1], **anchor}
 
     return Recipe("sft", units=lambda e: units(e, decision), loss=loss, evaluate=evaluate)
 
@@ -115,7 +144,7 @@ def run(cfg: Config, resume: bool = False) -> dict:
         raise ValueError("sft.data: no data files (a list of {path, weight})")
     model_dir = Path(prepare_model(cfg))
     tokenizer = load_tokenizer(model_dir)
-    sources = [Source(s.path, s.weight) for s in cfg.sft.data]
+    sources = [Source(s.path, s.weight, s.anchor_kl) for s in cfg.sft.data]
     examples = read_sft(sources, tokenizer, max_length(cfg, model_dir))
     train, held_out = split_held_out(examples, cfg.train.eval_fraction, cfg.seed)
     if cfg.sft.packing:
@@ -123,4 +152,6 @@ def run(cfg: Config, resume: bool = False) -> dict:
     engine = stage_engine(cfg, model_dir, freeze=freeze_below(cfg.sft.unfrozen_layers, "sft.unfrozen_layers"))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     decision = (cfg.sft.decision_tokens, cfg.sft.decision_weight)
-    return fit(cfg, recipe(engine, pad_id, decision), engine, train, held_out, model_dir, resume)
+    # the starting model, frozen, for the files with an anchor_kl: one more forward pass on their rows
+    reference = load_frozen(model_dir, engine.dtype, engine.device) if any(s.anchor_kl for s in sources) else None
+    return fit(cfg, recipe(engine, pad_id, decision, reference), engine, train, held_out, model_dir, resume)

@@ -122,3 +122,12 @@ def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, response_ma
     logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     token_logprobs = logprobs.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
     return (token_logprobs * response_mask[:, 1:]).sum(-1)
+
+
+def token_kl(policy_logits: torch.Tensor, reference_logits: torch.Tensor) -> torch.Tensor:
+    """KL(reference || policy) of each position's next-token distribution, logits [M, V] -> [M], float32:
+    sum_v p_ref(v) (log p_ref(v) - log p_policy(v)). Forward KL: it is large wherever the policy takes mass
+    from tokens the reference expects (a refusal's "I" where the reference answers), and its gradient is
+    p_policy - p_ref on every token, not only on the one the data wrote."""
+    ref = torch.log_softmax(reference_logits.float(), dim=-1)
+    return (ref.exp() * (ref - torch.log_softmax(policy_logits.float(), dim=-1))).sum(-1)
