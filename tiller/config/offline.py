@@ -18,7 +18,8 @@ class SourceConfig:
     path: str = ""
     weight: float = ranged(1.0, above=0)
     # SFT only: + coef * the per-token KL from the starting model to the trained one on this file's trained
-    # tokens (its whole next-token distribution, not just the token written): an anchor that holds on
+    # tokens (the whole next-token distribution, not just the token written): holds a file of the model's own
+    # answers where the model was
     anchor_kl: float = ranged(0.0, at_least=0)
 
 

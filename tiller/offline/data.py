@@ -249,7 +249,6 @@ def read_sft(sources: list[Source], tokenizer, max_length: int = 2048) -> list[S
             for source, e in _mixed(sources, read, with_source=True)]
 
 
-
 def read_preferences(sources: list[Source], tokenizer, max_length: int = 2048) -> list[PreferenceExample]:
     renderer = Renderer(tokenizer, max_length)
     return _mixed(sources, lambda path: [renderer.preference(row, where) for where, row in data_rows(path)])

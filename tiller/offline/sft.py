@@ -81,9 +81,9 @@ def decision_weights(targets: torch.Tensor, first: int, weight: float) -> torch.
 def nll(engine: ModelEngine, examples: list[SFTExample], pad_id: int, chunk_bytes: int = 256 << 20,
         decision: tuple[int, float] = (0, 1.0), reference: torch.nn.Module | None = None):
     """(weighted summed NLL of the trained tokens, their weighted count, how many the greedy next token got
-    right, weighted alike, the summed KL to `reference` on anchored examples' trained tokens, those tokens'
-    count); `decision`: (first tokens of each response, their weight), (0, 1.0): unweighted. The loss to
-    train is the first plus each anchored example's `anchor_kl` times its KL (`anchor_loss`)."""
+    right, weighted alike, then `anchor_kl`'s three: the anchor term, the plain KL, its token count);
+    `decision`: (first tokens of each response, their weight), (0, 1.0): unweighted. The loss to train is
+    the NLL plus the anchor term."""
     ids, attention, targets = (t.to(engine.device) for t in pad(examples, pad_id))
     ids, attention, targets = trimmed(ids, attention, targets)
     logits = engine(input_ids=ids, attention_mask=attention).logits
@@ -108,7 +108,7 @@ def anchor_kl(logits: torch.Tensor, ids: torch.Tensor, attention: torch.Tensor, 
     with torch.no_grad():
         reference_logits = reference(input_ids=ids[rows], attention_mask=attention[rows]).logits
     i, j = targets[rows].nonzero(as_tuple=True)
-    per_token = token_kl(logits[rows][i, j], reference_logits[i, j])
+    per_token = token_kl(logits[rows[i], j], reference_logits[i, j])  # only the trained positions, no copy of the rest
     return (coef[rows][i] * per_token).sum(), per_token.detach().sum(), len(i)
 
 
