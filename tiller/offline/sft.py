@@ -17,6 +17,8 @@ refuse or to answer, one token among dozens otherwise. `eval/loss` stays the pla
 A data file with `anchor_kl: c` adds c times the per-token KL from the starting model (frozen) to the trained
 one on its rows' trained tokens: on the model's own answers, the whole next-token distribution is held where
 it was, not only the token it wrote (`eval/anchor_kl`: that KL per token on the held-out anchored rows).
+With `sft.unfrozen_layers`, the starting model runs only its top blocks, on the hidden state the policy's
+frozen lower blocks computed (training/shared_reference.py), where a probe batch shows that to be exact.
 """
 
 from __future__ import annotations
@@ -29,10 +31,13 @@ from tiller.config import Config
 from tiller.offline.data import SFTExample, Source, read_sft
 from tiller.training.freezing import freeze_below
 from tiller.offline.loop import Recipe, fit, max_length, split_held_out, stage_engine
-from tiller.training.engine import ModelEngine, load_frozen
+from tiller.training.engine import ModelEngine
 from tiller.training.logprobs import taken_logprobs
 from tiller.training.losses import token_kl
 from tiller.training.micro_batches import trimmed
+from tiller.training.shared_reference import FullReference, SharedTrunkReference, anchor_reference
+
+Reference = FullReference | SharedTrunkReference
 
 
 def pad(examples: list[SFTExample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -79,7 +84,7 @@ def decision_weights(targets: torch.Tensor, first: int, weight: float) -> torch.
 
 
 def nll(engine: ModelEngine, examples: list[SFTExample], pad_id: int, chunk_bytes: int = 256 << 20,
-        decision: tuple[int, float] = (0, 1.0), reference: torch.nn.Module | None = None):
+        decision: tuple[int, float] = (0, 1.0), reference: Reference | None = None):
     """(weighted summed NLL of the trained tokens, their weighted count, how many the greedy next token got
     right, weighted alike, then `anchor_kl`'s three: the anchor term, the plain KL, its token count);
     `decision`: (first tokens of each response, their weight), (0, 1.0): unweighted. The loss to train is
@@ -96,19 +101,17 @@ def nll(engine: ModelEngine, examples: list[SFTExample], pad_id: int, chunk_byte
 
 
 def anchor_kl(logits: torch.Tensor, ids: torch.Tensor, attention: torch.Tensor, targets: torch.Tensor,
-              examples: list[SFTExample], reference: torch.nn.Module | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+              examples: list[SFTExample], reference: Reference | None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(sum over anchored examples of anchor_kl x their summed per-token KL to `reference`, the plain summed
     KL, how many tokens it covers); zeros without a reference or an anchored example. The reference runs
-    only on the anchored rows, without gradients."""
+    only on the anchored rows, without gradients, and gives logits only at their trained positions."""
     coef = torch.tensor([e.anchor_kl for e in examples], device=logits.device)
     rows = coef.nonzero(as_tuple=True)[0]
     if reference is None or len(rows) == 0:
         zero = logits.new_zeros((), dtype=torch.float32)
         return zero, zero.detach(), 0
-    with torch.no_grad():
-        reference_logits = reference(input_ids=ids[rows], attention_mask=attention[rows]).logits
     i, j = targets[rows].nonzero(as_tuple=True)
-    per_token = token_kl(logits[rows[i], j], reference_logits[i, j])  # only the trained positions, no copy of the rest
+    per_token = token_kl(logits[rows[i], j], reference.logits_at(ids, attention, rows, i, j))
     return (coef[rows][i] * per_token).sum(), per_token.detach().sum(), len(i)
 
 
@@ -118,7 +121,7 @@ def units(example: SFTExample, decision: tuple[int, float]) -> float:
 
 
 def recipe(engine: ModelEngine, pad_id: int, decision: tuple[int, float] = (0, 1.0),
-           reference: torch.nn.Module | None = None) -> Recipe:
+           reference: Reference | None = None) -> Recipe:
     def loss(rows: list[SFTExample]):
         total, _, right, anchored, kl, kl_tokens = nll(engine, rows, pad_id, decision=decision, reference=reference)
         metrics = {"token_accuracy": float(right)}  # summed like the loss: the loop divides by the tokens
@@ -152,6 +155,11 @@ def run(cfg: Config, resume: bool = False) -> dict:
     engine = stage_engine(cfg, model_dir, freeze=freeze_below(cfg.sft.unfrozen_layers, "sft.unfrozen_layers"))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     decision = (cfg.sft.decision_tokens, cfg.sft.decision_weight)
-    # the starting model, frozen, for the files with an anchor_kl: one more forward pass on their rows
-    reference = load_frozen(model_dir, engine.dtype, engine.device) if any(s.anchor_kl for s in sources) else None
+    reference = None
+    if any(s.anchor_kl for s in sources):  # the starting model, frozen: one more forward on anchored rows
+        probe = tuple(t.to(engine.device) for t in pad(train[:4], pad_id))
+        reference, which = anchor_reference(
+            engine.module, lambda ids, attention: engine(input_ids=ids, attention_mask=attention), model_dir,
+            engine.dtype, engine.device, cfg.sft.unfrozen_layers, "sft.unfrozen_layers", probe)
+        print(f"anchor_kl reference: {which}", flush=True)
     return fit(cfg, recipe(engine, pad_id, decision, reference), engine, train, held_out, model_dir, resume)
