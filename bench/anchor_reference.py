@@ -113,8 +113,8 @@ def main() -> None:
           f"{median['shared trunk'] / median['no anchor']:.2f}×"]],
         note=(f"SmolLM2-135M-Instruct SFT steps of {size} rows ({anchored_rows:.1f} anchored) in {precision}, top "
               f"{unfrozen} of {model.config.num_hidden_layers} blocks trained: the anchor costs "
-              f"{cost_full / max(cost_shared, 1e-9):.1f}x less on the shared trunk, which matches the full model "
-              f"to {gap:.0e} nats per token."),
+              f"{cost_full / max(cost_shared, 1e-9):.2f}x less on the shared trunk, whose logits match the full "
+              f"model's " + ("exactly on the probe batch." if gap == 0 else f"to {gap:.1e} nats per token.")),
         data={"median_s": median, "steps_s": times, "probe_gap_nats": gap, "precision": precision,
               "unfrozen": unfrozen, "anchored_rows_per_batch": anchored_rows})
 
