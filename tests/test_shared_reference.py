@@ -83,6 +83,9 @@ def test_anchor_reference_shares_the_trunk_only_where_a_probe_shows_it_exact(thr
     assert isinstance(reference, SharedTrunkReference) and "on the policy's 2 frozen" in which
     reference, which = pick(loaded(three_block_dir), three_block_dir, None)
     assert isinstance(reference, FullReference) and "every block trains" in which
+    # a trunk that trains would pass a probe taken before the first step, and drift after it: refused up front
+    reference, which = pick(loaded(three_block_dir), three_block_dir, 1)
+    assert isinstance(reference, FullReference) and "the policy trains model.embed_tokens.weight, below" in which
     # dropout in the frozen trunk: in training mode the trunk's output is not the starting model's
     noisy = frozen_below(loaded(three_block_dir, attention_dropout=0.5), 1)
     reference, which = pick(noisy, three_block_dir, 1)

@@ -61,6 +61,15 @@ class SharedTrunkReference:
         if self.norm is None or self.head is None:
             raise ValueError(f"{type(reference).__name__} has no `norm` before its output head")
         self.shared = len(policy_blocks) - unfrozen
+        # the trunk is shared only while it cannot train: a probe before the first step would not see it move.
+        # An untied output head may train (the reference has its own); a tied one is the input embeddings.
+        policy_norm = getattr(getattr(policy, policy.base_model_prefix), "norm", None)
+        may_train = {id(p) for module in (*policy_blocks[self.shared:], policy_norm, policy.get_output_embeddings())
+                     if module is not None for p in module.parameters()}
+        may_train -= {id(p) for p in policy.get_input_embeddings().parameters()}
+        trained = [name for name, p in policy.named_parameters() if p.requires_grad and id(p) not in may_train]
+        if trained:
+            raise ValueError(f"the policy trains {trained[0]}, below its top {unfrozen} blocks")
         self.blocks = reference_blocks[self.shared:]
         self.caught: list[tuple[torch.Tensor | None, dict]] = [(None, {})] * unfrozen
         self.hooks = [block.register_forward_pre_hook(self._catcher(k), with_kwargs=True)
