@@ -40,9 +40,11 @@ def test_each_stage_feeds_the_next_on_the_real_model(imported, tmp_path):
     made = json.loads((runs / "safety-self-data" / "self-data.summary.json").read_text())
     assert made["prompts"] == 6 and made["rows_written"] == sum(1 for _ in anchor.open()) >= 1
     refusals = ROOT / "configs/data/safety/refusals.jsonl"
-    sft_data = f"[{{path: {refusals}, weight: 0.05}}, {{path: {anchor}}}]"
-    _tiller(["sft", str(SAFETY / "sft.yaml"), f"model.path={base}", f"sft.data={sft_data}", *common, *one_step],
-            tmp_path)
+    sft_data = f"[{{path: {refusals}, weight: 0.05}}, {{path: {anchor}, anchor_kl: 3.0}}]"  # as shipped
+    said = _tiller(["sft", str(SAFETY / "sft.yaml"), f"model.path={base}", f"sft.data={sft_data}", *common, *one_step],
+                   tmp_path)
+    # the anchor's reference on the real model: its top 15 blocks on the policy's frozen 15, checked exact
+    assert "anchor_kl reference: the top 15 blocks of the starting model on the policy's 15 frozen" in said
     sft = runs / "safety-sft" / "final"
     assert (sft / "config.json").exists() and (sft / "tokenizer_config.json").exists()
 
