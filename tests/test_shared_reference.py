@@ -73,8 +73,8 @@ def test_anchor_reference_shares_the_trunk_only_where_a_probe_shows_it_exact(thr
 
     from tiller.training.shared_reference import FullReference, SharedTrunkReference, anchor_reference
 
-    def pick(policy, model_dir, unfrozen):
-        probe = batch(policy.config.vocab_size)
+    def pick(policy, model_dir, unfrozen, probe=None):
+        probe = probe or batch(policy.config.vocab_size)
         forward = lambda ids, attention: policy(input_ids=ids, attention_mask=attention)  # noqa: E731
         return anchor_reference(policy, forward, model_dir, torch.float32, "cpu", unfrozen, "sft.unfrozen_layers",
                                 probe)
@@ -86,6 +86,10 @@ def test_anchor_reference_shares_the_trunk_only_where_a_probe_shows_it_exact(thr
     # a trunk that trains would pass a probe taken before the first step, and drift after it: refused up front
     reference, which = pick(loaded(three_block_dir), three_block_dir, 1)
     assert isinstance(reference, FullReference) and "the policy trains model.embed_tokens.weight, below" in which
+    policy = frozen_below(loaded(three_block_dir), 1)
+    ids, attention, targets = batch(policy.config.vocab_size)  # a probe with nothing to compare: not shared
+    reference, which = pick(policy, three_block_dir, 1, (ids, attention, torch.zeros_like(targets)))
+    assert isinstance(reference, FullReference) and "not checked: the probe batch has no trained tokens" in which
     # dropout in the frozen trunk: in training mode the trunk's output is not the starting model's
     noisy = frozen_below(loaded(three_block_dir, attention_dropout=0.5), 1)
     reference, which = pick(noisy, three_block_dir, 1)
