@@ -19,6 +19,11 @@ def transformer_blocks(model: torch.nn.Module, setting: str) -> torch.nn.ModuleL
     raise ValueError(f"{setting}: no list of {n} transformer blocks found in {type(model).__name__}")
 
 
+def final_norm(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The norm after the last block (`norm` on the model's backbone); None where the model names it otherwise."""
+    return getattr(getattr(model, model.base_model_prefix), "norm", None)
+
+
 def freeze_below(unfrozen: int | None, setting: str, heads: tuple[str, ...] = ()):
     """A `freeze(model)` that trains only the top `unfrozen` blocks, the final norm and the named heads
     (attributes of the model); None trains everything. `setting` names the config field in errors."""
@@ -29,8 +34,7 @@ def freeze_below(unfrozen: int | None, setting: str, heads: tuple[str, ...] = ()
         if unfrozen > len(blocks):
             raise ValueError(f"{setting}: {unfrozen}, but the model has {len(blocks)} blocks")
         model.requires_grad_(False)
-        backbone = getattr(model, model.base_model_prefix)
-        trained = [*blocks[len(blocks) - unfrozen:], getattr(backbone, "norm", None),
+        trained = [*blocks[len(blocks) - unfrozen:], final_norm(model),
                    *(getattr(model, name) for name in heads)]
         for module in trained:
             if module is not None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from tiller.training.engine import load_frozen
-from tiller.training.freezing import transformer_blocks
+from tiller.training.freezing import final_norm, transformer_blocks
 from tiller.training.losses import token_kl
 
 # Largest per-token KL (nats) from the full reference to the shared-trunk one on the probe batch that still
@@ -43,9 +43,6 @@ class FullReference:
         with torch.no_grad():
             return self.model(input_ids=ids[rows], attention_mask=attention[rows]).logits[i, j]
 
-    def close(self) -> None:
-        pass
-
 
 class SharedTrunkReference:
     """The starting model's top `unfrozen` blocks, final norm and head, run on the hidden state the policy's
@@ -56,17 +53,15 @@ class SharedTrunkReference:
         reference_blocks = transformer_blocks(reference, setting)
         if not 0 < unfrozen < len(policy_blocks):
             raise ValueError(f"{setting}: {unfrozen} of {len(policy_blocks)} blocks leaves no shared trunk")
-        backbone = getattr(reference, reference.base_model_prefix)
-        self.norm = getattr(backbone, "norm", None)
+        self.norm = final_norm(reference)
         self.head = reference.get_output_embeddings()
         if self.norm is None or self.head is None:
             raise ValueError(f"{type(reference).__name__} has no `norm` before its output head")
         self.shared = len(policy_blocks) - unfrozen
         # the trunk is shared only while it cannot train: a probe before the first step would not see it move.
         # An untied output head may train (the reference has its own); a tied one is the input embeddings.
-        policy_norm = getattr(getattr(policy, policy.base_model_prefix), "norm", None)
-        may_train = {id(p) for module in (*policy_blocks[self.shared:], policy_norm, policy.get_output_embeddings())
-                     if module is not None for p in module.parameters()}
+        top = (*policy_blocks[self.shared:], final_norm(policy), policy.get_output_embeddings())
+        may_train = {id(p) for module in top if module is not None for p in module.parameters()}
         may_train -= {id(p) for p in policy.get_input_embeddings().parameters()}
         trained = [name for name, p in policy.named_parameters() if p.requires_grad and id(p) not in may_train]
         if trained:
